@@ -1,0 +1,75 @@
+"""Per-sample prompt overfitting (paper §4.1): a few gradient steps on each sample's own loss.
+
+All samples are optimised together: each sample's loss depends only on its own prompt row, so the
+gradient of the *summed* loss with respect to the batched prompts ``[B, ...]`` is exactly each
+sample's own gradient. One batched forward/backward per iteration gives the B separate results.
+(This needs a loss without cross-sample coupling: e.g. no BatchNorm in training mode.)
+"""
+from typing import Callable, Dict, Union
+
+import torch
+from torch import Tensor
+
+Prompts = Dict[str, Tensor]
+StepRule = Callable[[Tensor, Tensor, float], Tensor]
+
+
+def sgd_step(prompt: Tensor, grad: Tensor, lr: float) -> Tensor:
+    """Plain gradient descent: ``V − η ∇V``."""
+    return prompt - lr * grad
+
+
+def sign_step(prompt: Tensor, grad: Tensor, lr: float) -> Tensor:
+    """Signed gradient descent: ``V − η sign(∇V)`` (a step size independent of the loss scale)."""
+    return prompt - lr * grad.sign()
+
+
+STEP_RULES: Dict[str, StepRule] = {"sgd": sgd_step, "sign": sign_step}
+
+
+def overfit_prompts(
+    init: Prompts,
+    per_sample_loss: Callable[[Prompts], Tensor],
+    iters: int,
+    lr: float,
+    step_rule: Union[str, StepRule] = "sgd",
+) -> Prompts:
+    """Overfit one prompt per sample and return the results, detached.
+
+    Args:
+        init: initial prompts ``{name: [B, ...]}`` (one row per sample; e.g. the shared prompt
+            expanded to the batch). Not modified.
+        per_sample_loss: maps prompts ``{name: [B, ...]}`` to the per-sample losses ``[B]``;
+            sample b's loss must depend only on row b.
+        iters: number of gradient steps I (0 returns a detached copy of ``init``).
+        lr: the step size η.
+        step_rule: ``"sgd"`` (default), ``"sign"``, or a callable ``(prompt, grad, lr) -> prompt``.
+    Only the prompts are differentiated (``torch.autograd.grad``): no ``.grad`` of any model
+    parameter is touched. Gradients are enabled inside even if the caller runs under no_grad.
+    """
+    if isinstance(step_rule, str):
+        if step_rule not in STEP_RULES:
+            raise ValueError(f"unknown overfitting step rule {step_rule!r}; allowed: {', '.join(STEP_RULES)}")
+        step_rule = STEP_RULES[step_rule]
+    if int(iters) != iters or iters < 0:
+        raise ValueError(f"overfitting iters must be an integer >= 0, got {iters!r}")
+    names = list(init)
+    sizes = {name: init[name].shape[0] for name in names}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"all prompt groups need the same batch size, got {sizes}")
+    batch = sizes[names[0]]
+    prompts = {name: init[name].detach().clone() for name in names}
+    with torch.enable_grad():
+        for _ in range(int(iters)):
+            leaves = {name: prompts[name].requires_grad_(True) for name in names}
+            losses = per_sample_loss(leaves)
+            if losses.shape != (batch,):
+                raise ValueError(
+                    f"per_sample_loss must return one loss per sample, shape [{batch}], got {list(losses.shape)}"
+                )
+            grads = torch.autograd.grad(losses.sum(), [leaves[name] for name in names], allow_unused=True)
+            prompts = {
+                name: step_rule(leaves[name].detach(), torch.zeros_like(leaves[name]) if grad is None else grad, lr)
+                for name, grad in zip(names, grads)
+            }
+    return {name: prompts[name].detach() for name in names}

@@ -1,0 +1,151 @@
+"""PromptDenoiser: layout, normalization, checkpoints, and fitting a small conditional dataset."""
+import pytest
+import torch
+
+from prompt_diffusion.diffusion import (
+    SAMPLERS,
+    AMEDPredictor,
+    NoiseSchedule,
+    PromptDenoiser,
+    PromptLayout,
+    diffusion_loss,
+    distill_amed,
+)
+
+GROUPS = [("text", 2, 8), ("vision", 3, 12)]
+COND_DIM = 6
+SCHEDULE = NoiseSchedule()
+
+
+def tiny_denoiser():
+    return PromptDenoiser(GROUPS, COND_DIM, layers=2, heads=4, width=64)
+
+
+def random_prompts(batch, generator=None):
+    return {name: torch.randn(batch, n, w, generator=generator) for name, n, w in GROUPS}
+
+
+def test_layout_flattens_and_rejects_wrong_shapes():
+    layout = PromptLayout(GROUPS)
+    prompts = random_prompts(3)
+    flat = layout.flatten(prompts)
+    assert flat.shape == (3, 2 * 8 + 3 * 12) and layout.numel == 52
+    back = layout.unflatten(flat)
+    assert all(torch.equal(back[name], prompts[name]) for name in prompts)
+    with pytest.raises(ValueError, match="'vision' has shape"):
+        layout.flatten({"text": prompts["text"], "vision": torch.zeros(3, 3, 11)})
+    with pytest.raises(ValueError, match="do not match"):
+        layout.flatten({"text": prompts["text"]})
+    with pytest.raises(ValueError, match="unique"):
+        PromptLayout([("text", 2, 8), ("text", 1, 4)])
+
+
+def test_forward_shapes_zero_init_and_hidden():
+    model = tiny_denoiser()
+    prompts, cond = random_prompts(5), torch.randn(5, COND_DIM)
+    out, hidden = model(prompts, cond, torch.full((5,), 12.5), return_hidden=True)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"text": (5, 2, 8), "vision": (5, 3, 12)}
+    assert hidden.shape == (5, 1 + 1 + 2 + 3, 64)
+    assert all(torch.count_nonzero(v) == 0 for v in out.values())  # zero-initialised output maps
+    with pytest.raises(ValueError, match=r"cond must be \[B, 6\]"):
+        model(prompts, torch.randn(5, 4), torch.zeros(5))
+
+
+def test_normalization_statistics_round_trip():
+    model = tiny_denoiser()
+    raw = {name: 3.0 + 0.5 * v for name, v in random_prompts(64).items()}
+    model.set_normalization(raw)
+    normalized = model.normalize(raw)
+    for name in raw:
+        assert normalized[name].mean(0).abs().max() < 1e-5
+        assert normalized[name].pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
+        assert torch.allclose(model.denormalize(normalized)[name], raw[name], atol=1e-5)
+    assert torch.allclose(model.text_mean, raw["text"].mean(0))
+
+
+def test_state_round_trips_through_weights_only_load(tmp_path):
+    model = tiny_denoiser()
+    model.set_normalization({name: v + 1 for name, v in random_prompts(16).items()})
+    torch.nn.init.normal_(model.proj_out["text"].weight)
+    path = tmp_path / "denoiser.pt"
+    torch.save(model.to_state(), path)
+    loaded = PromptDenoiser.from_state(torch.load(path, weights_only=True))
+    prompts, cond, t = random_prompts(2), torch.randn(2, COND_DIM), torch.tensor([3.0, 77.25])
+    assert torch.equal(loaded(prompts, cond, t)["text"], model(prompts, cond, t)["text"])
+    assert torch.equal(loaded.vision_scale, model.vision_scale)
+
+
+def test_diffusion_loss_returns_the_raw_prediction_with_its_graph():
+    model = tiny_denoiser()
+    raw = {name: 5.0 + v for name, v in random_prompts(8).items()}
+    model.set_normalization(raw)
+    loss, predicted = diffusion_loss(model, raw, torch.randn(8, COND_DIM), SCHEDULE, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(1.0, rel=0.05)  # zero-initialised output: predicts the mean
+    assert torch.allclose(predicted["text"], model.text_mean.expand(8, 2, 8))  # ... in raw space
+    predicted["vision"].sum().backward()
+    assert model.proj_out["vision"].weight.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def conditional_fit():
+    """A denoiser trained on 4 conditions, each with its own target prompt (plus small noise)."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    conds = torch.randn(4, COND_DIM, generator=generator)
+    targets = {
+        "text": 1.0 + 0.5 * torch.randn(4, 2, 8, generator=generator),
+        "vision": 2.0 * torch.randn(4, 3, 12, generator=generator),
+    }
+    labels = torch.arange(4).repeat(16)
+
+    def batch():
+        cond = conds[labels] + 0.05 * torch.randn(len(labels), COND_DIM)
+        return cond, {name: v[labels] + 0.02 * torch.randn_like(v[labels]) for name, v in targets.items()}
+
+    model = tiny_denoiser()
+    cond, prompts = batch()
+    model.set_normalization(prompts)
+
+    def held_out_loss():
+        with torch.no_grad():
+            return diffusion_loss(model, prompts, cond, SCHEDULE, torch.Generator().manual_seed(1))[0].item()
+
+    before = held_out_loss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(150):
+        loss, _ = diffusion_loss(model, *reversed(batch()), SCHEDULE)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return model, conds, targets, before, held_out_loss()
+
+
+def test_denoiser_fits_a_conditional_dataset(conditional_fit):
+    _, _, _, before, after = conditional_fit
+    assert after < before / 10, (before, after)
+
+
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "amed"])
+def test_sampled_prompts_depend_on_the_condition(conditional_fit, sampler):
+    model, conds, targets, _, _ = conditional_fit
+    out = model.generate(conds, SCHEDULE, sampler, nfe=5, generator=torch.Generator().manual_seed(0))
+    assert out["text"].dtype == torch.float32 and out["vision"].shape == (4, 3, 12)
+    # each condition's sample is far closer to its own target than to any other condition's
+    distance = sum(torch.cdist(out[name].flatten(1), targets[name].flatten(1)) for name in targets)  # [4, 4]
+    assert torch.equal(distance.argmin(dim=1), torch.arange(4))
+    off_diagonal = distance[~torch.eye(4, dtype=torch.bool)]
+    assert distance.diagonal().max() < 0.2 * off_diagonal.min()
+
+
+def test_amed_distils_on_the_denoiser_without_touching_its_gradients(conditional_fit):
+    model, conds, _, _, _ = conditional_fit
+    predictor = AMEDPredictor(feature_dim=64, nfe=5)
+    generator = torch.Generator().manual_seed(3)
+    batches = [(model.denoise_fn(conds), torch.randn(4, model.layout.numel, generator=generator)) for _ in range(3)]
+    history = distill_amed(predictor, batches, SCHEDULE, progress=False)
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(history)))
+    assert all(p.grad is None for p in model.parameters())
+    out = model.generate(conds, SCHEDULE, "amed", nfe=5, amed_predictor=predictor)
+    assert torch.isfinite(out["text"]).all()

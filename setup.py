@@ -40,6 +40,7 @@ setup(
     extras_require={
         "dev": ["pytest>=7"],
         "slurm": ["submitit"],
+        "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["prompt-diffusion=prompt_diffusion.cli:main"]},
 )

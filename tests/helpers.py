@@ -33,3 +33,139 @@ def make_image_folder(
             Image.fromarray(pixels).save(path)
             written[name].append(path)
     return written
+
+
+TINY_FOLDER_DATASET = "TinyImageFolder"
+
+
+def register_tiny_folder_dataset() -> str:
+    """Register (once) the dataset ``TinyImageFolder``: ``DATASET.ROOT/<class>/*.png`` (written by
+    ``make_image_folder``), classes in sorted folder order, every image in train_x, val and test.
+
+    Returns its name for ``cfg.DATASET.NAME``.
+    """
+    from prompt_diffusion.engine import DATASET_REGISTRY, DatasetBase, Datum
+
+    if TINY_FOLDER_DATASET in DATASET_REGISTRY.registered_names():
+        return TINY_FOLDER_DATASET
+
+    class TinyImageFolder(DatasetBase):
+        def __init__(self, cfg):
+            root = Path(cfg.DATASET.ROOT)
+            classnames = sorted(p.name for p in root.iterdir() if p.is_dir())
+            items = [Datum(impath=str(path), label=label, classname=name)
+                     for label, name in enumerate(classnames) for path in sorted((root / name).glob("*.png"))]
+            super().__init__(train_x=items, val=items, test=items)
+
+    TinyImageFolder.__name__ = TINY_FOLDER_DATASET
+    DATASET_REGISTRY.register(TinyImageFolder)
+    return TINY_FOLDER_DATASET
+
+
+def write_result_log(run_dir: Path, accuracy: float, training: bool = True, finished: bool = True,
+                     name: str = "log.txt", extra: str = "") -> Path:
+    """Write a run log as Dassl prints it, with a known test accuracy (for result-table tests).
+
+    A training log has a progress line and a validation result block before ``Finish training``
+    (which must not count); ``finished=False`` cuts the log before its final result. ``extra``:
+    more ``* name: value`` lines appended to the final result block.
+    """
+    def block(acc: float) -> str:
+        return ("=> result\n* total: 1,000\n"
+                f"* correct: {round(10 * acc):,}\n* accuracy: {acc:.1f}%\n"
+                f"* error: {100 - acc:.1f}%\n* macro_f1: {acc - 1:.1f}%\n")
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = "Loading trainer: CoCoOp\n"
+    if training:
+        text += "epoch [1/2] batch [1/4] time 0.1 loss 2.3 lr 2.0e-03 eta 0:00:01\n"
+        text += "Evaluate on the *val* set\n" + block(12.5)
+        if finished:
+            text += "Finish training\nDeploy the last-epoch model\nEvaluate on the *test* set\n"
+            text += block(accuracy) + extra + "Elapsed: 0:00:03\n"
+    else:
+        text += "Evaluate on the *test* set\n"
+        text += block(accuracy) + extra if finished else "=> result\n* total: 1,000\n"
+    path = run_dir / name
+    path.write_text(text)
+    return path
+
+
+CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_image_batch(paths: Sequence[Path]):
+    """``[N, 3, H, W]`` float tensor of the PNGs, normalised with CLIP's pixel mean and std."""
+    import torch
+
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0 for p in paths])
+    images = (pixels - np.array(CLIP_PIXEL_MEAN, dtype=np.float32)) / np.array(CLIP_PIXEL_STD, dtype=np.float32)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def align_tiny_clip(model, images_by_class: Dict[str, List[Path]], steps: int = 40, lr: float = 1e-3):
+    """Give a random tiny CLIP a little image-text alignment, in place: ``steps`` Adam steps of
+    cross-entropy between the images and the captions "a photo of a <class>." (both towers train).
+
+    Random CLIPs give prompt learners nothing to adapt (their shared contexts collapse the class
+    features); a few aligned steps make the tiny model behave like a (very weak) pretrained CLIP.
+    Returns the model in eval mode.
+    """
+    import clip
+    import torch
+    import torch.nn.functional as F
+
+    names = list(images_by_class)
+    images = load_image_batch([p for name in names for p in images_by_class[name]])
+    labels = torch.tensor([k for k, name in enumerate(names) for _ in images_by_class[name]])
+    captions = clip.tokenize([f"a photo of a {name.replace('_', ' ')}." for name in names])
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        logits_per_image, _ = model(images, captions)  # [N, K]
+        loss = F.cross_entropy(logits_per_image, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+CLIP_PIXEL_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_PIXEL_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def tiny_trainer_cfg(trainer: str, data_root, clip_path, output_dir, lr: float, max_epoch: int = 2,
+                     options: Sequence = ()):
+    """A frozen config for a short CPU run of ``trainer`` on a ``make_image_folder`` folder
+    (``TinyImageFolder``) with a tiny CLIP file: 32 px, CLIP normalisation only, batch 4, no
+    workers, SGD + cosine, seed 0, last-step model. ``options`` (``[key, value, ...]``) merge last.
+    """
+    from prompt_diffusion.config import extend_cfg
+    from prompt_diffusion.engine import get_cfg_default
+
+    cfg = extend_cfg(get_cfg_default())
+    cfg.TRAINER.NAME = trainer
+    cfg.DATASET.NAME = register_tiny_folder_dataset()
+    cfg.DATASET.ROOT = str(data_root)
+    cfg.MODEL.BACKBONE.NAME = "ViT-B/16"
+    cfg.MODEL.BACKBONE.PATH = str(clip_path)
+    cfg.INPUT.SIZE = (32, 32)
+    cfg.INPUT.TRANSFORMS = ("normalize",)
+    cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD = CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.TRAIN_X.BATCH_SIZE = 4
+    cfg.DATALOADER.TEST.BATCH_SIZE = 32
+    cfg.OPTIM.NAME = "sgd"
+    cfg.OPTIM.LR = lr
+    cfg.OPTIM.MAX_EPOCH = max_epoch
+    cfg.OPTIM.LR_SCHEDULER = "cosine"
+    cfg.TRAIN.PRINT_FREQ = 100
+    cfg.TEST.FINAL_MODEL = "last_step"
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.USE_CUDA = False
+    cfg.SEED = 0
+    cfg.merge_from_list(list(options))
+    cfg.freeze()
+    return cfg

@@ -1,0 +1,111 @@
+"""``prompt-diffusion sweep SPEC``: run every run of an experiment spec (a table or figure of the paper).
+
+Finished runs (a result in their log) are skipped, interrupted ones start again and resume from
+their checkpoint. Runs go one after another, one chain per GPU (``--gpus 0,1``), or to SLURM as a
+job array (``--slurm``, needs ``submitit``). ``--dry-run`` prints the ``prompt-diffusion train``
+lines instead. Before launching anything the datasets are checked as ``prompt-diffusion data
+check`` does; a missing or broken one stops the sweep.
+"""
+import argparse
+from pathlib import Path
+from typing import List
+
+from prompt_diffusion.sweep import (SpecError, experiment_names, expand, load_spec, missing_datasets, run_local,
+                                    select, submit_slurm, validate_spec)
+
+
+def comma_list(text: str) -> List[str]:
+    return [part for part in text.split(",") if part]
+
+
+def comma_ints(text: str) -> List[int]:
+    try:
+        return [int(part) for part in comma_list(text)]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--output`` and the ``--methods/--datasets/--seeds`` filters shared by ``sweep`` and ``table``."""
+    parser.add_argument("--output", default="output", help="root folder of the run directories (default: output)")
+    parser.add_argument("--methods", type=comma_list, help="only these methods of the spec (comma-separated)")
+    parser.add_argument("--datasets", type=comma_list, help="only these datasets/targets of the spec")
+    parser.add_argument("--seeds", type=comma_ints, help="only these seeds (comma-separated)")
+
+
+def load_selected(args: argparse.Namespace):
+    spec = load_spec(args.spec)
+    return select(spec, args.methods, args.datasets, args.seeds)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep", help="run an experiment spec (a paper table/figure): every method × dataset × seed",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", nargs="?", help=f"a shipped experiment ({', '.join(experiment_names())}) "
+                                                "or the path of a spec .yaml")
+    parser.add_argument("--list", action="store_true", help="list the shipped experiments and exit")
+    parser.add_argument("--root", help="DATASET.ROOT, the folder holding the datasets (required unless --dry-run)")
+    add_selection_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print the commands of the unfinished runs, run nothing")
+    parser.add_argument("--gpus", type=comma_list,
+                        help="local GPU ids, e.g. 0,1,2,3: one chain of runs per GPU at a time")
+    slurm = parser.add_argument_group("SLURM (through submitit: pip install 'prompt-diffusion[slurm]')")
+    slurm.add_argument("--slurm", action="store_true", help="submit one array task per chain (train + its evaluations)")
+    slurm.add_argument("--slurm-partition", help="partition to submit to")
+    slurm.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per task (default 1440)")
+    slurm.add_argument("--slurm-parallel", type=int, default=32, help="array tasks running at once (default 32)")
+    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per task (default 8)")
+    slurm.add_argument("--slurm-mem-gb", type=int, default=64, help="memory per task in GB (default 64)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        for name in experiment_names():
+            spec = load_spec(name)
+            print(f"{name:10s} {spec.title}")
+        return 0
+    if not args.spec:
+        print("error: give an experiment (or --list): " + ", ".join(experiment_names()))
+        return 2
+    if not args.dry_run and not args.root:
+        print("error: --root DIR (the datasets folder) is required to run; --dry-run prints the commands without it")
+        return 2
+    try:
+        spec = load_selected(args)
+        validate_spec(spec)
+        chains = expand(spec, Path(args.output))
+    except SpecError as error:
+        print(f"error: {error}")
+        return 2
+    runs = [run for chain in chains for run in chain.runs]
+    pending = [run for chain in chains for run in chain.pending()]
+    if args.dry_run:
+        root = args.root or "$DATA"
+        print(f"# {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} finished, {len(pending)} to run")
+        for run_ in pending:
+            print(run_.command(root))
+        return 0
+    reports = missing_datasets(sorted({run_.dataset for run_ in pending}), args.root)
+    if reports:
+        print(f"Datasets missing or broken under {args.root} (as `prompt-diffusion data check` reports them); "
+              "nothing was launched:\n")
+        print("\n".join(reports))
+        return 1
+    print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(pending)} finished, {len(pending)} to run")
+    if args.slurm:
+        parameters = {"timeout_min": args.slurm_time, "slurm_array_parallelism": args.slurm_parallel,
+                      "gpus_per_node": 1, "cpus_per_task": args.slurm_cpus, "mem_gb": args.slurm_mem_gb,
+                      "name": f"pd-{spec.name}"}
+        if args.slurm_partition:
+            parameters["slurm_partition"] = args.slurm_partition
+        jobs = submit_slurm(chains, args.root, Path(args.output) / "slurm" / spec.name, parameters)
+        print(f"submitted {len(jobs)} array task(s): {' '.join(job.job_id for job in jobs)}")
+        print(f"when they end: prompt-diffusion table {args.spec} --output {args.output}")
+        return 0
+    failures = run_local(chains, args.root, args.gpus)
+    done = len(runs) - sum(len(chain.pending()) for chain in chains)
+    print(f"{spec.name}: {done}/{len(runs)} runs finished, {len(failures)} failed")
+    print(f"table: prompt-diffusion table {args.spec} --output {args.output}")
+    return 1 if failures else 0

@@ -1,0 +1,308 @@
+"""Experiment specs: every shipped spec expands into commands the train parser accepts; bad specs
+name what is wrong; finished runs are skipped; a missing dataset stops the sweep before launching."""
+import contextlib
+import os
+import io
+import shlex
+from pathlib import Path
+
+import pytest
+
+from helpers import write_result_log
+from prompt_diffusion.cli import build_parser, main
+from prompt_diffusion.results import RowKey, paper_table_ids
+from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_names, load_spec, measurements,
+                                    registered_trainers, select, table_for, validate_spec)
+
+SHIPPED = ["figure4", "figure5", "table1", "table2", "table3", "table5", "table6"]
+
+
+def run_cli(*argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+def test_one_spec_per_table_and_figure_each_with_its_paper_numbers():
+    assert experiment_names() == SHIPPED
+    for name in SHIPPED:
+        spec = load_spec(name)
+        assert spec.paper in paper_table_ids()
+        assert spec.seeds == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_spec_validates_and_its_commands_parse(name, tmp_path):
+    spec = load_spec(name)
+    validate_spec(spec)
+    parser = build_parser()
+    chains = expand(spec, tmp_path / "out")
+    runs = [run for chain in chains for run in chain.runs]
+    assert len({run.output_dir for run in runs}) == len(runs)  # no two runs share a directory
+    for run in runs:
+        line = run.command("/data")
+        assert line.startswith("prompt-diffusion train ")
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert (args.command, args.trainer, args.seed, args.root) == ("train", run.trainer, run.seed, "/data")
+        assert Path(args.output_dir) == run.output_dir and Path(args.config_file).is_file()
+        assert Path(args.dataset_config_file).name == f"{run.dataset}.yaml"
+        assert args.eval_only == (not run.training)
+        if not run.training:
+            assert Path(args.model_dir) == run.model_dir and args.load_epoch == run.load_epoch > 0
+        opts = dict(zip(args.opts[::2], args.opts[1::2]))
+        assert opts.get("DATASET.NUM_SHOTS") == (None if spec.protocol == "cross_dataset" and not run.training
+                                                 else str(spec.shots))
+
+
+def test_table1_expands_to_train_base_then_test_new_of_its_checkpoint(tmp_path):
+    spec = load_spec("table1")
+    chains = expand(spec, tmp_path)
+    assert len(chains) == 10 * 11 * 3
+    train, test = chains[0].runs
+    assert (train.method, train.dataset, train.seed, train.phase) == ("VPT", "imagenet", 1, "train_base")
+    leaf = "shots_16/VPT/vit_b16_c4_ep50_batch32_4_pd_paper/seed1"
+    assert train.output_dir == tmp_path / "base2new/train_base/imagenet" / leaf
+    assert test.model_dir == train.output_dir and test.load_epoch == 50 and test.phase == "test_new"
+    assert "DATASET.SUBSAMPLE_CLASSES new" in " ".join(test.opts)
+    found = measurements(spec, chains[:1])
+    assert [(m.column, m.training, m.metrics) for m in found] == [
+        ("imagenet", True, (("accuracy", "base"),)), ("imagenet", False, (("accuracy", "new"),))]
+
+
+def test_tables_2_and_3_share_their_imagenet_training_runs(tmp_path):
+    t2, t3 = expand(load_spec("table2"), tmp_path), expand(load_spec("table3"), tmp_path)
+    assert [c.runs[0].output_dir for c in t2] == [c.runs[0].output_dir for c in t3]
+    assert [r.dataset for r in t3[0].runs] == ["imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+    assert "shots_4" in str(expand(load_spec("table6"), tmp_path)[0].runs[0].output_dir)
+
+
+def test_swept_settings_train_per_value_or_evaluate_one_model_per_value(tmp_path):
+    epochs = expand(load_spec("table5"), tmp_path)
+    assert len(epochs) == 4 * 11 * 3
+    first = epochs[0].runs[0]
+    assert first.opts[-2:] == ("OPTIM.MAX_EPOCH", "10") and first.output_dir.parent.name.endswith("_epochs10")
+    assert epochs[0].runs[1].load_epoch == 10  # evaluates the last epoch of its own schedule
+    assert first.row == RowKey.make("CoCoOpPD", {"epochs": 10})
+    nfe = select(load_spec("figure4"), methods=["CoCoOpPD"], datasets=["dtd"], seeds=[1])
+    chains = expand(nfe, tmp_path)
+    assert len(chains) == 1  # one model ...
+    phases = [(r.phase, dict(r.variant).get("nfe")) for r in chains[0].runs]
+    assert phases[0] == ("train_base", None)
+    assert phases[1:4] == [("test_base", 1), ("test_new", 1), ("test_base", 2)]  # ... evaluated at every NFE
+    found = measurements(nfe, chains)
+    assert not any(m.training for m in found)  # base accuracy comes from test_base at each NFE
+    new_at_5 = next(m for m in found if m.row == RowKey.make("CoCoOpPD", {"nfe": 5}) and m.metrics[0][1] == "new")
+    assert new_at_5.metrics == (("accuracy", "new"), ("time_per_image_ms", "time"))
+
+
+def write_spec(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+GOOD = """
+protocol: base2new
+seeds: [1]
+methods:
+  CoCoOp: CoCoOp/vit_b16_c4_ep10_batch1_ctxv1
+datasets: [dtd]
+"""
+
+
+def test_bad_specs_name_the_problem_and_the_valid_choices(tmp_path):
+    spec = load_spec(write_spec(tmp_path, GOOD.replace("CoCoOp:", "CoCoOpp:").replace("[dtd]", "[dtd, textures]")))
+    with pytest.raises(SpecError) as error:
+        validate_spec(spec)
+    message = str(error.value)
+    assert "trainer 'CoCoOpp' is not registered" in message and "registered trainers: " in message
+    assert "CoCoOpPD" in message.split("registered trainers: ")[1]
+    assert "dataset 'textures' has no config" in message and "dataset configs: caltech101, dtd" in message
+    bad_config = load_spec(write_spec(tmp_path, GOOD.replace("ep10_batch1_ctxv1", "ep11")))
+    expected = r"config 'CoCoOp/vit_b16_c4_ep11' is not in .*\n.*trainer configs: .*CoCoOp/vit_b16_c4_ep10_batch1_ctxv1"
+    with pytest.raises(SpecError, match=expected):
+        validate_spec(bad_config)
+    with pytest.raises(SpecError, match=r"unknown key\(s\) \['dataset'\]; allowed: .*'datasets'"):
+        load_spec(write_spec(tmp_path, GOOD.replace("datasets:", "dataset:")))
+    with pytest.raises(SpecError, match=r"protocol 'b2n' is unknown; allowed: \['base2new', 'cross_dataset'\]"):
+        load_spec(write_spec(tmp_path, GOOD.replace("base2new", "b2n")))
+    opts = load_spec(write_spec(tmp_path, GOOD + "opts: {OPTIM.NOPE: 3}\n"))
+    with pytest.raises(SpecError, match="OPTIM.NOPE"):
+        validate_spec(opts)
+    nfe = GOOD.replace("CoCoOp: ", "CoCoOpPD: ")
+    nfe += "variants: {name: nfe, key: TRAINER.PD.NFE, values: [5, 0], scope: eval}\n"
+    with pytest.raises(SpecError, match=r"at nfe=0: .*TRAINER.PD.NFE"):
+        validate_spec(load_spec(write_spec(tmp_path, nfe)))
+    with pytest.raises(SpecError, match="unknown experiment 'table4'; shipped: figure4, figure5, table1"):
+        load_spec("table4")
+    with pytest.raises(SpecError, match=r"methods \['VPT'\] not in the spec; it has \['CoCoOp'\]"):
+        select(load_spec(write_spec(tmp_path, GOOD)), methods=["VPT"])
+
+
+def test_dry_run_prints_only_unfinished_runs_and_table_reads_finished_ones(tmp_path):
+    spec_path = write_spec(tmp_path, GOOD.replace("[1]", "[1, 2]"))
+    out = tmp_path / "out"
+    code, text = run_cli("sweep", spec_path, "--dry-run", "--output", str(out))
+    lines = text.splitlines()
+    assert code == 0 and lines[0] == "# spec: 4 runs, 0 finished, 4 to run"
+    assert all(line.startswith("prompt-diffusion train --root $DATA --seed ") for line in lines[1:])
+    chains = expand(load_spec(spec_path), out)
+    write_result_log(chains[0].runs[0].output_dir, 80.0)  # seed 1 trained, not yet evaluated
+    code, text = run_cli("sweep", spec_path, "--dry-run", "--output", str(out), "--root", "/data")
+    assert text.splitlines()[0] == "# spec: 4 runs, 1 finished, 3 to run"
+    assert f"--output-dir {chains[0].runs[0].output_dir} " not in text and "--root /data" in text
+    write_result_log(chains[0].runs[1].output_dir, 60.0, training=False)
+    code, text = run_cli("table", spec_path, "--output", str(out), "--csv", str(tmp_path / "t.csv"))
+    assert code == 0
+    row = next(line for line in text.splitlines() if line.startswith("| CoCoOp |"))
+    assert row.startswith("| CoCoOp | 80.00 ± 0.00 | 60.00 ± 0.00 | 68.57 |") and "⚠ missing seed 2" in row
+    assert (tmp_path / "t.csv").read_text().count("\n") == 4  # header + base, new, hm of dtd
+
+
+def test_table_reads_a_glob_of_run_dirs(tmp_path):
+    for seed, acc in ((1, 70.0), (2, 74.0)):
+        write_result_log(tmp_path / "exp" / f"seed{seed}", acc, training=False)
+    code, text = run_cli("table", str(tmp_path / "exp" / "seed*"), "--csv", str(tmp_path / "runs.csv"))
+    assert code == 0 and "| accuracy | 72.00 ± 2.00 | 2/2 |" in text
+    assert f"{tmp_path / 'exp' / 'seed*'},accuracy,72.0000,2.0000,2,2" in (tmp_path / "runs.csv").read_text()
+    code, text = run_cli("table", "no_such_table")
+    assert code == 2 and "unknown experiment 'no_such_table'" in text
+
+
+def test_a_missing_dataset_stops_the_sweep_before_anything_runs(tmp_path):
+    out = tmp_path / "out"
+    code, text = run_cli("sweep", "table3", "--root", str(tmp_path / "data"), "--output", str(out),
+                         "--methods", "CoCoOp", "--seeds", "1")
+    assert code == 1 and "nothing was launched" in text
+    assert "ImageNetV2" in text and "ABSENT" in text and "fix:" in text
+    assert not out.exists()
+
+
+def test_trainer_configs_and_datasets_come_from_the_package():
+    assert (CONFIGS_DIR / "experiments" / "table1.yaml").is_file()
+    assert "CoCoOpPD" in registered_trainers()
+    table = table_for(load_spec("table3"), Path("/nonexistent"))
+    assert all(row.problems for row in table.rows)  # nothing ran: every cell flagged, none averaged
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def script_commands(script, *args):
+    """The commands a launch script prints with DRY_RUN=1 (run from the repository root)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "DRY_RUN": "1"}
+    env.pop("DATA", None)
+    result = subprocess.run(["bash", str(REPO / "scripts" / script), *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def parsed(line):
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    for key in ("config_file", "dataset_config_file"):
+        setattr(args, key, (REPO / getattr(args, key)).resolve())
+    return args
+
+
+def test_launch_scripts_run_what_the_sweep_runs():
+    old = Path.cwd()
+    os.chdir(REPO)  # the sweep prints paths relative to the working directory, as the scripts do
+    try:
+        b2n = expand(select(load_spec("table1"), ["CoCoOpPD"], ["dtd"], [1]), Path("output"))[0].runs
+        xd = expand(select(load_spec("table3"), ["MaPLePD"], ["imagenet_a"], [2]), Path("output"))[0].runs
+    finally:
+        os.chdir(old)
+    pairs = [(script_commands("base2new_train.sh", "CoCoOpPD", "dtd", "1"), b2n[:1]),
+             (script_commands("base2new_test.sh", "CoCoOpPD", "dtd", "1"), b2n[1:]),
+             (script_commands("xd_train.sh", "MaPLePD", "2"), xd[:1]),
+             (script_commands("dg_test.sh", "MaPLePD", "2")[2:3], xd[1:])]
+    for lines, runs in pairs:
+        assert len(lines) == len(runs) == 1
+        assert vars(parsed(lines[0])) == vars(parsed(runs[0].command("$DATA")))
+
+
+TINY_OPTS = {  # a tiny CLIP on 32x32 toy-world images, one epoch of a 1-shot dataset
+    "INPUT.SIZE": "(32, 32)", "OPTIM.MAX_EPOCH": 1, "DATALOADER.TRAIN_X.BATCH_SIZE": 8,
+    "DATALOADER.TEST.BATCH_SIZE": 64, "DATALOADER.NUM_WORKERS": 0, "TRAINER.COOP.PREC": "fp32",
+    "TRAINER.COOP.N_CTX": 4, "DATASET.TOY.TEST_PER_CLASS": 1,
+}
+TINY_PD_OPTS = {"TRAINER.PD.DENOISER.LAYERS": 1, "TRAINER.PD.DENOISER.WIDTH": 32, "TRAINER.PD.DENOISER.HEADS": 2,
+                "TRAINER.PD.OVERFIT.ITERS": 1, "TRAINER.PD.AMED.DISTILL_ITERS": 2, "TRAINER.PD.AMED.BATCH": 4}
+
+
+@pytest.mark.slow
+def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path, monkeypatch):
+    """2 methods × 2 seeds of base-to-new on the toy world: a sweep killed during its first run,
+    resumed with two parallel workers (--gpus), then ``table`` reads every cell; a third sweep
+    launches nothing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from prompt_diffusion.backbones import build_tiny_clip, save_clip
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    save_clip(build_tiny_clip(), tmp_path / "tiny_clip.pt")
+    spec = {"protocol": "base2new", "seeds": [1, 2], "shots": 1, "datasets": ["toy_world"],
+            "opts": {**TINY_OPTS, "MODEL.BACKBONE.PATH": str(tmp_path / "tiny_clip.pt")},
+            "methods": {"CoOp": "CoOp/vit_b16_ep50", "CoOpPD": {"config": "CoOp/vit_b16_ep50", "opts": TINY_PD_OPTS}}}
+    spec_path = tmp_path / "toy.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    out, root = tmp_path / "out", tmp_path / "data"
+    sweep = ["sweep", str(spec_path), "--root", str(root), "--output", str(out)]
+    first = expand(load_spec(str(spec_path)), out)[0].runs[0]
+
+    process = subprocess.Popen([sys.executable, "-m", "prompt_diffusion", *sweep], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (first.output_dir / "log.txt").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the sweep and the run it started
+        process.wait()
+    assert (first.output_dir / "log.txt").exists() and first.status() == "incomplete"
+
+    code, text = run_cli(*sweep, "--gpus", "0,1")
+    assert code == 0, text
+    assert "8 runs, 0 finished, 8 to run" in text and f"resuming {first.output_dir}" in text
+    assert (first.output_dir / "console.txt").read_text().count("$ prompt-diffusion train") == 2
+
+    code, text = run_cli("table", str(spec_path), "--output", str(out), "--csv", str(tmp_path / "toy.csv"))
+    assert code == 0 and "Missing or incomplete" not in text
+    rows = [line for line in text.splitlines() if line.startswith(("| CoOp |", "| CoOpPD |"))]
+    assert len(rows) == 2 and all(row.endswith("| 2/2 |") for row in rows)  # one dataset: no average panel
+    assert text.count("±") == 2 * 2  # base and new of each method: mean ± std over the two seeds
+    assert len((tmp_path / "toy.csv").read_text().splitlines()) == 1 + 2 * 3
+
+    code, text = run_cli(*sweep)
+    assert code == 0 and "8 runs, 8 finished, 0 to run" in text
+
+
+def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):
+    """submitit's in-process debug executor stands in for SLURM: one array task per unfinished
+    chain; a task stops its chain at the first failing run and returns it."""
+    pytest.importorskip("submitit")
+    from dataclasses import replace as with_changes
+
+    from prompt_diffusion.sweep import submit_slurm
+
+    spec = load_spec(write_spec(tmp_path, GOOD.replace("[1]", "[1, 2]")))
+    done, broken = expand(spec, tmp_path / "out")
+    for run in done.runs:
+        write_result_log(run.output_dir, 70.0, training=run.training)
+    train = with_changes(broken.runs[0], config_file=tmp_path / "no_such_config.yaml")
+    broken.runs = [train] + broken.runs[1:]
+    jobs = submit_slurm([done, broken], str(tmp_path / "data"), tmp_path / "slurm", {"timeout_min": 5},
+                        cluster="debug")
+    assert len(jobs) == 1  # the finished chain is not submitted
+    failures = jobs[0].result()
+    assert len(failures) == 1 and str(train.output_dir) in failures[0] and "no_such_config.yaml" in failures[0]
+    assert not broken.runs[1].output_dir.exists()  # the evaluation of the failed training never ran

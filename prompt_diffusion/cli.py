@@ -13,7 +13,13 @@ from typing import List, Optional
 from prompt_diffusion import __version__
 
 # subcommand modules, in the order ``--help`` lists them
-SUBCOMMAND_MODULES: List[str] = []
+SUBCOMMAND_MODULES: List[str] = [
+    "prompt_diffusion.commands.train",
+    "prompt_diffusion.commands.data",
+    "prompt_diffusion.commands.sweep",
+    "prompt_diffusion.commands.table",
+    "prompt_diffusion.commands.demo",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,185 @@ def _set_default(node: CN, key: str, value) -> None:
         node[key] = value
 
 
-EXTENDERS = []
+def _add_trainer_keys(cfg: CN) -> None:
+    """Keys of the reference trainers (CoOp, CoCoOp, VPT, IVLP) and the CLIP backbone.
+
+    Defaults as upstream ``train.py`` ``extend_cfg`` (CoOp repo and multimodal-prompt-learning);
+    ``MODEL.BACKBONE.PATH`` (local CLIP file; empty: ``~/.cache/clip/<file>``) and
+    ``MODEL.TEXT_CHUNK`` (text sequences encoded at once; 0: all) are the project's.
+    """
+    _set_default(cfg.MODEL.BACKBONE, "PATH", "")
+    _set_default(cfg.MODEL, "TEXT_CHUNK", 1024)
+    trainer_keys = {
+        "COOP": {"N_CTX": 16, "CSC": False, "CTX_INIT": "", "PREC": "fp16", "CLASS_TOKEN_POSITION": "end"},
+        "COCOOP": {"N_CTX": 16, "CTX_INIT": "", "PREC": "fp16"},
+        "IVLP": {"N_CTX_VISION": 2, "N_CTX_TEXT": 2, "CTX_INIT": "a photo of a", "PREC": "fp16",
+                 "PROMPT_DEPTH_VISION": 9, "PROMPT_DEPTH_TEXT": 9},
+        "VPT": {"N_CTX_VISION": 2, "CTX_INIT": "a photo of a", "PREC": "fp16", "PROMPT_DEPTH_VISION": 1},
+    }
+    for name, keys in trainer_keys.items():
+        _set_default(cfg.TRAINER, name, CN())
+        for key, value in keys.items():
+            _set_default(cfg.TRAINER[name], key, value)
+
+
+def _add_dataset_keys(cfg: CN) -> None:
+    """Keys of the benchmark datasets (``prompt_diffusion.data``), as CoOp's ``extend_cfg`` adds."""
+    if "DATASET" not in cfg:
+        cfg.DATASET = CN()
+    # all | base | new: base = first ceil(K/2) sorted labels, new = the rest, relabelled from 0
+    _set_default(cfg.DATASET, "SUBSAMPLE_CLASSES", "all")
+    # where shot_<N>-seed_<S>.json few-shot caches go; "" = <dataset dir>/split_fewshot
+    _set_default(cfg.DATASET, "FEWSHOT_CACHE_DIR", "")
+    # a class with fewer images than NUM_SHOTS: False = error naming it, True = keep all (Dassl)
+    _set_default(cfg.DATASET, "FEWSHOT_ALLOW_FEWER", False)
+
+
+def _add_multimodal_trainer_keys(cfg: CN) -> None:
+    """Keys of the multi-modal trainers MaPLe, PromptSRC and CoPrompt.
+
+    Defaults as upstream (multimodal-prompt-learning, PromptSRC and CoPrompt ``train.py``; the
+    types match their config files, so those merge unchanged). CoPrompt's own keys:
+    ``DESCRIPTIONS_DIR`` (folder of its ``<dataset>_prompt.json`` description files) and
+    ``DATASET_OVERRIDES`` (which per-dataset settings of upstream's table are applied).
+    """
+    trainer_keys = {
+        "MAPLE": {"N_CTX": 2, "CTX_INIT": "a photo of a", "PREC": "fp16", "PROMPT_DEPTH": 9},
+        "PROMPTSRC": {"N_CTX_VISION": 4, "N_CTX_TEXT": 4, "CTX_INIT": "a photo of a", "PREC": "fp16",
+                      "PROMPT_DEPTH_VISION": 9, "PROMPT_DEPTH_TEXT": 9, "TEXT_LOSS_WEIGHT": 25,
+                      "IMAGE_LOSS_WEIGHT": 10, "GPA_MEAN": 15, "GPA_STD": 1},
+        "CoPrompt": {"N_CTX": 2, "CTX_INIT": "a photo of a", "PREC": "fp16", "PROMPT_DEPTH": 9,
+                     "DESCRIPTIONS_DIR": "",
+                     "DATASET_OVERRIDES": ["TRAINER.CoPrompt.PROMPT_DEPTH", "TRAINER.CoPrompt.N_CTX",
+                                           "TRAINER.W", "OPTIM.MAX_EPOCH"]},
+    }
+    for name, keys in trainer_keys.items():
+        _set_default(cfg.TRAINER, name, CN())
+        for key, value in keys.items():
+            _set_default(cfg.TRAINER[name], key, value)
+    _set_default(cfg.TRAINER, "W", 8.0)  # CoPrompt's consistency-loss weight (upstream key)
+    _set_default(cfg.TRAINER, "DISTILL", "cosine")  # CoPrompt's consistency loss: cosine | mse
+
+
+def _add_pd_keys(cfg: CN) -> None:
+    """``TRAINER.PD``: the prompt-diffusion wrapper (paper §4-5 defaults); checked by ``validate_pd_cfg``."""
+    _set_default(cfg.TRAINER, "PD", CN())
+    pd = cfg.TRAINER.PD
+    defaults = {
+        "ENABLE": True,  # False: the wrapped trainer behaves exactly as its host
+        "ADAPTER": "auto",  # auto: by host trainer class name, else by the model's layout
+        "STEPS": 100,  # T, discrete diffusion steps (paper §5.1)
+        "SCHEDULE": "scaled_linear",  # scaled_linear | cosine | linear
+        "SAMPLER": "amed",  # amed (falls back to dpmpp_2m until distilled) | dpmpp_2m | dpm_solver_2 | ddim | ddpm
+        "NFE": 5,  # denoiser calls per sampled prompt (paper Fig. 4)
+        "BETA": 1.0,  # weight of the diffusion loss (paper Eq. 8)
+        "CE_WEIGHT": 1.0,  # weight of the CE with the denoised prompt (Eq. 8)
+        "HOST_LOSS_WEIGHT": 1.0,  # weight of the host method's own loss
+        "COND": "meta_net",  # meta_net: Meta-Net(frozen CLIP image feature) | image_feature: the feature itself
+        "DEEP_TOKENS": "vector",  # deep prompts (VPT, IVLP): a denoiser token per prompt vector | per layer
+        "TEST_SAMPLES": 1,  # Monte-Carlo prompts per test image; logits averaged
+        "NOISE_SEED": 0,  # inference noise of the i-th evaluated sample is seeded by (NOISE_SEED, i)
+    }
+    for key, value in defaults.items():
+        _set_default(pd, key, value)
+    _set_default(pd, "OVERFIT", CN())
+    overfit = {
+        "ITERS": 5,  # I, per-sample gradient steps (paper Fig. 5)
+        "LR": 0.005,  # step size of the per-sample gradient steps (the paper gives none)
+        "STEP_RULE": "sign",  # sign: V - lr * sign(grad) (scale-free) | sgd: V - lr * grad
+        "MODE": "online",  # online: every step | cached: per-sample V* reused between refreshes
+        "REFRESH": 5,  # cached mode: epochs between recomputations of a sample's V*
+    }
+    for key, value in overfit.items():
+        _set_default(pd.OVERFIT, key, value)
+    _set_default(pd, "DENOISER", CN())
+    for key, value in {"LAYERS": 12, "HEADS": 16, "WIDTH": 512}.items():  # GPT-2 style (paper §5.1)
+        _set_default(pd.DENOISER, key, value)
+    _set_default(pd, "AMED", CN())
+    amed = {
+        "DISTILL_ITERS": 200,  # predictor training batches after the main training (0: no AMED)
+        "TEACHER": "dpmpp_2m",  # teacher solver: dpmpp_2m | dpm_solver_2 | ddim
+        "INSERTED": 4,  # teacher points inserted in every student interval (upstream AMED: 4)
+        "BATCH": 32,  # conditions (training images) per distillation batch
+        "LR": 5e-3,  # Adam step size of the distillation (upstream AMED)
+    }
+    for key, value in amed.items():
+        _set_default(pd.AMED, key, value)
+
+
+_PD_CHOICES = {
+    "OVERFIT.MODE": ("online", "cached"),
+    "COND": ("meta_net", "image_feature"),
+    "DEEP_TOKENS": ("vector", "layer"),
+    "AMED.TEACHER": ("dpmpp_2m", "dpm_solver_2", "ddim"),
+}
+
+
+def _pd_value(pd: CN, key: str):
+    node = pd
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate_pd_cfg(cfg: CN) -> None:
+    """Reject unknown or out-of-range ``TRAINER.PD`` values: ``ValueError`` naming the key and what is allowed."""
+    from prompt_diffusion.adapters import registered_adapters
+    from prompt_diffusion.diffusion.overfit import STEP_RULES
+    from prompt_diffusion.diffusion.samplers import SAMPLERS
+    from prompt_diffusion.diffusion.schedule import SCHEDULE_KINDS
+
+    pd = cfg.TRAINER.PD
+    choices = dict(_PD_CHOICES)
+    choices["SAMPLER"] = tuple(SAMPLERS)
+    choices["SCHEDULE"] = tuple(SCHEDULE_KINDS)
+    choices["ADAPTER"] = ("auto", *registered_adapters())
+    choices["OVERFIT.STEP_RULE"] = tuple(STEP_RULES)
+    for key, allowed in choices.items():
+        value = _pd_value(pd, key)
+        if value not in allowed:
+            raise ValueError(f"TRAINER.PD.{key} = {value!r} is not allowed; choose one of {list(allowed)}")
+    minimum = {  # key: smallest allowed value (integers unless the default is a float)
+        "STEPS": 2, "NFE": 1, "TEST_SAMPLES": 1, "OVERFIT.ITERS": 0, "OVERFIT.REFRESH": 1,
+        "DENOISER.LAYERS": 1, "DENOISER.HEADS": 1, "DENOISER.WIDTH": 1,
+        "AMED.DISTILL_ITERS": 0, "AMED.INSERTED": 0, "AMED.BATCH": 1,
+        "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0,
+    }
+    for key, low in minimum.items():
+        value = _pd_value(pd, key)
+        kind = "an integer" if isinstance(low, int) else "a number"
+        wrong_type = not isinstance(value, (int, float)) or (isinstance(low, int) and not isinstance(value, int))
+        if isinstance(value, bool) or wrong_type:
+            raise ValueError(f"TRAINER.PD.{key} = {value!r} must be {kind} >= {low}")
+        if value < low:
+            raise ValueError(f"TRAINER.PD.{key} = {value!r} is out of range; allowed: {kind} >= {low}")
+    for key in ("OVERFIT.LR", "AMED.LR"):
+        value = _pd_value(pd, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"TRAINER.PD.{key} = {value!r} is out of range; allowed: a number > 0")
+    if pd.NFE > pd.STEPS:
+        raise ValueError(f"TRAINER.PD.NFE = {pd.NFE} is out of range; "
+                         f"allowed: 1 <= NFE <= TRAINER.PD.STEPS ({pd.STEPS})")
+    if pd.DENOISER.WIDTH % pd.DENOISER.HEADS:
+        raise ValueError(
+            f"TRAINER.PD.DENOISER.WIDTH = {pd.DENOISER.WIDTH} must be divisible by "
+            f"TRAINER.PD.DENOISER.HEADS = {pd.DENOISER.HEADS}"
+        )
+    if not isinstance(pd.ENABLE, bool):
+        raise ValueError(f"TRAINER.PD.ENABLE = {pd.ENABLE!r} must be True or False")
+
+
+def _add_toy_dataset_keys(cfg: CN) -> None:
+    """Keys of the toy-world datasets (``prompt_diffusion.data.toy_datasets``)."""
+    if "DATASET" not in cfg:
+        cfg.DATASET = CN()
+    _set_default(cfg.DATASET, "TOY", CN())
+    # test images per class of every toy dataset (rendered once under DATASET.ROOT)
+    _set_default(cfg.DATASET.TOY, "TEST_PER_CLASS", 50)
+
+
+EXTENDERS = [_add_trainer_keys, _add_dataset_keys, _add_multimodal_trainer_keys, _add_pd_keys]
+EXTENDERS.append(_add_toy_dataset_keys)
 
 
 def extend_cfg(cfg: CN) -> CN:

@@ -169,3 +169,32 @@ def tiny_trainer_cfg(trainer: str, data_root, clip_path, output_dir, lr: float, 
     cfg.merge_from_list(list(options))
     cfg.freeze()
     return cfg
+
+
+def small_prompt_learners(cfg) -> None:
+    """Small settings of the CoOp / CoCoOp / VPT / IVLP trainer keys, in place on an unfrozen config:
+    fp32, 4 text context tokens (CoOp, CoCoOp), prompt depth 2 (VPT, IVLP text and vision)."""
+    for node in ("COOP", "COCOOP", "VPT", "IVLP"):
+        cfg.TRAINER[node].PREC = "fp32"
+    cfg.TRAINER.COOP.N_CTX = 4
+    cfg.TRAINER.COCOOP.N_CTX = 4
+    cfg.TRAINER.VPT.PROMPT_DEPTH_VISION = 2
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 2
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 2
+
+
+def shared_toy_root() -> Path:
+    """One ``DATASET.ROOT`` for the toy-world datasets per test session: the first test renders
+    the images (seconds), later ones reuse them. Removed when the session's process exits."""
+    global _TOY_ROOT
+    if _TOY_ROOT is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _TOY_ROOT = Path(tempfile.mkdtemp(prefix="pd_toy_root_"))
+        atexit.register(shutil.rmtree, _TOY_ROOT, ignore_errors=True)
+    return _TOY_ROOT
+
+
+_TOY_ROOT = None

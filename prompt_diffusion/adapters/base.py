@@ -1,0 +1,254 @@
+"""The one interface between prompt diffusion and a prompt learner: ``PromptAdapter``.
+
+An adapter wraps the model a host trainer built (``trainer.model``, upstream ``CustomCLIP``) and
+answers four questions for the diffusion wrapper:
+
+- which learnable prompt tokens form ``V`` (``groups`` and ``base_prompts``),
+- the frozen CLIP image feature the condition ``π`` is computed from (``image_features``; the
+  Meta-Net that maps it to ``π`` is the host's own when it has one, ``meta_net``),
+- the logits of a batch under *per-sample* prompts (``logits``),
+- the host method's own loss (``host_loss``), kept in the objective with ``HOST_LOSS_WEIGHT``.
+
+Adapters find their parts by the upstream attribute names (``prompt_learner.ctx``,
+``prompt_learner.meta_net``, ``text_encoder``, ``image_encoder``, ``logit_scale`` ...), so one
+adapter serves this repository's trainers and the trainers of the upstream repositories. A model
+without those names fails with a ``PromptLayoutError`` that names what is missing.
+
+Subclass, declare ``required_attributes`` (what layout detection looks for) and register:
+
+    @register_adapter("MaPLe")
+    class MaPLeAdapter(PromptAdapter):
+        required_attributes = ("prompt_learner.ctx", "prompt_learner.proj", ...)
+        ...
+"""
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple, Type
+
+from torch import Tensor, nn
+
+__all__ = [
+    "PromptGroup",
+    "PromptLayoutError",
+    "PromptAdapter",
+    "find_attribute",
+    "has_attribute",
+    "register_adapter",
+    "registered_adapters",
+    "adapter_by_name",
+    "adapter_for_trainer",
+    "detect_adapter",
+]
+
+
+class PromptGroup(NamedTuple):
+    """One group of diffused prompt tokens: ``(name, n_tokens, width)``, e.g. ``("text", 4, 512)``.
+
+    A plain tuple, so a list of groups is what ``PromptDenoiser(groups=...)`` takes.
+    """
+
+    name: str
+    n_tokens: int
+    width: int
+
+
+class PromptLayoutError(AttributeError):
+    """The host model lacks an attribute an adapter needs (the message names it and the model class)."""
+
+
+def find_attribute(root: Any, path: str, adapter: str) -> Any:
+    """Resolve a dotted ``path`` (``"prompt_learner.ctx"``; integer parts index lists) on ``root``.
+
+    Raises ``PromptLayoutError`` naming the missing part, the full path, the model class and the
+    adapter that looked for it.
+    """
+    obj = root
+    walked: List[str] = []
+    for part in path.split("."):
+        walked.append(part)
+        if part.isdigit() and isinstance(obj, (nn.ModuleList, nn.ParameterList, list, tuple)):
+            index = int(part)
+            if index >= len(obj):
+                obj = None
+            else:
+                obj = obj[index]
+                continue
+        elif hasattr(obj, part):
+            obj = getattr(obj, part)
+            continue
+        raise PromptLayoutError(
+            f"{adapter}: the model ({type(root).__name__}) has no '{'.'.join(walked)}' "
+            f"(looked up '{path}'); this adapter expects the upstream layout with {path!r}"
+        )
+    return obj
+
+
+def has_attribute(root: Any, path: str) -> bool:
+    """Whether the dotted ``path`` resolves on ``root``."""
+    try:
+        find_attribute(root, path, "probe")
+    except PromptLayoutError:
+        return False
+    return True
+
+
+class PromptAdapter(ABC):
+    """Gives the diffusion wrapper access to a host prompt learner's prompts and forward.
+
+    Args:
+        model: the host's model (``trainer.model``).
+        cfg: the trainer's config (adapters read e.g. ``MODEL.TEXT_CHUNK`` from it); may be ``None``.
+
+    Shapes: ``B`` images, ``K`` classes; prompts are dicts ``{group name: tensor}``. Prompts given
+    to ``logits`` are per sample (``[B, n_tokens, width]``), in fp32 or the model's dtype; adapters
+    cast them to the model's dtype.
+    """
+
+    #: name used in messages and in ``TRAINER.PD.ADAPTER``; set by ``register_adapter``
+    name: ClassVar[str] = ""
+    #: dotted attribute paths that identify the layout (used by ``detect_adapter``)
+    required_attributes: ClassVar[Tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module, cfg: Any = None):
+        self.model = model
+        self.cfg = cfg
+        missing = [p for p in self.required_attributes if not has_attribute(model, p)]
+        if missing:
+            raise PromptLayoutError(
+                f"{type(self).__name__}: the model ({type(model).__name__}) lacks {missing}; "
+                f"this adapter needs {list(self.required_attributes)} (the upstream attribute names)"
+            )
+
+    def find(self, path: str) -> Any:
+        """``find_attribute(self.model, path)`` with this adapter's name in the error."""
+        return find_attribute(self.model, path, type(self).__name__)
+
+    # ------------------------------------------------------------------ what V is
+    @property
+    @abstractmethod
+    def groups(self) -> List[PromptGroup]:
+        """The diffused token groups, in a fixed order (the denoiser's layout)."""
+
+    @abstractmethod
+    def base_prompts(self) -> Dict[str, Tensor]:
+        """The host's shared learned prompts, ``{group: [n_tokens, width]}``, still attached to
+        their parameters (the wrapper detaches them before overfitting)."""
+
+    # ------------------------------------------------------------------ what π is made from
+    @property
+    @abstractmethod
+    def feature_dim(self) -> int:
+        """Width of ``image_features`` (CLIP's embedding width)."""
+
+    @abstractmethod
+    def image_features(self, images: Tensor) -> Tensor:
+        """The frozen CLIP image feature, L2-normalised, without any prompt: ``[B, feature_dim]``.
+
+        Computed once per batch under ``torch.no_grad``; ``logits`` reuses it when the image side
+        carries no prompts (CoOp, CoCoOp)."""
+
+    def meta_net(self) -> Optional[nn.Module]:
+        """The host's own image-feature network (CoCoOp's ``prompt_learner.meta_net``), or ``None``.
+
+        When ``None`` and ``TRAINER.PD.COND`` is ``meta_net``, the wrapper builds one.
+        """
+        return None
+
+    # ------------------------------------------------------------------ the forward
+    @abstractmethod
+    def logits(self, images: Tensor, prompts: Dict[str, Tensor], image_features: Optional[Tensor] = None) -> Tensor:
+        """Logits ``[B, K]`` of ``images`` under per-sample ``prompts`` (``[B, n_tokens, width]`` each).
+
+        Sample ``b``'s logits depend only on ``prompts[g][b]`` and image ``b`` (so a summed loss
+        gives per-sample gradients). ``image_features`` is the output of ``image_features(images)``
+        when the caller has it.
+        """
+
+    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+        """The host method's own training loss on the batch (its shared prompts), or ``None``.
+
+        This keeps the shared prompts (the overfitting start) and any regulariser of the method
+        (PromptSRC, CoPrompt) in training.
+        """
+        return None
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def check_prompts(self, prompts: Dict[str, Tensor], batch_size: int) -> None:
+        """Raise ``ValueError`` unless ``prompts`` holds every group as ``[batch_size, n_tokens, width]``."""
+        for group in self.groups:
+            if group.name not in prompts:
+                raise ValueError(f"{type(self).__name__}: prompts lack group {group.name!r} (have {sorted(prompts)})")
+            shape = tuple(prompts[group.name].shape)
+            if shape != (batch_size, group.n_tokens, group.width):
+                raise ValueError(
+                    f"{type(self).__name__}: prompts[{group.name!r}] has shape {shape}, "
+                    f"expected {(batch_size, group.n_tokens, group.width)}"
+                )
+
+
+# ---------------------------------------------------------------------- lookup
+_ADAPTERS: Dict[str, Type[PromptAdapter]] = {}
+_HOST_TO_ADAPTER: Dict[str, str] = {}
+
+
+def register_adapter(*host_names: str) -> Callable[[Type[PromptAdapter]], Type[PromptAdapter]]:
+    """Class decorator: register an adapter under its class name minus ``Adapter`` and map the
+    trainer class names ``host_names`` (e.g. ``"CoCoOp"``) to it."""
+
+    def decorator(cls: Type[PromptAdapter]) -> Type[PromptAdapter]:
+        name = cls.__name__[: -len("Adapter")] if cls.__name__.endswith("Adapter") else cls.__name__
+        if name in _ADAPTERS and _ADAPTERS[name] is not cls:
+            raise KeyError(f"an adapter named {name!r} is already registered ({_ADAPTERS[name].__qualname__})")
+        cls.name = name
+        _ADAPTERS[name] = cls
+        for host in host_names:
+            _HOST_TO_ADAPTER[host] = name
+        return cls
+
+    return decorator
+
+
+def registered_adapters() -> List[str]:
+    """Names of the registered adapters (the allowed values of ``TRAINER.PD.ADAPTER`` besides ``auto``)."""
+    return sorted(_ADAPTERS)
+
+
+def adapter_by_name(name: str) -> Type[PromptAdapter]:
+    """The adapter registered as ``name``; ``KeyError`` listing the registered ones otherwise."""
+    if name not in _ADAPTERS:
+        raise KeyError(f"unknown prompt adapter {name!r}; registered: {registered_adapters()}")
+    return _ADAPTERS[name]
+
+
+def adapter_for_trainer(trainer_cls: type) -> Optional[Type[PromptAdapter]]:
+    """The adapter mapped to the first class in ``trainer_cls``'s MRO whose name is a known host
+    (so a user's ``MyCoCoOp(CoCoOp)`` and upstream's own ``CoCoOp`` both resolve), or ``None``."""
+    for klass in trainer_cls.__mro__:
+        if klass.__name__ in _HOST_TO_ADAPTER:
+            return _ADAPTERS[_HOST_TO_ADAPTER[klass.__name__]]
+    return None
+
+
+def detect_adapter(model: nn.Module) -> Type[PromptAdapter]:
+    """The adapter whose ``required_attributes`` all resolve on ``model``. When several fit, the
+    most specific wins: the one whose attributes include every other fitting one's (CoCoOp's
+    include CoOp's). ``PromptLayoutError`` lists what each adapter missed when none fits, or the
+    candidates when no single one is the most specific."""
+    fitting = [cls for cls in _ADAPTERS.values() if all(has_attribute(model, p) for p in cls.required_attributes)]
+    most_specific = [cls for cls in fitting
+                     if all(set(other.required_attributes) <= set(cls.required_attributes) for other in fitting)]
+    if len(most_specific) == 1:
+        return most_specific[0]
+    if fitting:
+        raise PromptLayoutError(
+            f"several prompt adapters fit the model ({type(model).__name__}) and none is the most specific: "
+            f"{sorted(cls.name for cls in fitting)}; set TRAINER.PD.ADAPTER to one of them"
+        )
+    report = "; ".join(
+        f"{name}: missing {[p for p in cls.required_attributes if not has_attribute(model, p)]}"
+        for name, cls in sorted(_ADAPTERS.items())
+    )
+    raise PromptLayoutError(
+        f"no prompt adapter fits the model ({type(model).__name__}): {report}. "
+        "Set TRAINER.PD.ADAPTER or write a PromptAdapter for this layout"
+    )
+

@@ -1,0 +1,27 @@
+"""CoCoOp adapter: ``V`` is the text context ``prompt_learner.ctx``; CoCoOp's Meta-Net gives ``π``.
+
+Upstream layout (KaiyangZhou/CoOp ``trainers/cocoop.py``): CoOp's plus ``prompt_learner.meta_net``
+(vis_dim -> vis_dim/16 -> ctx_dim). In the host the Meta-Net shifts the context per image; under
+prompt diffusion its output on the frozen image feature is the condition ``π`` of the denoiser
+(paper §4.2), and the host's own loss keeps training it in its host role.
+"""
+from typing import Optional
+
+from torch import Tensor, nn
+
+from prompt_diffusion.adapters.base import register_adapter
+from prompt_diffusion.adapters.coop import TextContextAdapter, loss_of
+
+__all__ = ["CoCoOpAdapter"]
+
+
+@register_adapter("CoCoOp")
+class CoCoOpAdapter(TextContextAdapter):
+    required_attributes = TextContextAdapter.required_attributes + ("prompt_learner.meta_net",)
+
+    def meta_net(self) -> Optional[nn.Module]:
+        return self.find("prompt_learner.meta_net")
+
+    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+        # upstream CustomCLIP.forward(image, label) returns the loss while the prompt learner trains
+        return loss_of(self.model(images, labels), labels)

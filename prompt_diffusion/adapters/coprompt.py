@@ -1,0 +1,56 @@
+"""CoPrompt adapter: ``V`` as MaPLe's (text ``[depth x n, 512]``, vision prompts through the learned
+projections), with CoPrompt's residual feature adapters on the logits path; the host loss is
+CoPrompt's cross-entropy plus its consistency losses.
+
+Upstream layout (ShuvenduRoy/CoPrompt ``trainers/coprompt.py``): MaPLe's ``prompt_learner`` plus
+``adapter_image`` / ``adapter_text`` (512 -> 128 -> 512 MLPs) mixed into the features with the
+ratios ``image_adapter_m`` (0.1) and ``text_adapter_m`` (0.2), at training and at inference.
+While training, ``CustomCLIP.forward(image1, image2, label)`` returns the loss; ``image2`` is a
+second augmentation of the batch. The wrapper hands the adapter one view only, so the host loss
+takes the second view from ``model.second_view`` (set by this repository's CoPrompt trainer when it
+parses a training batch).
+"""
+from typing import Optional, Sequence, Tuple
+
+from torch import Tensor, nn
+
+from prompt_diffusion.adapters.base import register_adapter
+from prompt_diffusion.adapters.maple import MaPLeAdapter, maple_features
+
+__all__ = ["CoPromptAdapter", "coprompt_features", "residual_adapt"]
+
+
+def residual_adapt(features: Tensor, adapter: nn.Module, ratio: float) -> Tensor:
+    """``ratio * adapter(features) + (1 - ratio) * features`` (CoPrompt's residual feature adapter)."""
+    adapted = adapter(features.to(next(adapter.parameters()).dtype)).to(features.dtype)
+    return ratio * adapted + (1 - ratio) * features
+
+
+def coprompt_features(
+    model: nn.Module, images: Tensor, ctx: Tensor, deep_text: Sequence[Tensor], chunk_size: int = 0
+) -> Tuple[Tensor, Tensor]:
+    """CoPrompt's image ``[B, E]`` and text ``[K, E]`` / ``[B, K, E]`` features: MaPLe's prompted
+    features through the residual adapters (not normalised)."""
+    image, text = maple_features(model, images, ctx, deep_text, chunk_size)
+    return (residual_adapt(image, model.adapter_image, model.image_adapter_m),
+            residual_adapt(text, model.adapter_text, model.text_adapter_m))
+
+
+@register_adapter("CoPrompt")
+class CoPromptAdapter(MaPLeAdapter):
+    required_attributes = MaPLeAdapter.required_attributes + (
+        "adapter_image", "adapter_text", "image_adapter_m", "text_adapter_m",
+    )
+
+    def features(self, images: Tensor, ctx: Tensor, deep_text: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        return coprompt_features(self.model, images, ctx, deep_text, self.chunk_size)
+
+    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+        second_view = getattr(self.model, "second_view", None)
+        if second_view is None or second_view.shape[0] != images.shape[0]:
+            raise ValueError(
+                "CoPromptAdapter: CoPrompt's loss needs the second augmented view of the batch in "
+                "model.second_view (same batch size as the images); the CoPrompt trainer of "
+                "prompt_diffusion.trainers sets it in parse_batch_train (DATALOADER.K_TRANSFORMS 2)"
+            )
+        return self.model(images, second_view, labels)

@@ -1,0 +1,82 @@
+"""Deep prompts as one diffused token group: shallow prompt + one prompt per deeper layer.
+
+Upstream layout (muzairkhattak/multimodal-prompt-learning, modified ``clip/model.py``): the shallow
+prompt is a parameter (``image_encoder.VPT`` for vision, ``prompt_learner.ctx`` for text) and the
+prompt of layer ``i >= 1`` is ``<encoder>.transformer.resblocks[i].VPT_shallow`` for the first
+``depth - 1`` deeper layers.
+
+``TRAINER.PD.DEEP_TOKENS`` sets how the group is tokenised for the denoiser:
+
+- ``vector`` (default): one token per prompt vector, ``[shallow; deep_1; ...]`` -> ``[depth * n, width]``;
+- ``layer``: one token per prompted layer (as G.pt gives each layer of a network one token), its
+  ``n`` vectors concatenated -> ``[depth, n * width]``. The denoiser attends over ``depth`` tokens
+  instead of ``depth * n`` (VPT at depth 12 with 4 vectors: 12 instead of 48), which is what its
+  cost grows with.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from prompt_diffusion.adapters.base import PromptGroup, find_attribute
+
+__all__ = ["DEEP_TOKENS", "DeepPrompts", "deep_tokens"]
+
+
+DEEP_TOKENS = ("vector", "layer")
+
+
+def deep_tokens(cfg) -> str:
+    """``TRAINER.PD.DEEP_TOKENS`` when the config has it, else ``vector``."""
+    if cfg is not None and "TRAINER" in cfg and "PD" in cfg.TRAINER and "DEEP_TOKENS" in cfg.TRAINER.PD:
+        return cfg.TRAINER.PD.DEEP_TOKENS
+    return "vector"
+
+
+class DeepPrompts:
+    """The shallow prompt at ``shallow_path`` and the ``VPT_shallow`` prompts of ``blocks_path[1:]``,
+    as one group tokenised per ``tokens`` (``vector`` or ``layer``, see the module docstring)."""
+
+    def __init__(self, model: nn.Module, name: str, shallow_path: str, blocks_path: str, adapter: str,
+                 tokens: str = "vector"):
+        if tokens not in DEEP_TOKENS:
+            raise ValueError(f"{adapter}: deep prompt tokens {tokens!r} unknown; allowed: {list(DEEP_TOKENS)}")
+        self.per_layer = tokens == "layer"
+        self.name = name
+        self.shallow: Tensor = find_attribute(model, shallow_path, adapter)
+        blocks = find_attribute(model, blocks_path, adapter)
+        self.deep: List[Tensor] = []
+        for block in list(blocks)[1:]:  # layer 0 takes the shallow prompt
+            prompt = getattr(block, "VPT_shallow", None)
+            if not isinstance(prompt, Tensor):  # upstream sets VPT_shallow only on prompted layers
+                break
+            self.deep.append(prompt)
+        self.n_tokens, self.width = (int(s) for s in self.shallow.shape)
+        for i, prompt in enumerate(self.deep, start=1):
+            if tuple(prompt.shape) != (self.n_tokens, self.width):
+                raise ValueError(
+                    f"{adapter}: {blocks_path}[{i}].VPT_shallow has shape {tuple(prompt.shape)}, "
+                    f"expected {(self.n_tokens, self.width)} like {shallow_path}"
+                )
+
+    @property
+    def depth(self) -> int:
+        return 1 + len(self.deep)
+
+    @property
+    def group(self) -> PromptGroup:
+        if self.per_layer:
+            return PromptGroup(self.name, self.depth, self.n_tokens * self.width)
+        return PromptGroup(self.name, self.depth * self.n_tokens, self.width)
+
+    def stacked(self) -> Tensor:
+        """The shared prompts as one group (attached to the parameters): ``[depth * n, width]``
+        (vector tokens) or ``[depth, n * width]`` (layer tokens)."""
+        layers = torch.stack([self.shallow, *self.deep])  # [depth, n, width]
+        return layers.flatten(1) if self.per_layer else layers.flatten(0, 1)
+
+    def split(self, prompts: Tensor) -> Tuple[Tensor, Sequence[Tensor]]:
+        """Per-sample group (``[B, depth * n, width]`` or ``[B, depth, n * width]``) -> shallow
+        ``[B, n, width]`` and ``depth - 1`` deep prompts ``[B, n, width]``."""
+        layers = prompts.reshape(prompts.shape[0], self.depth, self.n_tokens, self.width)  # [B, depth, n, width]
+        return layers[:, 0], [layers[:, i] for i in range(1, self.depth)]

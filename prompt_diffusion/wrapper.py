@@ -1,0 +1,572 @@
+"""DiffusionPromptWrapper: prompt diffusion as a mixin over any Dassl-style prompt-learning trainer.
+
+``DiffusionPromptWrapper.register(CoCoOp)`` registers ``CoCoOpPD``, a subclass of the user's
+``CoCoOp`` whose training step and inference follow the paper (§4, Eq. 7-8, Fig. 3):
+
+training step (batch of B images, labels y)
+    π = Meta-Net(frozen CLIP image feature)                     [B, C]
+    V* = I gradient steps of each sample's CE from the shared prompts, detached
+         (online: every step; cached: reused for OVERFIT.REFRESH epochs per sample)
+    loss = HOST_LOSS_WEIGHT·L_host + CE_WEIGHT·CE(logits(V̂), y) + BETA·‖V* − V̂‖²
+inference
+    π -> seeded noise -> sampler with NFE denoiser calls -> V̂_0 -> logits (TEST_SAMPLES averaged)
+
+The denoiser (and a Meta-Net when the host has none, and the AMED predictor) are registered
+models of the trainer: they share its optimizer/scheduler settings (``OPTIM``), checkpoints,
+resume and ``--eval-only`` loading. ``TRAINER.PD.ENABLE False`` leaves the host untouched.
+"""
+import os.path as osp
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Tuple, Type
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+from yacs.config import CfgNode
+
+from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_for_trainer, detect_adapter
+from prompt_diffusion.config import _add_pd_keys, validate_pd_cfg
+from prompt_diffusion.diffusion.amed import AMEDPredictor, distill_amed
+from prompt_diffusion.diffusion.denoiser import PromptDenoiser, diffusion_loss
+from prompt_diffusion.diffusion.overfit import overfit_prompts
+from prompt_diffusion.diffusion.samplers import sample
+from prompt_diffusion.diffusion.schedule import NoiseSchedule
+from prompt_diffusion.engine import (
+    TRAINER_REGISTRY,
+    build_lr_scheduler,
+    build_optimizer,
+    compute_accuracy,
+    load_checkpoint,
+    save_checkpoint,
+)
+from prompt_diffusion.engine.checkpoint import load_state_dict_checked
+
+__all__ = ["DiffusionPromptWrapper", "MetaNet", "DenoiserModule", "AMEDModule"]
+
+Prompts = Dict[str, Tensor]
+
+# names under which the wrapper registers its models (checkpoint sub-directories of OUTPUT_DIR)
+DENOISER_NAME = "pd_denoiser"
+META_NET_NAME = "pd_meta_net"
+AMED_NAME = "pd_amed"
+# weight of the newest batch in the moving average of the prompt scale (see _pd_update_normalization)
+NORM_MOMENTUM = 0.1
+
+
+class MetaNet(nn.Sequential):
+    """CoCoOp's Meta-Net (``linear1`` -> ReLU -> ``linear2``, hidden width ``in_dim // 16``): π for
+    hosts that have none (CoOp, VPT, IVLP)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        hidden = max(in_dim // 16, 1)
+        super().__init__()
+        self.add_module("linear1", nn.Linear(in_dim, hidden))
+        self.add_module("relu", nn.ReLU(inplace=True))
+        self.add_module("linear2", nn.Linear(hidden, out_dim))
+
+
+class DenoiserModule(nn.Module):
+    """The registered ``pd_denoiser``: a ``PromptDenoiser`` whose checkpoint describes itself.
+
+    The state dict carries (as extra state) the denoiser's architecture, the noise schedule and
+    the sampler settings; loading a checkpoint written for a different architecture or schedule
+    fails with the differing values named.
+    """
+
+    def __init__(self, denoiser: PromptDenoiser, schedule: NoiseSchedule, sampler: str, nfe: int):
+        super().__init__()
+        self.denoiser = denoiser
+        self.description = {
+            "denoiser": dict(denoiser.config),
+            "schedule": dict(schedule.config),
+            "sampler": {"name": sampler, "nfe": int(nfe)},
+        }
+
+    def get_extra_state(self) -> dict:
+        return {key: dict(value) for key, value in self.description.items()}
+
+    def set_extra_state(self, state: dict) -> None:
+        for part in ("denoiser", "schedule"):
+            saved, built = _plain(state.get(part, {})), _plain(self.description[part])
+            if saved != built:
+                differing = {k: (saved.get(k), built.get(k))
+                             for k in set(saved) | set(built) if saved.get(k) != built.get(k)}
+                raise ValueError(
+                    f"the checkpoint's {part} differs from the one TRAINER.PD builds "
+                    f"(key: (checkpoint, config)): {differing}"
+                )
+
+
+class AMEDModule(nn.Module):
+    """The registered ``pd_amed``: an ``AMEDPredictor`` and whether it has been distilled
+    (a buffer, so the flag travels with the checkpoint)."""
+
+    def __init__(self, predictor: AMEDPredictor):
+        super().__init__()
+        self.predictor = predictor
+        self.register_buffer("distilled_flag", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def distilled(self) -> bool:
+        return bool(self.distilled_flag)
+
+    def get_extra_state(self) -> dict:
+        return dict(self.predictor.config)
+
+    def set_extra_state(self, state: dict) -> None:
+        if _plain(state) != _plain(self.predictor.config):
+            raise ValueError(f"the checkpoint's AMED predictor {state} differs from the one TRAINER.PD "
+                             f"builds {self.predictor.config} (NFE or denoiser width changed?)")
+
+
+def _plain(value):
+    """Lists for tuples, recursively, so configs compare equal after a save/load round trip."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def with_pd_keys(cfg: CfgNode) -> CfgNode:
+    """``cfg`` itself when it has ``TRAINER.PD``, else a copy with the defaults added (same frozenness)."""
+    if "PD" in cfg.TRAINER:
+        return cfg
+    cfg = cfg.clone()
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    _add_pd_keys(cfg)
+    if was_frozen:
+        cfg.freeze()
+    return cfg
+
+
+def sample_seed(base_seed: int, position: int, draw: int) -> int:
+    """A well-mixed 63-bit seed for the ``draw``-th noise of the sample at evaluation ``position``."""
+    state = np.random.SeedSequence([int(base_seed) & 0xFFFFFFFF, int(position), int(draw)]).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF
+
+
+class DiffusionPromptWrapper:
+    """Mixin that turns a Dassl-style prompt-learning trainer into its prompt-diffusion variant.
+
+    Use ``DiffusionPromptWrapper.register(Host)`` (registers ``HostPD``) or ``.wrap(Host)``.
+    The adapter comes from ``TRAINER.PD.ADAPTER``; ``auto`` looks the host class up by name
+    (``prompt_diffusion.adapters``), then by the model's attribute layout.
+    """
+
+    # an adapter class fixed by ``wrap(host, adapter=...)``; None: TRAINER.PD.ADAPTER decides
+    pd_adapter_class: Optional[Type[PromptAdapter]] = None
+
+    # ------------------------------------------------------------------ making the class
+    @classmethod
+    def wrap(cls, host: type, adapter: Optional[Type[PromptAdapter]] = None) -> type:
+        """``<Host>PD``: a subclass of ``host`` with prompt diffusion (not registered)."""
+        if not isinstance(host, type):
+            raise TypeError(f"wrap() takes a trainer class, got {host!r}")
+        if issubclass(host, DiffusionPromptWrapper):
+            raise TypeError(f"{host.__name__} is already a prompt-diffusion trainer")
+        namespace = {
+            "__module__": host.__module__,
+            "__qualname__": f"{host.__qualname__}PD",
+            "__doc__": f"{host.__name__} with prompt diffusion (prompt_diffusion.DiffusionPromptWrapper).",
+            "pd_adapter_class": adapter,
+        }
+        return type(f"{host.__name__}PD", (cls, host), namespace)
+
+    @classmethod
+    def register(cls, host: type, adapter: Optional[Type[PromptAdapter]] = None, registry=None) -> type:
+        """Wrap ``host`` and register the result as ``<Host>PD`` in ``registry`` (default: the
+        engine's ``TRAINER_REGISTRY``, Dassl's own when Dassl is installed). Registering the same
+        host again returns the class registered before."""
+        registry = TRAINER_REGISTRY if registry is None else registry
+        name = f"{host.__name__}PD"
+        if name in registry.registered_names():
+            existing = registry.get(name)
+            if issubclass(existing, DiffusionPromptWrapper) and existing.__bases__[-1] is host:
+                return existing
+            raise KeyError(f"a trainer named {name!r} is already registered "
+                           f"({existing.__module__}.{existing.__qualname__})")
+        wrapped = cls.wrap(host, adapter)
+        registry.register(wrapped)
+        return wrapped
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, cfg: CfgNode):
+        super().__init__(with_pd_keys(cfg))
+
+    @property
+    def pd_enabled(self) -> bool:
+        return bool(self.cfg.TRAINER.PD.ENABLE)
+
+    def check_cfg(self, cfg: CfgNode) -> None:
+        super().check_cfg(cfg)
+        validate_pd_cfg(cfg)
+
+    def build_model(self) -> None:
+        super().build_model()
+        if not self.pd_enabled:
+            print("Prompt diffusion is off (TRAINER.PD.ENABLE False): the host trainer runs unchanged")
+            return
+        pd = self.cfg.TRAINER.PD
+        host_model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
+        adapter_cls = self._pd_adapter_class(host_model)
+        self.pd_adapter = adapter_cls(host_model, self.cfg)
+        groups = self.pd_adapter.groups
+        print(f"Prompt diffusion: adapter {adapter_cls.name}, prompt groups {[tuple(g) for g in groups]}")
+
+        self.pd_cond_net, cond_dim = self._pd_build_condition()
+        self.pd_schedule = NoiseSchedule(steps=pd.STEPS, kind=pd.SCHEDULE)
+        denoiser = PromptDenoiser(
+            groups, cond_dim, layers=pd.DENOISER.LAYERS, heads=pd.DENOISER.HEADS,
+            width=pd.DENOISER.WIDTH, timesteps=pd.STEPS,
+        )
+        self.pd_denoiser = DenoiserModule(denoiser, self.pd_schedule, pd.SAMPLER, pd.NFE).to(self.device)
+        self._pd_register(DENOISER_NAME, self.pd_denoiser)
+        self.pd_amed = self._pd_build_amed()
+        self._pd_overfit_cache: Dict[int, Tuple[int, Prompts]] = {}
+        self._pd_eval_position = 0
+
+    def _pd_adapter_class(self, model: nn.Module) -> Type[PromptAdapter]:
+        choice = self.cfg.TRAINER.PD.ADAPTER
+        if choice != "auto":
+            return adapter_by_name(choice)
+        if self.pd_adapter_class is not None:
+            return self.pd_adapter_class
+        found = adapter_for_trainer(type(self))
+        return found if found is not None else detect_adapter(model)
+
+    def _pd_register(self, name: str, module: nn.Module, trainable: bool = True) -> None:
+        optim = sched = None
+        if trainable:
+            optim = build_optimizer(module, self.cfg.OPTIM)
+            sched = build_lr_scheduler(optim, self.cfg.OPTIM)
+        self.register_model(name, module, optim, sched)
+
+    def _pd_build_condition(self) -> Tuple[Optional[nn.Module], int]:
+        """The network that maps the frozen image feature to π, and π's width."""
+        feature_dim = self.pd_adapter.feature_dim
+        if self.cfg.TRAINER.PD.COND == "image_feature":
+            print("Prompt diffusion: π = the frozen CLIP image feature")
+            return None, feature_dim
+        host_net = self.pd_adapter.meta_net()
+        if host_net is not None:
+            print("Prompt diffusion: π = the host's Meta-Net on the frozen CLIP image feature")
+            probe = next(host_net.parameters())
+            with torch.no_grad():
+                out = host_net(torch.zeros(1, feature_dim, dtype=probe.dtype, device=probe.device))
+            return host_net, int(out.shape[-1])
+        print(f"Prompt diffusion: π = a new Meta-Net ({feature_dim} -> {max(feature_dim // 16, 1)} -> "
+              f"{feature_dim}) on the frozen CLIP image feature, registered as {META_NET_NAME!r}")
+        net = MetaNet(feature_dim, feature_dim).to(self.device)
+        self._pd_register(META_NET_NAME, net)
+        return net, feature_dim
+
+    def _pd_build_amed(self) -> Optional["AMEDModule"]:
+        """The AMED predictor (registered, no optimizer: it is distilled after training), when
+        ``SAMPLER`` is ``amed`` and ``AMED.DISTILL_ITERS`` > 0."""
+        pd = self.cfg.TRAINER.PD
+        if pd.SAMPLER != "amed":
+            return None
+        if pd.AMED.DISTILL_ITERS == 0:
+            print("Prompt diffusion: TRAINER.PD.AMED.DISTILL_ITERS is 0, so no AMED predictor: "
+                  "sampling falls back to dpmpp_2m")
+            return None
+        predictor = AMEDPredictor(feature_dim=pd.DENOISER.WIDTH, nfe=pd.NFE)
+        module = AMEDModule(predictor).to(self.device)
+        self._pd_register(AMED_NAME, module, trainable=False)
+        return module
+
+    # ------------------------------------------------------------------ shared pieces
+    def pd_condition(self, image_features: Tensor) -> Tensor:
+        """π ``[B, C]`` (float32) from the frozen image features ``[B, feature_dim]``."""
+        if self.pd_cond_net is None:
+            return image_features.float()
+        dtype = next(self.pd_cond_net.parameters()).dtype
+        return self.pd_cond_net(image_features.to(dtype)).float()
+
+    def _pd_per_sample_loss(self, images: Tensor, labels: Tensor, features: Tensor):
+        def per_sample_loss(prompts: Prompts) -> Tensor:
+            return F.cross_entropy(self.pd_adapter.logits(images, prompts, features), labels, reduction="none")
+
+        return per_sample_loss
+
+    def pd_overfit(self, images: Tensor, labels: Tensor, features: Tensor) -> Prompts:
+        """Paper §4.1: I gradient steps of each sample's CE from the shared prompts; ``V*`` detached."""
+        overfit = self.cfg.TRAINER.PD.OVERFIT
+        batch = images.shape[0]
+        init = {
+            name: prompt.detach().float().unsqueeze(0).expand(batch, -1, -1).clone()
+            for name, prompt in self.pd_adapter.base_prompts().items()
+        }  # {group: [B, n, w]}
+        return overfit_prompts(init, self._pd_per_sample_loss(images, labels, features), overfit.ITERS, overfit.LR,
+                               step_rule=overfit.STEP_RULE)
+
+    def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor) -> Prompts:
+        """``V*`` for the batch: overfitted now (online) or from the per-sample cache (cached)."""
+        overfit = self.cfg.TRAINER.PD.OVERFIT
+        if overfit.MODE == "online":
+            return self.pd_overfit(images, labels, features)
+        if "index" not in batch:
+            raise KeyError("TRAINER.PD.OVERFIT.MODE 'cached' needs the sample index in each batch (batch['index'], "
+                           "as Dassl's DatasetWrapper gives); this data loader does not provide it")
+        indices = [int(i) for i in batch["index"]]
+        stale = [row for row, index in enumerate(indices)
+                 if index not in self._pd_overfit_cache
+                 or self.epoch - self._pd_overfit_cache[index][0] >= overfit.REFRESH]
+        if stale:
+            rows = torch.tensor(stale, device=images.device)
+            fresh = self.pd_overfit(images[rows], labels[rows], features[rows])
+            for position, row in enumerate(stale):
+                self._pd_overfit_cache[indices[row]] = (self.epoch, {k: v[position].cpu() for k, v in fresh.items()})
+        names = [group.name for group in self.pd_adapter.groups]
+        return {name: torch.stack([self._pd_overfit_cache[i][1][name] for i in indices]).to(images.device)
+                for name in names}
+
+    def _pd_center_on_base(self) -> Dict[str, Tensor]:
+        """Set the denoiser's per-coordinate mean to the current shared prompts ``V0`` (so the
+        diffused ``V*`` stay centred while ``V0`` trains, and a zero prediction means ``V0``);
+        returns ``V0`` (detached, fp32). Called before every training step and every inference."""
+        denoiser = self.pd_denoiser.denoiser
+        base = {name: prompt.detach().float() for name, prompt in self.pd_adapter.base_prompts().items()}
+        with torch.no_grad():
+            for name, prompt in base.items():
+                getattr(denoiser, f"{name}_mean").copy_(prompt)
+        return base
+
+    def _pd_update_normalization(self, targets: Prompts) -> None:
+        """Centre on ``V0`` and move each group's scale towards the RMS of ``V* − V0`` over the batch
+        (exponential moving average, momentum ``NORM_MOMENTUM``; set outright on the first step of
+        a fresh training)."""
+        denoiser = self.pd_denoiser.denoiser
+        base = self._pd_center_on_base()
+        momentum = 1.0 if self.epoch == 0 and self.batch_idx == 0 else NORM_MOMENTUM
+        with torch.no_grad():
+            for name, prompt in base.items():
+                scale = getattr(denoiser, f"{name}_scale")
+                rms = (targets[name] - prompt).pow(2).mean().sqrt().clamp_min(1e-6)
+                scale.mul_(1.0 - momentum).add_(momentum * rms)
+
+    @torch.no_grad()
+    def pd_diffusion_fit(self, data_loader=None, draws: int = 4, seed: int = 0) -> float:
+        """How well the denoiser reconstructs the overfitted prompts of a data set (default: the
+        training set): ``Σ‖V* − V̂‖² / Σ‖V* − V0‖²`` in normalised space over ``draws`` seeded
+        (timestep, noise) draws per sample. 1: no better than the shared prompts; 0: exact."""
+        self.set_model_mode("eval")
+        self._pd_center_on_base()
+        denoiser = self.pd_denoiser.denoiser
+        generator = torch.Generator().manual_seed(seed)
+        error = baseline = 0.0
+        for batch in data_loader if data_loader is not None else self.train_loader_x:
+            images, labels = self.parse_batch_train(batch)[:2]
+            features = self.pd_adapter.image_features(images)
+            targets = self.pd_overfit(images, labels, features)
+            pi = self.pd_condition(features)
+            centred = denoiser.layout.flatten(denoiser.normalize(targets))  # [B, N]
+            for _ in range(draws):
+                loss, _ = diffusion_loss(denoiser, targets, pi, self.pd_schedule, generator=generator)
+                error += float(loss) * len(images)
+                baseline += float(centred.pow(2).mean()) * len(images)
+        return error / baseline
+
+    # ------------------------------------------------------------------ training
+    def before_train(self) -> None:
+        super().before_train()
+        if self.pd_enabled:
+            overfit = self.cfg.TRAINER.PD.OVERFIT
+            if overfit.MODE == "online":
+                print(f"Prompt diffusion: per-sample overfitting online (I={overfit.ITERS}, lr={overfit.LR}, "
+                      "every step)")
+            else:
+                print(f"Prompt diffusion: per-sample overfitting cached (I={overfit.ITERS}, lr={overfit.LR}; "
+                      f"each sample's V* recomputed every {overfit.REFRESH} epoch(s))")
+
+    def forward_backward(self, batch: dict) -> dict:
+        if not self.pd_enabled:
+            return super().forward_backward(batch)
+        pd = self.cfg.TRAINER.PD
+        images, labels = self.parse_batch_train(batch)[:2]
+        features = self.pd_adapter.image_features(images)  # [B, E], frozen
+        targets = self._pd_targets(batch, images, labels, features)  # V*: {group: [B, n, w]}, detached
+        self._pd_update_normalization(targets)
+        with self._pd_autocast():
+            pi = self.pd_condition(features)  # [B, C]
+            loss_diff, denoised = diffusion_loss(self.pd_denoiser.denoiser, targets, pi, self.pd_schedule)
+            logits = self.pd_adapter.logits(images, denoised, features)
+            loss_ce = F.cross_entropy(logits, labels)
+            loss = pd.CE_WEIGHT * loss_ce + pd.BETA * loss_diff
+            summary = {"loss_ce": loss_ce.item(), "loss_diff": loss_diff.item()}
+            if pd.HOST_LOSS_WEIGHT > 0:
+                loss_host = self.pd_adapter.host_loss(images, labels)
+                if loss_host is not None:
+                    loss = loss + pd.HOST_LOSS_WEIGHT * loss_host
+                    summary["loss_host"] = loss_host.item()
+        self._pd_backward_and_update(loss)
+        summary["loss"] = loss.item()
+        summary["acc"] = compute_accuracy(logits, labels)[0].item()
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def after_train(self) -> None:
+        if self.pd_enabled and self.pd_amed is not None:
+            self.pd_distill_amed()
+            self._pd_save_amed()
+        super().after_train()
+
+    @torch.no_grad()
+    def _pd_train_conditions(self) -> Tensor:
+        """π of every training image (one pass over ``train_loader_x``), ``[N, C]``."""
+        self.set_model_mode("eval")
+        conditions = []
+        for batch in tqdm(self.train_loader_x, desc="π of the training images", leave=False):
+            images = self.parse_batch_train(batch)[0]
+            conditions.append(self.pd_condition(self.pd_adapter.image_features(images)))
+        return torch.cat(conditions)
+
+    def pd_distill_amed(self) -> List[float]:
+        """Distil the AMED predictor from the teacher solver (``TRAINER.PD.AMED``) on the π of the
+        training images and fresh noise; returns the loss per distillation batch."""
+        amed = self.cfg.TRAINER.PD.AMED
+        conditions = self._pd_train_conditions()
+        denoiser = self.pd_denoiser.denoiser
+
+        def batches():  # random training conditions and fresh noise (the run's seeded global RNG)
+            for _ in range(amed.DISTILL_ITERS):
+                rows = torch.randint(len(conditions), (min(amed.BATCH, len(conditions)),))
+                noise = torch.randn(len(rows), denoiser.layout.numel).to(conditions.device)
+                yield denoiser.denoise_fn(conditions[rows.to(conditions.device)]), noise
+
+        print(f"Prompt diffusion: distilling the AMED predictor (NFE={self.cfg.TRAINER.PD.NFE}) from "
+              f"{amed.TEACHER} with {amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
+        self.pd_amed.train()
+        history = distill_amed(self.pd_amed.predictor, batches(), self.pd_schedule, teacher=amed.TEACHER,
+                               inserted=amed.INSERTED, lr=amed.LR)
+        self.pd_amed.eval()
+        self.pd_amed.distilled_flag.fill_(True)
+        print(f"Prompt diffusion: AMED distillation loss {history[0]:.4g} -> {history[-1]:.4g}")
+        return history
+
+    def _pd_save_amed(self) -> None:
+        """Write the distilled predictor over the last epoch's ``pd_amed`` checkpoint (and the best
+        one, when there is one), so ``--eval-only`` and the final test use it."""
+        directory = osp.join(self.output_dir, AMED_NAME)
+        state = {"state_dict": self.pd_amed.state_dict(), "epoch": self.epoch + 1, "optimizer": None,
+                 "scheduler": None, "val_result": None, "trainer": self.cfg.TRAINER.NAME or type(self).__name__}
+        names = [f"model.pth.tar-{self.epoch + 1}"]
+        if osp.exists(osp.join(directory, "model-best.pth.tar")):
+            names.append("model-best.pth.tar")
+        for model_name in names:
+            save_checkpoint(dict(state), directory, model_name=model_name)
+
+    def _pd_autocast(self):
+        """CUDA float16 autocast when the host trains with a ``GradScaler`` (``PREC amp``), else nothing."""
+        return torch.autocast("cuda", dtype=torch.float16, enabled=getattr(self, "scaler", None) is not None)
+
+    def _pd_backward_and_update(self, loss: Tensor) -> None:
+        """One step of every registered optimizer (host's and wrapper's); through the host's
+        ``GradScaler`` when it has one (CoOp-family ``PREC amp`` on CUDA)."""
+        scaler = getattr(self, "scaler", None)
+        if scaler is None:
+            self.model_backward_and_update(loss)
+            return
+        self.model_zero_grad()
+        self.detect_anomaly(loss)
+        scaler.scale(loss).backward()
+        for name in self.get_model_names():
+            if self._optims[name] is not None:
+                scaler.step(self._optims[name])
+        scaler.update()
+
+    # ------------------------------------------------------------------ inference
+    def test(self, split: Optional[str] = None):
+        """The host's test, with the inference noise re-seeded: sample ``i`` of every evaluation
+        draws the same noise (``TRAINER.PD.NOISE_SEED``), so evaluation is reproducible."""
+        self._pd_eval_position = 0
+        return super().test(split)
+
+    def pd_reset_noise(self) -> None:
+        """Restart the per-sample noise sequence (``test`` does this itself)."""
+        self._pd_eval_position = 0
+
+    def pd_noise(self, batch: int, draw: int, device: torch.device) -> Tensor:
+        """``[B, N]`` standard normal noise, sample ``b`` seeded by (NOISE_SEED, position of b, draw)."""
+        numel = self.pd_denoiser.denoiser.layout.numel
+        rows = []
+        for b in range(batch):
+            generator = torch.Generator().manual_seed(
+                sample_seed(self.cfg.TRAINER.PD.NOISE_SEED, self._pd_eval_position + b, draw))
+            rows.append(torch.randn(numel, generator=generator))
+        return torch.stack(rows).to(device)
+
+    def pd_sampler(self) -> Tuple[str, Optional[nn.Module]]:
+        """The sampler to use and its AMED predictor: ``amed`` needs a distilled predictor, else
+        ``dpmpp_2m`` (said once in the log)."""
+        sampler = self.cfg.TRAINER.PD.SAMPLER
+        if sampler != "amed":
+            return sampler, None
+        if self.pd_amed is not None and self.pd_amed.distilled:
+            return "amed", self.pd_amed.predictor
+        if not getattr(self, "_pd_said_fallback", False):
+            print("Prompt diffusion: no distilled AMED predictor, sampling with dpmpp_2m instead")
+            self._pd_said_fallback = True
+        return "dpmpp_2m", None
+
+    @torch.no_grad()
+    def pd_generate(self, pi: Tensor, draw: int) -> Prompts:
+        """One sampled raw prompt per condition row (NFE denoiser calls)."""
+        denoiser = self.pd_denoiser.denoiser
+        sampler, predictor = self.pd_sampler()
+        noise = self.pd_noise(pi.shape[0], draw, pi.device)
+        generator = torch.Generator().manual_seed(  # ddpm's ancestral noise
+            sample_seed(self.cfg.TRAINER.PD.NOISE_SEED, self._pd_eval_position, draw))
+        flat = sample(denoiser.denoise_fn(pi), noise, self.pd_schedule, sampler, self.cfg.TRAINER.PD.NFE,
+                      generator, predictor)
+        return denoiser.denormalize(denoiser.layout.unflatten(flat))
+
+    def model_inference(self, input: Tensor) -> Tensor:
+        if not self.pd_enabled:
+            return super().model_inference(input)
+        self._pd_center_on_base()
+        features = self.pd_adapter.image_features(input)
+        pi = self.pd_condition(features)
+        draws = self.cfg.TRAINER.PD.TEST_SAMPLES
+        logits = sum(self.pd_adapter.logits(input, self.pd_generate(pi, draw), features) for draw in range(draws))
+        self._pd_eval_position += input.shape[0]
+        return logits / draws
+
+    # ------------------------------------------------------------------ checkpoints
+    def _pd_names(self) -> List[str]:
+        return [name for name in (DENOISER_NAME, META_NET_NAME, AMED_NAME) if name in self._models]
+
+    @contextmanager
+    def _pd_hidden(self) -> Iterator[None]:
+        """Hide the wrapper's models from the host's ``load_model`` (it loads them itself)."""
+        hidden = [(name, self._models.pop(name)) for name in self._pd_names()]
+        try:
+            yield
+        finally:
+            for name, module in hidden:
+                self._models[name] = module
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """The host's ``load_model`` for its own models; the denoiser (Meta-Net, AMED predictor)
+        load from their sub-directories, or stay freshly initialised when the checkpoint is an
+        unwrapped host's (said in the log)."""
+        if not self.pd_enabled:
+            return super().load_model(directory, epoch)
+        with self._pd_hidden():
+            super().load_model(directory, epoch)
+        if not directory:
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self._pd_names():
+            path = osp.join(directory, name, model_file)
+            if not osp.exists(path):
+                print(f"Prompt diffusion: no {name} checkpoint at {path}; {name} stays freshly initialised")
+                continue
+            checkpoint = load_checkpoint(path)
+            load_state_dict_checked(self._models[name], checkpoint["state_dict"], path)
+            print(f"Load {path} to {name} (epoch={checkpoint['epoch']})")

@@ -1,0 +1,130 @@
+"""Prompt diffusion on the multi-modal trainers: the MaPLe, PromptSRC and CoPrompt adapters agree with
+their hosts' forward, and MaPLePD, PromptSRCPD, CoPromptPD train, checkpoint and evaluate with
+exactly NFE denoiser calls per test batch."""
+import math
+
+import pytest
+import torch
+
+from multimodal_setup import BASE_CLASSES, build_world, make_cfg, record_losses
+from prompt_diffusion.adapters import (
+    CoPromptAdapter, MaPLeAdapter, PromptSRCAdapter, adapter_for_trainer, detect_adapter,
+)
+from prompt_diffusion.backbones import build_tiny_clip
+from prompt_diffusion.config import extend_cfg
+from prompt_diffusion.engine import build_trainer, get_cfg_default
+from prompt_diffusion.trainers import coprompt, maple, promptsrc
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("multimodal_pd"))
+
+
+CLASSNAMES = ["red circle", "green square", "blue star"]
+TEXT_WIDTH, VISION_WIDTH = 64, 128  # two widths, as ViT-B/16 (512 text, 768 vision)
+
+
+def tiny_model(name):
+    cfg = extend_cfg(get_cfg_default())
+    cfg.INPUT.SIZE = (32, 32)
+    cfg.MODEL.TEXT_CHUNK = 4  # several chunks for B x K = 6 sequences
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 3
+    cfg.TRAINER.CoPrompt.PROMPT_DEPTH = 3
+    for key in ("PROMPT_DEPTH_TEXT", "PROMPT_DEPTH_VISION"):
+        cfg.TRAINER.PROMPTSRC[key] = 3
+    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 3
+    clip_model = build_tiny_clip(vision_width=VISION_WIDTH, transformer_width=TEXT_WIDTH, vision_layers=3,
+                                 transformer_layers=3)
+    if name == "MaPLe":
+        return maple.CustomCLIP(cfg, CLASSNAMES, clip_model), cfg
+    if name == "PromptSRC":
+        return promptsrc.CustomCLIP(cfg, CLASSNAMES, clip_model), cfg
+    descriptions = torch.nn.functional.normalize(torch.randn(2, len(CLASSNAMES), 64), dim=-1)
+    return coprompt.CustomCLIP(cfg, CLASSNAMES, clip_model, descriptions), cfg
+
+
+ADAPTERS = {
+    "MaPLe": (MaPLeAdapter, maple.MaPLePD, [("text", 3 * 2, TEXT_WIDTH)]),
+    "PromptSRC": (PromptSRCAdapter, promptsrc.PromptSRCPD,
+                  [("text", 3 * 4, TEXT_WIDTH), ("vision", 3 * 3, VISION_WIDTH)]),
+    "CoPrompt": (CoPromptAdapter, coprompt.CoPromptPD, [("text", 3 * 2, TEXT_WIDTH)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_adapter_reproduces_the_host_and_keeps_samples_apart(name):
+    adapter_cls, pd_trainer, groups = ADAPTERS[name]
+    model, cfg = tiny_model(name)
+    model.eval()
+    assert detect_adapter(model) is adapter_cls
+    assert adapter_for_trainer(pd_trainer) is adapter_cls
+    adapter = adapter_cls(model, cfg)
+    assert [tuple(g) for g in adapter.groups] == groups
+    base = adapter.base_prompts()
+    assert all(p.requires_grad for p in base.values())
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    shared = {k: v.detach().unsqueeze(0).expand(2, -1, -1).clone() for k, v in base.items()}
+    with torch.no_grad():
+        host_logits = model(images)
+        logits = adapter.logits(images, shared)
+        assert torch.allclose(logits, host_logits, atol=1e-5)
+        moved = {k: v.clone() for k, v in shared.items()}
+        for value in moved.values():  # only sample 1's prompts change (a random direction: LayerNorm
+            value[1] += 0.5 * torch.randn(value[1].shape, generator=torch.Generator().manual_seed(2))  # hides shifts)
+        changed = adapter.logits(images, moved)
+    assert torch.allclose(changed[0], logits[0], atol=1e-5)
+    assert not torch.allclose(changed[1], logits[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_adapter_host_loss_is_the_method_loss(name):
+    adapter_cls = ADAPTERS[name][0]
+    model, cfg = tiny_model(name)
+    model.train()
+    adapter = adapter_cls(model, cfg)
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    if name == "CoPrompt":
+        with pytest.raises(ValueError, match="second augmented view"):
+            adapter.host_loss(images, labels)
+        model.second_view = images.flip(-1)
+    loss = adapter.host_loss(images, labels)
+    assert loss.dim() == 0 and math.isfinite(loss.item())
+    loss.backward()
+    assert model.prompt_learner.ctx.grad is not None
+
+
+def count_denoiser_calls(trainer):
+    calls = []
+    trainer.pd_denoiser.denoiser.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+PD_KEYS = {
+    "TRAINER.PD.DENOISER.LAYERS": 1, "TRAINER.PD.DENOISER.HEADS": 2, "TRAINER.PD.DENOISER.WIDTH": 32,
+    "TRAINER.PD.OVERFIT.ITERS": 1, "TRAINER.PD.SAMPLER": "dpmpp_2m", "TRAINER.PD.NFE": 5,
+    "DATALOADER.TEST.BATCH_SIZE": 8,
+}
+
+
+@pytest.mark.parametrize("name", ["MaPLePD", "PromptSRCPD", "CoPromptPD"])
+def test_pd_variant_trains_checkpoints_and_samples_with_nfe_calls(world, tmp_path, name):
+    cfg = make_cfg(name, world, "base", tmp_path / "run", lr=0.5, max_epoch=1, **PD_KEYS)
+    trainer = build_trainer(cfg)
+    summaries = record_losses(trainer)
+    trainer.train()
+    assert all(math.isfinite(v) for s in summaries for v in s.values())
+    assert {"loss_ce", "loss_diff", "loss_host"} <= set(summaries[0])
+    # the learned weights (the normalisation mean is re-centred on the shared prompts at each use)
+    trained = {k: v.detach().clone() for k, v in trainer.pd_denoiser.named_parameters()}
+
+    evaluator = build_trainer(make_cfg(name, world, "base", tmp_path / "eval", lr=0.5, max_epoch=1, **PD_KEYS))
+    evaluator.load_model(str(tmp_path / "run"), epoch=1)
+    loaded = dict(evaluator.pd_denoiser.named_parameters())
+    assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], v) for k, v in trained.items())
+    calls = count_denoiser_calls(evaluator)
+    accuracy = evaluator.test()
+    n_batches = math.ceil(len(BASE_CLASSES) * 6 / PD_KEYS["DATALOADER.TEST.BATCH_SIZE"])
+    assert len(calls) == PD_KEYS["TRAINER.PD.NFE"] * n_batches
+    assert 0.0 <= accuracy <= 100.0
+    assert evaluator.test() == accuracy  # seeded inference noise: reproducible

@@ -36,11 +36,11 @@ setup(
         "scipy",
         "tqdm",
         "pillow",
+        "matplotlib",
     ],
     extras_require={
         "dev": ["pytest>=7"],
         "slurm": ["submitit"],
-        "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["prompt-diffusion=prompt_diffusion.cli:main"]},
 )

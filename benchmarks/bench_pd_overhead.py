@@ -17,25 +17,15 @@ of a generated K-class image folder:
     python benchmarks/bench_pd_overhead.py --device cuda --repeats 20 --train-repeats 5
 """
 import argparse
-import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 import torch
 
 from bench_samplers import timings  # interleaved rounds, fastest wall/CPU time per run
-from prompt_diffusion.backbones import build_random_clip, save_clip
-from prompt_diffusion.config import extend_cfg
-from prompt_diffusion.engine import build_trainer, get_cfg_default
+from trainer_timing import inference_runs, make_timed_trainer, timing_parser, write_world
 
-import prompt_diffusion.trainers  # noqa: F401  (registers the trainers and their PD variants)
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from helpers import make_image_folder, register_tiny_folder_dataset  # noqa: E402  (generated image folder)
-
-CONFIGS = REPO / "configs" / "trainers"
 PAPER_CONFIGS = {
     "CoCoOp": ("CoCoOp/vit_b16_c4_ep50_batch4_ctxv1_pd_paper.yaml", "COCOOP"),
     "VPT": ("VPT/vit_b16_c4_ep50_batch32_4_pd_paper.yaml", "VPT"),
@@ -43,41 +33,12 @@ PAPER_CONFIGS = {
 
 
 def make_trainer(name: str, root: Path, clip_path: Path, args: argparse.Namespace, opts=()):
-    host = name[:-2] if name.endswith("PD") else name
-    config, node = PAPER_CONFIGS[host]
-    cfg = extend_cfg(get_cfg_default())
-    cfg.merge_from_file(str(CONFIGS / config))
-    cfg.merge_from_list([
-        "TRAINER.NAME", name, f"TRAINER.{node}.PREC", "fp32", "MODEL.BACKBONE.PATH", str(clip_path),
-        "DATASET.NAME", register_tiny_folder_dataset(), "DATASET.ROOT", str(root / "images"),
-        "OUTPUT_DIR", str(root / name),
-        "INPUT.TRANSFORMS", ["normalize"], "DATALOADER.NUM_WORKERS", 0,
-        "DATALOADER.TRAIN_X.BATCH_SIZE", args.batch, "DATALOADER.TEST.BATCH_SIZE", args.batch,
-        "USE_CUDA", args.device == "cuda", "VERBOSE", False, "TRAINER.PD.OVERFIT.ITERS", args.iters,
-        "TRAINER.PD.AMED.DISTILL_ITERS", 1, "TRAINER.PD.AMED.BATCH", args.batch, *opts,
+    """The paper's config of ``name``'s host; I overfitting steps, AMED distilled for one batch."""
+    config, node = PAPER_CONFIGS[name[:-2] if name.endswith("PD") else name]
+    return make_timed_trainer(name, config, node, root, clip_path, args.batch, args.device, [
+        "TRAINER.PD.OVERFIT.ITERS", args.iters, "TRAINER.PD.AMED.DISTILL_ITERS", 1,
+        "TRAINER.PD.AMED.BATCH", args.batch, *opts,
     ])
-    cfg.freeze()
-    trainer = build_trainer(cfg)
-    trainer.num_batches = 10 ** 9  # never the last batch: no scheduler step inside forward_backward
-    trainer.batch_idx = 0
-    if hasattr(trainer, "pd_amed") and trainer.pd_amed is not None:
-        trainer.pd_distill_amed()  # one batch: the predictor exists, so sampling runs AMED
-    return trainer
-
-
-def inference_runs(trainer, images: torch.Tensor) -> Dict[str, Callable[[], object]]:
-    """The inference forward and, for a PD trainer, its three parts (π, sampling, logits)."""
-    runs = {"inference": lambda: trainer.model_inference(images)}
-    if hasattr(trainer, "pd_adapter"):
-        adapter = trainer.pd_adapter
-        with torch.no_grad():
-            features = adapter.image_features(images)
-            pi = trainer.pd_condition(features)
-            prompts = trainer.pd_generate(pi, 0)
-        runs["  π (frozen image pass + Meta-Net)"] = lambda: trainer.pd_condition(adapter.image_features(images))
-        runs["  sampling (NFE denoiser calls)"] = lambda: trainer.pd_generate(pi, 0)
-        runs["  logits (per-sample prompts)"] = lambda: adapter.logits(images, prompts, features)
-    return runs
 
 
 def compare(trainers: Dict[str, object], make_runs, repeats: int, device: torch.device, batch: int) -> None:
@@ -94,15 +55,8 @@ def compare(trainers: Dict[str, object], make_runs, repeats: int, device: torch.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=4, help="images per batch (B)")
-    parser.add_argument("--classes", type=int, default=10, help="classes (K)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = timing_parser(__doc__, repeats=5, train_repeats=2)
     parser.add_argument("--iters", type=int, default=5, help="per-sample overfitting steps I")
-    parser.add_argument("--repeats", type=int, default=5, help="timed inference rounds (fastest counts)")
-    parser.add_argument("--train-repeats", type=int, default=2,
-                        help="timed training-step rounds (fastest counts)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--hosts", nargs="+", default=list(PAPER_CONFIGS), choices=list(PAPER_CONFIGS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,9 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         per_class = -(-args.batch // args.classes)  # enough images for one batch, no more (π pass of AMED)
-        make_image_folder(root / "images", [f"class_{k}" for k in range(args.classes)], per_class, size=224)
-        clip_path = root / "vit_b16_random.pt"
-        save_clip(build_random_clip("ViT-B/16"), clip_path)
+        clip_path = write_world(root, args.classes, per_class)
 
         for host in args.hosts:
             trainers = {name: make_trainer(name, root, clip_path, args) for name in (host, f"{host}PD")}

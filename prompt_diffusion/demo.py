@@ -240,7 +240,7 @@ def table_csv(rows: Sequence[DemoRow]) -> str:
 
 
 def plot_table(rows: Sequence[DemoRow], path: Path) -> Path:
-    """Grouped bar chart (Base, New, H per method, std as error bars). Needs matplotlib."""
+    """Grouped bar chart (Base, New, H per method, std as error bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,15 +266,12 @@ def plot_table(rows: Sequence[DemoRow], path: Path) -> Path:
 
 
 def write_outputs(rows: Sequence[DemoRow], out_dir: Path) -> Dict[str, Path]:
-    """``demo_table.md`` / ``.csv`` always; ``demo_table.png`` when matplotlib is installed."""
+    """Write ``demo_table.md``, ``demo_table.csv`` and ``demo_table.png``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"markdown": out_dir / "demo_table.md", "csv": out_dir / "demo_table.csv"}
     written["markdown"].write_text(table_markdown(rows))
     written["csv"].write_text(table_csv(rows))
-    try:
-        written["png"] = plot_table(rows, out_dir / "demo_table.png")
-    except ImportError:
-        print("matplotlib is not installed: no demo_table.png (pip install 'prompt-diffusion[plot]')")
+    written["png"] = plot_table(rows, out_dir / "demo_table.png")
     return written
 
 

@@ -467,14 +467,11 @@ def plot_sweep(table: ResultTable, x_key: str, path: Path, column: str = "averag
                metric: str = "hm", time_metric: Optional[str] = None) -> Path:
     """Figure-4-style PNG: ``metric`` of ``column`` against the swept setting ``x_key`` (e.g.
     NFE), one line per method, ``time_metric`` dashed on a second axis when the table has it. Rows
-    without the setting (the host method without diffusion) are drawn as flat reference lines.
-    Needs matplotlib (``pip install 'prompt-diffusion[plot]'``)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise RuntimeError("--plot needs matplotlib: pip install 'prompt-diffusion[plot]'") from error
+    without the setting (the host method without diffusion) are drawn as flat reference lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     if column not in table.columns:
         raise ValueError(f"plot column {column!r} is not in the table; columns: {table.columns}")
     with_time = bool(time_metric) and time_metric in table.metrics

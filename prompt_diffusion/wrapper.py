@@ -387,7 +387,8 @@ class DiffusionPromptWrapper:
         if not self.pd_enabled:
             return super().forward_backward(batch)
         pd = self.cfg.TRAINER.PD
-        images, labels = self.parse_batch_train(batch)[:2]
+        parsed = self.parse_batch_train(batch)  # (images, labels, ...): what the host's loss takes
+        images, labels = parsed[:2]
         features = self.pd_adapter.image_features(images)  # [B, E], frozen
         targets = self._pd_targets(batch, images, labels, features)  # V*: {group: [B, n, w]}, detached
         self._pd_update_normalization(targets)
@@ -399,7 +400,7 @@ class DiffusionPromptWrapper:
             loss = pd.CE_WEIGHT * loss_ce + pd.BETA * loss_diff
             summary = {"loss_ce": loss_ce.item(), "loss_diff": loss_diff.item()}
             if pd.HOST_LOSS_WEIGHT > 0:
-                loss_host = self.pd_adapter.host_loss(images, labels)
+                loss_host = self.pd_adapter.host_loss(parsed)
                 if loss_host is not None:
                     loss = loss + pd.HOST_LOSS_WEIGHT * loss_host
                     summary["loss_host"] = loss_host.item()

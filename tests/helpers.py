@@ -92,8 +92,9 @@ def write_result_log(run_dir: Path, accuracy: float, training: bool = True, fini
     return path
 
 
-CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+# OpenAI CLIP's pixel normalisation (lists, as yacs holds INPUT.PIXEL_MEAN / PIXEL_STD)
+CLIP_PIXEL_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_PIXEL_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def load_image_batch(paths: Sequence[Path]):
@@ -130,10 +131,6 @@ def align_tiny_clip(model, images_by_class: Dict[str, List[Path]], steps: int = 
         loss.backward()
         optimizer.step()
     return model.eval()
-
-
-CLIP_PIXEL_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_PIXEL_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def tiny_trainer_cfg(trainer: str, data_root, clip_path, output_dir, lr: float, max_epoch: int = 2,

@@ -139,9 +139,18 @@ def test_host_loss_is_the_host_training_loss(host, images):
     with torch.no_grad():
         expected = F.cross_entropy(model(images), labels)
     model.train()
-    loss = adapter.host_loss(images, labels)
+    loss = adapter.host_loss((images, labels))
     assert loss.dim() == 0 and loss.requires_grad
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_host_loss_refuses_anything_but_a_parsed_batch(images):
+    model, cfg = build(coop)
+    adapter = CoOpAdapter(model, cfg)
+    with pytest.raises(TypeError, match=r"CoOpAdapter\.host_loss .* parse_batch_train .* got a Tensor"):
+        adapter.host_loss(images)  # a bare image tensor would otherwise be sliced into (image 0, image 1)
+    with pytest.raises(TypeError, match="got 1 entries"):
+        adapter.host_loss((images,))
 
 
 def test_wrong_prompt_shapes_are_refused(images):

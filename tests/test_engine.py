@@ -19,10 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from helpers import make_image_folder  # noqa: E402
+from helpers import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, make_image_folder  # noqa: E402
 
 from prompt_diffusion import engine  # noqa: E402
 from prompt_diffusion.engine.logger import Logger  # noqa: E402
+from prompt_diffusion.results import parse_log_text  # noqa: E402
 from prompt_diffusion.engine import (  # noqa: E402
     DATASET_REGISTRY,
     TRAINER_REGISTRY,
@@ -39,8 +40,6 @@ from prompt_diffusion.engine import (  # noqa: E402
 )
 
 CLASSNAMES = ["red", "green", "blue", "yellow"]
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 @DATASET_REGISTRY.register(force=True)
@@ -117,7 +116,8 @@ def toy_opts(data_root, output_dir, max_epoch=2, **overrides):
         "DATALOADER.NUM_WORKERS": 0, "DATALOADER.TRAIN_X.BATCH_SIZE": 8, "DATALOADER.TEST.BATCH_SIZE": 8,
         "INPUT.SIZE": (16, 16), "INPUT.INTERPOLATION": "bicubic",
         "INPUT.TRANSFORMS": ["random_resized_crop", "random_flip", "normalize"],
-        "INPUT.RRCROP_SCALE": (0.5, 1.0), "INPUT.PIXEL_MEAN": CLIP_MEAN, "INPUT.PIXEL_STD": CLIP_STD,
+        "INPUT.RRCROP_SCALE": (0.5, 1.0), "INPUT.PIXEL_MEAN": CLIP_PIXEL_MEAN,
+        "INPUT.PIXEL_STD": CLIP_PIXEL_STD,
         "OPTIM.NAME": "sgd", "OPTIM.LR": 2.0, "OPTIM.MAX_EPOCH": max_epoch, "OPTIM.LR_SCHEDULER": "cosine",
         "OPTIM.WARMUP_EPOCH": 1, "OPTIM.WARMUP_TYPE": "linear", "OPTIM.WARMUP_MIN_LR": 1.0,
         "TRAIN.PRINT_FREQ": 2,
@@ -181,6 +181,9 @@ def test_train_command_trains_logs_and_evaluates(data_root, tmp_path):
     eval_log = (eval_out / "log.txt").read_text()
     assert "(epoch=2)" in eval_log  # val_result=None is not formatted
     assert float(re.findall(r"\* accuracy: ([\d.]+)%", eval_log)[-1]) == accuracy
+    if engine.ENGINE == "builtin":  # the built-in test() also reports model time per image
+        metrics, _ = parse_log_text(eval_log, training=False)
+        assert metrics["accuracy"] == accuracy and metrics["time_per_image_ms"] > 0.0
 
 
 def test_resume_continues_exactly(data_root, tmp_path):

@@ -84,11 +84,14 @@ def test_adapter_host_loss_is_the_method_loss(name):
     model.train()
     adapter = adapter_cls(model, cfg)
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    batch = (images, labels)
     if name == "CoPrompt":
-        with pytest.raises(ValueError, match="second augmented view"):
-            adapter.host_loss(images, labels)
-        model.second_view = images.flip(-1)
-    loss = adapter.host_loss(images, labels)
+        with pytest.raises(ValueError, match="second augmented view .* got 2 entries"):
+            adapter.host_loss(batch)
+        with pytest.raises(ValueError, match=r"2 images like view 1; got \(1, 3, 32, 32\)"):
+            adapter.host_loss(batch + (images[:1],))
+        batch = batch + (images.flip(-1),)
+    loss = adapter.host_loss(batch)
     assert loss.dim() == 0 and math.isfinite(loss.item())
     loss.backward()
     assert model.prompt_learner.ctx.grad is not None

@@ -189,7 +189,6 @@ def test_run_dir_groups_like_parse_test_res(tmp_path):
 
 
 def test_plot_writes_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
     measurements = []
     for nfe, acc, ms in ((1, 60.0, 3.0), (5, 70.0, 9.0), (10, 71.0, 17.0)):
         for method in ("CoCoOpPD", "VPTPD"):

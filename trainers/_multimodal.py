@@ -56,15 +56,7 @@ class MultiModalTrainer(PromptedCLIPTrainer):
         with autocast_context(self.prec, self.device):
             terms = self.loss_terms(batch)
             loss = sum(terms.values())
-        if self.scaler is not None:
-            self.optim.zero_grad()
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
-        else:
-            self.model_backward_and_update(loss)
+        self.step_on_loss(loss)
         summary = {name: value.item() for name, value in terms.items()}
         summary["loss"] = loss.item()
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
         return summary

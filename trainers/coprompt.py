@@ -92,9 +92,6 @@ class CustomCLIP(maple.CustomCLIP):
         self.adapter_text = Adapter(embed_dim, 4).to(clip_model.dtype)
         self.image_adapter_m = 0.1
         self.text_adapter_m = 0.2
-        # the second augmented view of the current training batch (set by CoPrompt.parse_batch_train;
-        # the prompt-diffusion adapter's host loss reads it)
-        self.second_view = None
 
     def features(self, image: Tensor) -> Tuple[Tensor, Tensor]:
         ctx, deep_text = self.prompt_learner.text_prompts()
@@ -194,13 +191,12 @@ class CoPrompt(MultiModalTrainer):
         return CustomCLIP(cfg, classnames, clip_model, features)
 
     def parse_batch_train(self, batch):
-        """``(view 1, label, view 2)``: the first two as every CoOp-family trainer returns them; view 2
-        is also left in ``model.second_view`` for the prompt-diffusion host loss."""
+        """``(view 1, label, view 2)``: the first two as every CoOp-family trainer returns them; the
+        prompt-diffusion wrapper hands the whole tuple to ``CoPromptAdapter.host_loss``."""
         views = batch["img"]
         if not isinstance(views, (list, tuple)) or len(views) < 2:
             raise ValueError("CoPrompt needs two augmented views per training image (DATALOADER.K_TRANSFORMS 2)")
         image1, image2 = views[0].to(self.device), views[1].to(self.device)
-        self.model.second_view = image2
         return image1, batch["label"].to(self.device), image2
 
     def loss_terms(self, batch: dict) -> Dict[str, Tensor]:

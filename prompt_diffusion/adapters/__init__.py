@@ -4,6 +4,7 @@
 class (or a model's layout) to its adapter. Importing this package registers the adapters below.
 """
 from prompt_diffusion.adapters.base import (
+    ParsedBatch,
     PromptAdapter,
     PromptGroup,
     PromptLayoutError,
@@ -12,6 +13,7 @@ from prompt_diffusion.adapters.base import (
     detect_adapter,
     find_attribute,
     has_attribute,
+    images_and_labels,
     register_adapter,
     registered_adapters,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "MaPLeAdapter",
     "PromptSRCAdapter",
     "VPTAdapter",
+    "ParsedBatch",
     "PromptAdapter",
     "PromptGroup",
     "PromptLayoutError",
@@ -39,6 +42,7 @@ __all__ = [
     "detect_adapter",
     "find_attribute",
     "has_attribute",
+    "images_and_labels",
     "register_adapter",
     "registered_adapters",
 ]

@@ -7,7 +7,8 @@ answers four questions for the diffusion wrapper:
 - the frozen CLIP image feature the condition ``π`` is computed from (``image_features``; the
   Meta-Net that maps it to ``π`` is the host's own when it has one, ``meta_net``),
 - the logits of a batch under *per-sample* prompts (``logits``),
-- the host method's own loss (``host_loss``), kept in the objective with ``HOST_LOSS_WEIGHT``.
+- the host method's own loss on the batch as the host trainer parsed it (``host_loss``), kept in
+  the objective with ``HOST_LOSS_WEIGHT``.
 
 Adapters find their parts by the upstream attribute names (``prompt_learner.ctx``,
 ``prompt_learner.meta_net``, ``text_encoder``, ``image_encoder``, ``logit_scale`` ...), so one
@@ -30,14 +31,20 @@ __all__ = [
     "PromptGroup",
     "PromptLayoutError",
     "PromptAdapter",
+    "ParsedBatch",
     "find_attribute",
     "has_attribute",
+    "images_and_labels",
     "register_adapter",
     "registered_adapters",
     "adapter_by_name",
     "adapter_for_trainer",
     "detect_adapter",
 ]
+
+
+#: a training batch as the host trainer's ``parse_batch_train`` returns it: ``(images, labels, ...)``
+ParsedBatch = Tuple[Tensor, ...]
 
 
 class PromptGroup(NamedTuple):
@@ -89,6 +96,22 @@ def has_attribute(root: Any, path: str) -> bool:
     except PromptLayoutError:
         return False
     return True
+
+
+def images_and_labels(batch: ParsedBatch, adapter: str) -> Tuple[Tensor, Tensor]:
+    """The images ``[B, 3, H, W]`` and labels ``[B]`` of a parsed training batch: the first two
+    entries of the tuple a host trainer's ``parse_batch_train`` returns.
+
+    Raises ``TypeError`` naming ``adapter`` when ``batch`` is not a tuple or list of at least two
+    entries (a bare image tensor would otherwise be sliced along the batch).
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        got = f"a {type(batch).__name__}" if not isinstance(batch, (tuple, list)) else f"{len(batch)} entries"
+        raise TypeError(
+            f"{adapter}.host_loss takes the batch as the host trainer's parse_batch_train returned it, "
+            f"a tuple (images, labels, ...); got {got}"
+        )
+    return batch[0], batch[1]
 
 
 class PromptAdapter(ABC):
@@ -163,8 +186,12 @@ class PromptAdapter(ABC):
         when the caller has it.
         """
 
-    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+    def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
         """The host method's own training loss on the batch (its shared prompts), or ``None``.
+
+        ``batch`` is exactly what the host trainer's ``parse_batch_train(batch)`` returned: a tuple
+        whose first two entries are the images and labels (``images_and_labels``); a method that
+        trains on more (CoPrompt's second augmented view, third entry) finds it there.
 
         This keeps the shared prompts (the overfitting start) and any regulariser of the method
         (PromptSRC, CoPrompt) in training.

@@ -9,7 +9,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.base import register_adapter
+from prompt_diffusion.adapters.base import ParsedBatch, images_and_labels, register_adapter
 from prompt_diffusion.adapters.coop import TextContextAdapter, loss_of
 
 __all__ = ["CoCoOpAdapter"]
@@ -22,6 +22,7 @@ class CoCoOpAdapter(TextContextAdapter):
     def meta_net(self) -> Optional[nn.Module]:
         return self.find("prompt_learner.meta_net")
 
-    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+    def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
+        images, labels = images_and_labels(batch, type(self).__name__)
         # upstream CustomCLIP.forward(image, label) returns the loss while the prompt learner trains
         return loss_of(self.model(images, labels), labels)

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.base import PromptAdapter, PromptGroup, PromptLayoutError, register_adapter
+from prompt_diffusion.adapters.base import (
+    ParsedBatch, PromptAdapter, PromptGroup, PromptLayoutError, images_and_labels, register_adapter,
+)
 from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text, prompted_logits
 
 __all__ = ["CoOpAdapter", "TextContextAdapter", "class_tokens", "loss_of", "text_chunk"]
@@ -100,5 +102,6 @@ class TextContextAdapter(PromptAdapter):
 class CoOpAdapter(TextContextAdapter):
     """CoOp: the host's forward returns logits; its loss is their cross-entropy."""
 
-    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+    def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
+        images, labels = images_and_labels(batch, type(self).__name__)
         return loss_of(self.model(images), labels)

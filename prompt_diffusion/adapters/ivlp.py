@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 from torch import Tensor
 
-from prompt_diffusion.adapters.base import PromptAdapter, PromptGroup, register_adapter
+from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, register_adapter
 from prompt_diffusion.adapters.coop import CoOpAdapter, class_tokens, loss_of, text_chunk
 from prompt_diffusion.adapters.deep import DeepPrompts, deep_tokens
 from prompt_diffusion.adapters.vpt import VisualPromptsMixin
@@ -52,5 +52,6 @@ class IVLPAdapter(VisualPromptsMixin, PromptAdapter):
                                     class_tokens(self), ctx, deep, chunk_size=self.chunk_size)  # [B, K, E]
         return prompted_logits(image, text, self.find("logit_scale"))
 
-    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+    def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
+        images, labels = images_and_labels(batch, type(self).__name__)
         return loss_of(self.model(images, labels), labels)  # IVLP returns its loss while training

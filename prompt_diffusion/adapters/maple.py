@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.base import PromptAdapter, PromptGroup, register_adapter
+from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, register_adapter
 from prompt_diffusion.adapters.coop import loss_of, text_chunk
 from prompt_diffusion.adapters.vpt import VisualPromptsMixin
 from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text, prompted_logits
@@ -113,5 +113,6 @@ class MaPLeAdapter(VisualPromptsMixin, PromptAdapter):
         image, text = self.features(images, ctx, deep_text)
         return prompted_logits(image, text, self.find("logit_scale"))
 
-    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+    def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
+        images, labels = images_and_labels(batch, type(self).__name__)
         return loss_of(self.model(images, labels), labels)  # MaPLe returns its loss while training

@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from prompt_diffusion.adapters.base import register_adapter
+from prompt_diffusion.adapters.base import ParsedBatch, images_and_labels, register_adapter
 from prompt_diffusion.adapters.ivlp import IVLPAdapter
 
 __all__ = ["PromptSRCAdapter", "promptsrc_loss_terms"]
@@ -53,6 +53,7 @@ class PromptSRCAdapter(IVLPAdapter):
         self.text_weight = cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT
         self.image_weight = cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT
 
-    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+    def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
+        images, labels = images_and_labels(batch, type(self).__name__)
         terms = promptsrc_loss_terms(self.model(images, labels), self.text_weight, self.image_weight)
         return sum(terms.values())

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor
 
-from prompt_diffusion.adapters.base import PromptAdapter, PromptGroup, register_adapter
+from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, register_adapter
 from prompt_diffusion.adapters.coop import loss_of
 from prompt_diffusion.adapters.deep import DeepPrompts, deep_tokens
 from prompt_diffusion.clip_prompting import encode_image, prompted_logits
@@ -62,5 +62,6 @@ class VPTAdapter(VisualPromptsMixin, PromptAdapter):
         text = self.find("embeddings").return_fixed_embeddings().to(image.device)  # [K, E]
         return prompted_logits(image, text.to(image.dtype), self.find("logit_scale"))
 
-    def host_loss(self, images: Tensor, labels: Tensor) -> Optional[Tensor]:
+    def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
+        images, labels = images_and_labels(batch, type(self).__name__)
         return loss_of(self.model(images), labels)  # VPT's forward returns logits unless training=True

@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--csv", type=Path, help="also write the table as CSV (one line per row, dataset, metric)")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown to this file")
     parser.add_argument("--plot", type=Path, help="write the Figure-4-style PNG (metric and time against the "
-                                                  "swept setting); needs matplotlib")
+                                                  "swept setting)")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
     parser.set_defaults(func=run)
 

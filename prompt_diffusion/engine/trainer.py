@@ -244,7 +244,8 @@ class SimpleTrainer(TrainerBase):
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:
         """Evaluate on ``split`` (default ``TEST.SPLIT``; val falls back to test when there is no
-        val loader); returns the first metric (accuracy)."""
+        val loader); prints Dassl's result block plus ``* time_per_image_ms`` and returns the first
+        metric (accuracy)."""
         self.set_model_mode("eval")
         self.evaluator.reset()
         if split is None:
@@ -255,11 +256,19 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
+        inference_seconds, num_images = 0.0, 0
         for batch in tqdm(data_loader, disable=not progress_enabled()):
             input, label = self.parse_batch_test(batch)
+            started = time.perf_counter()
             output = self.model_inference(input)
+            if output.is_cuda:
+                torch.cuda.synchronize(output.device)
+            inference_seconds += time.perf_counter() - started
+            num_images += label.shape[0]
             self.evaluator.process(output, label)
         results = self.evaluator.evaluate()
+        # model time only (no data loading), read by `prompt-diffusion table` for Figure 4
+        print(f"* time_per_image_ms: {1000.0 * inference_seconds / max(num_images, 1):.2f}")
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
         return list(results.values())[0]

@@ -1,0 +1,87 @@
+"""What the host-vs-PD trainer benchmarks share (``bench_pd_overhead.py``, ``bench_multimodal_pd.py``):
+their command-line options, a generated image folder with a random-weight ViT-B/16, trainers built
+from a shipped config for timing, and the inference split into prompt diffusion's parts.
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Sequence
+
+import torch
+
+from prompt_diffusion.backbones import build_random_clip, save_clip
+from prompt_diffusion.config import extend_cfg
+from prompt_diffusion.engine import build_trainer, get_cfg_default
+
+import prompt_diffusion.trainers  # noqa: F401  (registers the trainers and their PD variants)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "trainers"
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import make_image_folder, register_tiny_folder_dataset  # noqa: E402  (generated image folder)
+
+
+def timing_parser(description: str, repeats: int, train_repeats: int) -> argparse.ArgumentParser:
+    """The options of both benchmarks: B, K, threads, timed rounds (inference / training step), device."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4, help="images per batch (B)")
+    parser.add_argument("--classes", type=int, default=10, help="classes (K)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed inference rounds (fastest counts)")
+    parser.add_argument("--train-repeats", type=int, default=train_repeats,
+                        help="timed training-step rounds (fastest counts)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    return parser
+
+
+def write_world(root: Path, n_classes: int, per_class: int) -> Path:
+    """``root/images/class_<k>/*.png`` (224 px, ``TinyImageFolder``) and a random-weight ViT-B/16
+    CLIP file (timing only); returns the CLIP file's path."""
+    make_image_folder(root / "images", [f"class_{k}" for k in range(n_classes)], per_class, size=224)
+    clip_path = root / "vit_b16_random.pt"
+    save_clip(build_random_clip("ViT-B/16"), clip_path)
+    return clip_path
+
+
+def make_timed_trainer(name: str, config_file: str, prec_node: str, root: Path, clip_path: Path, batch: int,
+                       device: str, opts: Sequence = ()):
+    """Trainer ``name`` (a host or its PD variant) with ``configs/trainers/<config_file>``, fp32
+    (``TRAINER.<prec_node>.PREC``), on ``write_world``'s folder: ``batch`` images per batch, no
+    workers, normalisation only; ``opts`` (``[key, value, ...]``) merge last.
+
+    The trainer never reaches an epoch's last batch, so ``forward_backward`` takes no scheduler
+    step; with sampler ``amed`` the predictor is distilled on one batch, so sampling runs AMED.
+    """
+    cfg = extend_cfg(get_cfg_default())
+    cfg.merge_from_file(str(CONFIGS / config_file))
+    cfg.merge_from_list([
+        "TRAINER.NAME", name, f"TRAINER.{prec_node}.PREC", "fp32", "MODEL.BACKBONE.PATH", str(clip_path),
+        "DATASET.NAME", register_tiny_folder_dataset(), "DATASET.ROOT", str(root / "images"),
+        "OUTPUT_DIR", str(root / name), "INPUT.TRANSFORMS", ["normalize"], "DATALOADER.NUM_WORKERS", 0,
+        "DATALOADER.TRAIN_X.BATCH_SIZE", batch, "DATALOADER.TEST.BATCH_SIZE", batch,
+        "USE_CUDA", device == "cuda", "VERBOSE", False, *opts,
+    ])
+    cfg.freeze()
+    trainer = build_trainer(cfg)
+    trainer.num_batches = 10 ** 9
+    trainer.batch_idx = 0
+    if getattr(trainer, "pd_amed", None) is not None:
+        trainer.pd_distill_amed()
+    return trainer
+
+
+def inference_runs(trainer, images: torch.Tensor, prefix: str = "") -> Dict[str, Callable[[], object]]:
+    """``model_inference`` on ``images`` and, for a PD trainer, its three parts: π (the frozen
+    prompt-free image pass + Meta-Net), sampling (NFE denoiser calls) and the logits under the
+    per-sample prompts. Keys start with ``prefix``."""
+    runs = {f"{prefix}inference": lambda: trainer.model_inference(images)}
+    if hasattr(trainer, "pd_adapter"):
+        adapter = trainer.pd_adapter
+        with torch.no_grad():
+            features = adapter.image_features(images)
+            pi = trainer.pd_condition(features)
+            prompts = trainer.pd_generate(pi, 0)
+        runs[f"{prefix}  π (frozen image pass + Meta-Net)"] = lambda: trainer.pd_condition(adapter.image_features(images))
+        runs[f"{prefix}  sampling (NFE denoiser calls)"] = lambda: trainer.pd_generate(pi, 0)
+        runs[f"{prefix}  logits (per-sample prompts)"] = lambda: adapter.logits(images, prompts, features)
+    return runs

@@ -181,9 +181,8 @@ def test_train_command_trains_logs_and_evaluates(data_root, tmp_path):
     eval_log = (eval_out / "log.txt").read_text()
     assert "(epoch=2)" in eval_log  # val_result=None is not formatted
     assert float(re.findall(r"\* accuracy: ([\d.]+)%", eval_log)[-1]) == accuracy
-    if engine.ENGINE == "builtin":  # the built-in test() also reports model time per image
-        metrics, _ = parse_log_text(eval_log, training=False)
-        assert metrics["accuracy"] == accuracy and metrics["time_per_image_ms"] > 0.0
+    metrics, _ = parse_log_text(eval_log, training=False)  # test() also reports model time per image
+    assert metrics["accuracy"] == accuracy and metrics["time_per_image_ms"] > 0.0
 
 
 def test_resume_continues_exactly(data_root, tmp_path):

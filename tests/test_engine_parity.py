@@ -44,3 +44,20 @@ def test_dassl_and_builtin_engines_give_identical_runs(tmp_path):
     assert with_dassl["history"] == builtin["history"]  # (epoch, batch, loss, lr), bit for bit
     assert with_dassl["weights"] == builtin["weights"]
     assert with_dassl["accuracy"] == builtin["accuracy"]
+
+
+def test_dassl_randaugment_runs_every_operation_on_current_numpy():
+    """Dassl's SolarizeAdd used the removed ``np.int``; the bridge replaces it inside Dassl."""
+    import numpy as np
+    from PIL import Image
+
+    from prompt_diffusion.engine import dassl_bridge
+
+    dassl_bridge.install_fixes()
+    from dassl.data.transforms import randaugment
+
+    image = Image.fromarray(np.full((8, 8, 3), 100, dtype=np.uint8))
+    for operation, low, high in randaugment.randaugment_list():
+        operation(image, high)  # every operation at its strongest setting
+    solarized = np.asarray(randaugment.SolarizeAdd(image, addition=50, threshold=128))
+    assert (solarized == 255 - 150).all()  # 100 + 50 = 150 >= 128: inverted

@@ -1,4 +1,4 @@
-"""Hand on real Dassl, with the three fixes it needs on a modern torch.
+"""Hand on real Dassl, with the fixes it needs on a modern torch and numpy.
 
 Imported only when the Dassl engine is selected. ``install_fixes()`` replaces, inside Dassl, so
 that trainers written for Dassl (``from dassl.engine import TrainerX`` ...) work unchanged:
@@ -10,8 +10,13 @@ that trainers written for Dassl (``from dassl.engine import TrainerX`` ...) work
   ``prompt_diffusion.engine.evaluator.compute_accuracy``;
 - ``TrainerBase.save_model``/``resume_model_if_exist``/``load_model``/``detect_anomaly``: load_model
   formats ``val_result=None`` (crash on last-epoch checkpoints) -> ``SafeCheckpointsMixin``.
+- ``data.transforms.randaugment.SolarizeAdd``: uses the ``np.int`` alias numpy 1.24 removed (an
+  AttributeError whenever RandAugment draws it, e.g. CoPrompt's views) -> ``_solarize_add``.
+Also ``SimpleTrainer.test`` -> the built-in one (same loop and result lines, plus the
+``* time_per_image_ms`` line that `prompt-diffusion table` reads for Figure 4).
 """
 import dassl
+import dassl.data.transforms.randaugment as dassl_randaugment
 import dassl.engine.trainer as dassl_trainer
 import dassl.metrics
 import dassl.metrics.accuracy
@@ -19,15 +24,25 @@ import dassl.optim
 import dassl.optim.lr_scheduler
 import dassl.utils
 import dassl.utils.torchtools
+import numpy as np
+import PIL.ImageOps
+from PIL import Image
 
 from prompt_diffusion.engine import checkpoint as safe_checkpoint
 from prompt_diffusion.engine.evaluator import compute_accuracy
 from prompt_diffusion.engine.optim import build_lr_scheduler
 from prompt_diffusion.engine.safe_trainer import SafeCheckpointsMixin
+from prompt_diffusion.engine.trainer import SimpleTrainer as BuiltinSimpleTrainer
 
 _PATCHED_MARK = "_prompt_diffusion_fixes"
 FIXED_TRAINER_METHODS = ("save_model", "resume_model_if_exist", "load_model", "detect_anomaly",
                          "check_loss_summary", "_anomaly_message", "_trainer_name")
+
+
+def _solarize_add(img: Image.Image, addition: int = 0, threshold: int = 128) -> Image.Image:
+    """Dassl's ``SolarizeAdd`` (add to every pixel, clip, solarize) without ``np.int``."""
+    pixels = np.clip(np.asarray(img, dtype=np.int64) + addition, 0, 255).astype(np.uint8)
+    return PIL.ImageOps.solarize(Image.fromarray(pixels), threshold)
 
 
 def install_fixes() -> None:
@@ -44,6 +59,8 @@ def install_fixes() -> None:
         module.compute_accuracy = compute_accuracy
     for name in FIXED_TRAINER_METHODS:
         setattr(dassl_trainer.TrainerBase, name, SafeCheckpointsMixin.__dict__[name])
+    dassl_trainer.SimpleTrainer.test = BuiltinSimpleTrainer.__dict__["test"]
+    dassl_randaugment.SolarizeAdd = _solarize_add
     setattr(dassl, _PATCHED_MARK, True)
 
 

@@ -8,6 +8,7 @@ break the others' ``--help``.
 import argparse
 import importlib
 import sys
+import warnings
 from typing import List, Optional
 
 from prompt_diffusion import __version__
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # the `clip` package imports pkg_resources, whose deprecation warning says nothing to our users
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

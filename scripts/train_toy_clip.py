@@ -39,7 +39,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=100_000, help="number of generated pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads (2 on quiet 2-core machine: 17 min; use 1 on a busy machine)")
+                        help="torch threads (2 on a quiet 2-core machine: 17 min; use 1 on a busy machine)")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-per-class", type=int, default=8, help="held-out images per class and style")
     parser.add_argument("--out", type=Path, default=toy_clip.ASSET_PATH)

@@ -80,8 +80,9 @@ def inference_runs(trainer, images: torch.Tensor, prefix: str = "") -> Dict[str,
         with torch.no_grad():
             features = adapter.image_features(images)
             pi = trainer.pd_condition(features)
-            prompts = trainer.pd_generate(pi, 0)
+            center = trainer.pd_host_prompts(features)
+            prompts = trainer.pd_generate(pi, center, 0)
         runs[f"{prefix}  π (frozen image pass + Meta-Net)"] = lambda: trainer.pd_condition(adapter.image_features(images))
-        runs[f"{prefix}  sampling (NFE denoiser calls)"] = lambda: trainer.pd_generate(pi, 0)
+        runs[f"{prefix}  sampling (NFE denoiser calls)"] = lambda: trainer.pd_generate(pi, center, 0)
         runs[f"{prefix}  logits (per-sample prompts)"] = lambda: adapter.logits(images, prompts, features)
     return runs

@@ -5,11 +5,16 @@
 
 training step (batch of B images, labels y)
     π = Meta-Net(frozen CLIP image feature)                     [B, C]
-    V* = I gradient steps of each sample's CE from the shared prompts, detached
-         (online: every step; cached: reused for OVERFIT.REFRESH epochs per sample)
+    V_h = the host's own prompt for each image (adapter.host_prompts: CoCoOp ctx + Meta-Net(f),
+          the others their shared prompts)                     {group: [B, n, w]}
+    V* = I gradient steps of each sample's CE from V_h, detached
+         (online: every step; cached: the residual V* − V_h reused for OVERFIT.REFRESH epochs)
+    the denoiser models the residual (V* − V_h) / scale; V̂ = V_h + scale·prediction
     loss = HOST_LOSS_WEIGHT·L_host + CE_WEIGHT·CE(logits(V̂), y) + BETA·‖V* − V̂‖²
+           (the CE reaches the host's prompts through V_h and the denoiser through the residual)
 inference
-    π -> seeded noise -> sampler with NFE denoiser calls -> V̂_0 -> logits (TEST_SAMPLES averaged)
+    π -> seeded noise -> sampler with NFE denoiser calls -> residual -> V_h + residual -> logits
+    (TEST_SAMPLES averaged); a zero residual gives the host's logits exactly
 
 The denoiser (and a Meta-Net when the host has none, and the AMED predictor) are registered
 models of the trainer: they share its optimizer/scheduler settings (``OPTIM``), checkpoints,
@@ -31,7 +36,6 @@ from prompt_diffusion.config import _add_pd_keys, validate_pd_cfg
 from prompt_diffusion.diffusion.amed import AMEDPredictor, distill_amed
 from prompt_diffusion.diffusion.denoiser import PromptDenoiser, diffusion_loss
 from prompt_diffusion.diffusion.overfit import overfit_prompts
-from prompt_diffusion.diffusion.samplers import sample
 from prompt_diffusion.diffusion.schedule import NoiseSchedule
 from prompt_diffusion.engine import (
     TRAINER_REGISTRY,
@@ -293,22 +297,26 @@ class DiffusionPromptWrapper:
 
         return per_sample_loss
 
-    def pd_overfit(self, images: Tensor, labels: Tensor, features: Tensor) -> Prompts:
-        """Paper §4.1: I gradient steps of each sample's CE from the shared prompts; ``V*`` detached."""
+    def pd_host_prompts(self, features: Tensor) -> Prompts:
+        """The host's own prompt for each image ``{group: [B, n, w]}`` (``adapter.host_prompts``),
+        attached to the host's parameters: the centre of every residual the denoiser models."""
+        return self.pd_adapter.host_prompts(features)
+
+    def pd_overfit(self, images: Tensor, labels: Tensor, features: Tensor, center: Prompts) -> Prompts:
+        """Paper §4.1: I gradient steps of each sample's CE from its host prompt ``center``
+        ``{group: [B, n, w]}``; ``V*`` detached (fp32)."""
         overfit = self.cfg.TRAINER.PD.OVERFIT
-        batch = images.shape[0]
-        init = {
-            name: prompt.detach().float().unsqueeze(0).expand(batch, -1, -1).clone()
-            for name, prompt in self.pd_adapter.base_prompts().items()
-        }  # {group: [B, n, w]}
+        init = {name: prompt.detach().float() for name, prompt in center.items()}  # {group: [B, n, w]}
         return overfit_prompts(init, self._pd_per_sample_loss(images, labels, features), overfit.ITERS, overfit.LR,
                                step_rule=overfit.STEP_RULE)
 
-    def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor) -> Prompts:
-        """``V*`` for the batch: overfitted now (online) or from the per-sample cache (cached)."""
+    def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor, center: Prompts) -> Prompts:
+        """``V*`` for the batch: overfitted now from ``center`` (online), or ``center`` plus the
+        sample's cached residual ``V* − V_h`` (cached: the residual is recomputed every
+        ``OVERFIT.REFRESH`` epochs, the centre is always the current host prompt)."""
         overfit = self.cfg.TRAINER.PD.OVERFIT
         if overfit.MODE == "online":
-            return self.pd_overfit(images, labels, features)
+            return self.pd_overfit(images, labels, features, center)
         if "index" not in batch:
             raise KeyError("TRAINER.PD.OVERFIT.MODE 'cached' needs the sample index in each batch (batch['index'], "
                            "as Dassl's DatasetWrapper gives); this data loader does not provide it")
@@ -318,57 +326,43 @@ class DiffusionPromptWrapper:
                  or self.epoch - self._pd_overfit_cache[index][0] >= overfit.REFRESH]
         if stale:
             rows = torch.tensor(stale, device=images.device)
-            fresh = self.pd_overfit(images[rows], labels[rows], features[rows])
+            fresh = self.pd_overfit(images[rows], labels[rows], features[rows],
+                                    {name: prompt[rows] for name, prompt in center.items()})
             for position, row in enumerate(stale):
-                self._pd_overfit_cache[indices[row]] = (self.epoch, {k: v[position].cpu() for k, v in fresh.items()})
-        names = [group.name for group in self.pd_adapter.groups]
-        return {name: torch.stack([self._pd_overfit_cache[i][1][name] for i in indices]).to(images.device)
-                for name in names}
+                residual = {k: (v[position] - center[k][row].detach().float()).cpu() for k, v in fresh.items()}
+                self._pd_overfit_cache[indices[row]] = (self.epoch, residual)
+        return {name: prompt.detach().float()
+                + torch.stack([self._pd_overfit_cache[i][1][name] for i in indices]).to(images.device)
+                for name, prompt in center.items()}
 
-    def _pd_center_on_base(self) -> Dict[str, Tensor]:
-        """Set the denoiser's per-coordinate mean to the current shared prompts ``V0`` (so the
-        diffused ``V*`` stay centred while ``V0`` trains, and a zero prediction means ``V0``);
-        returns ``V0`` (detached, fp32). Called before every training step and every inference."""
-        denoiser = self.pd_denoiser.denoiser
-        base = {name: prompt.detach().float() for name, prompt in self.pd_adapter.base_prompts().items()}
-        with torch.no_grad():
-            for name, prompt in base.items():
-                getattr(denoiser, f"{name}_mean").copy_(prompt)
-        return base
-
-    def _pd_update_normalization(self, targets: Prompts) -> None:
-        """Centre on ``V0`` and move each group's scale towards the RMS of ``V* − V0`` over the batch
-        (exponential moving average, momentum ``NORM_MOMENTUM``; set outright on the first step of
-        a fresh training)."""
-        denoiser = self.pd_denoiser.denoiser
-        base = self._pd_center_on_base()
+    def _pd_update_scale(self, targets: Prompts, center: Prompts) -> None:
+        """Move each group's scale towards the RMS of ``V* − V_h`` over the batch (exponential
+        moving average, momentum ``NORM_MOMENTUM``; set outright on the first step of a fresh
+        training)."""
         momentum = 1.0 if self.epoch == 0 and self.batch_idx == 0 else NORM_MOMENTUM
-        with torch.no_grad():
-            for name, prompt in base.items():
-                scale = getattr(denoiser, f"{name}_scale")
-                rms = (targets[name] - prompt).pow(2).mean().sqrt().clamp_min(1e-6)
-                scale.mul_(1.0 - momentum).add_(momentum * rms)
+        residuals = {name: targets[name] - center[name].detach().float() for name in targets}
+        self.pd_denoiser.denoiser.update_scale(residuals, momentum)
 
     @torch.no_grad()
     def pd_diffusion_fit(self, data_loader=None, draws: int = 4, seed: int = 0) -> float:
         """How well the denoiser reconstructs the overfitted prompts of a data set (default: the
-        training set): ``Σ‖V* − V̂‖² / Σ‖V* − V0‖²`` in normalised space over ``draws`` seeded
-        (timestep, noise) draws per sample. 1: no better than the shared prompts; 0: exact."""
+        training set): ``Σ‖V* − V̂‖² / Σ‖V* − V_h‖²`` in normalised space over ``draws`` seeded
+        (timestep, noise) draws per sample. 1: no better than the host's prompts; 0: exact."""
         self.set_model_mode("eval")
-        self._pd_center_on_base()
         denoiser = self.pd_denoiser.denoiser
         generator = torch.Generator().manual_seed(seed)
         error = baseline = 0.0
         for batch in data_loader if data_loader is not None else self.train_loader_x:
             images, labels = self.parse_batch_train(batch)[:2]
             features = self.pd_adapter.image_features(images)
-            targets = self.pd_overfit(images, labels, features)
+            center = {k: v.float() for k, v in self.pd_host_prompts(features).items()}
+            targets = self.pd_overfit(images, labels, features, center)
             pi = self.pd_condition(features)
-            centred = denoiser.layout.flatten(denoiser.normalize(targets))  # [B, N]
+            residual = denoiser.layout.flatten(denoiser.normalize(targets, center))  # [B, N]
             for _ in range(draws):
-                loss, _ = diffusion_loss(denoiser, targets, pi, self.pd_schedule, generator=generator)
+                loss, _ = diffusion_loss(denoiser, targets, center, pi, self.pd_schedule, generator=generator)
                 error += float(loss) * len(images)
-                baseline += float(centred.pow(2).mean()) * len(images)
+                baseline += float(residual.pow(2).mean()) * len(images)
         return error / baseline
 
     # ------------------------------------------------------------------ training
@@ -390,12 +384,18 @@ class DiffusionPromptWrapper:
         parsed = self.parse_batch_train(batch)  # (images, labels, ...): what the host's loss takes
         images, labels = parsed[:2]
         features = self.pd_adapter.image_features(images)  # [B, E], frozen
-        targets = self._pd_targets(batch, images, labels, features)  # V*: {group: [B, n, w]}, detached
-        self._pd_update_normalization(targets)
+        with self._pd_autocast():
+            center = self.pd_host_prompts(features)  # V_h: {group: [B, n, w]}, attached to the host
+        fixed_center = {name: prompt.detach().float() for name, prompt in center.items()}
+        targets = self._pd_targets(batch, images, labels, features, center)  # V*: {group: [B, n, w]}, detached
+        self._pd_update_scale(targets, center)
         with self._pd_autocast():
             pi = self.pd_condition(features)  # [B, C]
-            loss_diff, denoised = diffusion_loss(self.pd_denoiser.denoiser, targets, pi, self.pd_schedule)
-            logits = self.pd_adapter.logits(images, denoised, features)
+            loss_diff, denoised = diffusion_loss(self.pd_denoiser.denoiser, targets, fixed_center, pi,
+                                                 self.pd_schedule)
+            # V̂ = V_h + residual, with V_h attached: the CE trains the host's prompts and the denoiser
+            generated = {name: center[name] + (denoised[name] - fixed_center[name]) for name in center}
+            logits = self.pd_adapter.logits(images, generated, features)
             loss_ce = F.cross_entropy(logits, labels)
             loss = pd.CE_WEIGHT * loss_ce + pd.BETA * loss_diff
             summary = {"loss_ce": loss_ce.item(), "loss_diff": loss_diff.item()}
@@ -516,25 +516,26 @@ class DiffusionPromptWrapper:
         return "dpmpp_2m", None
 
     @torch.no_grad()
-    def pd_generate(self, pi: Tensor, draw: int) -> Prompts:
-        """One sampled raw prompt per condition row (NFE denoiser calls)."""
-        denoiser = self.pd_denoiser.denoiser
+    def pd_generate(self, pi: Tensor, center: Prompts, draw: int) -> Prompts:
+        """One sampled raw prompt per condition row: ``center`` (the host's prompts) plus a
+        generated residual (NFE denoiser calls)."""
         sampler, predictor = self.pd_sampler()
         noise = self.pd_noise(pi.shape[0], draw, pi.device)
         generator = torch.Generator().manual_seed(  # ddpm's ancestral noise
             sample_seed(self.cfg.TRAINER.PD.NOISE_SEED, self._pd_eval_position, draw))
-        flat = sample(denoiser.denoise_fn(pi), noise, self.pd_schedule, sampler, self.cfg.TRAINER.PD.NFE,
-                      generator, predictor)
-        return denoiser.denormalize(denoiser.layout.unflatten(flat))
+        return self.pd_denoiser.denoiser.generate(pi, center, self.pd_schedule, noise, sampler,
+                                                  self.cfg.TRAINER.PD.NFE, generator, predictor)
 
     def model_inference(self, input: Tensor) -> Tensor:
         if not self.pd_enabled:
             return super().model_inference(input)
-        self._pd_center_on_base()
         features = self.pd_adapter.image_features(input)
+        with torch.no_grad():
+            center = self.pd_host_prompts(features)
         pi = self.pd_condition(features)
         draws = self.cfg.TRAINER.PD.TEST_SAMPLES
-        logits = sum(self.pd_adapter.logits(input, self.pd_generate(pi, draw), features) for draw in range(draws))
+        logits = sum(self.pd_adapter.logits(input, self.pd_generate(pi, center, draw), features)
+                     for draw in range(draws))
         self._pd_eval_position += input.shape[0]
         return logits / draws
 

@@ -77,16 +77,27 @@ def test_groups_follow_the_upstream_parameters(host):
     assert detect_adapter(model) is adapter_cls  # the most specific layout wins (CoCoOp over CoOp)
 
 
-@pytest.mark.parametrize("host", ["CoOp", "VPT", "IVLP"])
-def test_shared_prompts_give_the_host_logits(host, images):
-    module, adapter_cls, _ = HOSTS[host]
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_host_prompts_give_the_host_logits(host, images):
+    """A zero residual is the host: the logits under ``host_prompts`` are the host model's own."""
+    module, adapter_cls, groups = HOSTS[host]
     model, cfg = build(module)
     adapter = adapter_cls(model, cfg)
     with torch.no_grad():
         expected = model(images)
-        got = adapter.logits(images, batched(adapter.base_prompts(), len(images)))
+        features = adapter.image_features(images)
+        center = adapter.host_prompts(features)
+        assert {k: tuple(v.shape) for k, v in center.items()} == {n: (len(images), t, w) for n, t, w in groups}
+        got = adapter.logits(images, center, features)
     assert got.shape == (len(images), len(CLASSNAMES))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if host == "CoCoOp":  # the upstream per-image prompt: ctx + Meta-Net(feature), different per image
+        with torch.no_grad():
+            shift = adapter.meta_net()(features)
+        torch.testing.assert_close(center["text"], model.prompt_learner.ctx + shift.unsqueeze(1))
+        assert not torch.allclose(center["text"][0], center["text"][1])
+    else:  # the shared prompts, for every image
+        assert all(torch.equal(v[0], v[1]) for v in center.values())
 
 
 def test_layer_tokens_hold_one_prompted_layer_each(images):
@@ -101,18 +112,6 @@ def test_layer_tokens_hold_one_prompted_layer_each(images):
     with torch.no_grad():
         got = adapter.logits(images, batched(adapter.base_prompts(), len(images)))
         torch.testing.assert_close(got, model(images), rtol=1e-5, atol=1e-5)
-
-
-def test_cocoop_meta_net_shifted_context_gives_the_host_logits(images):
-    model, cfg = build(cocoop)
-    adapter = CoCoOpAdapter(model, cfg)
-    with torch.no_grad():
-        features = adapter.image_features(images)
-        ctx = model.prompt_learner.ctx + adapter.meta_net()(features).unsqueeze(1)  # upstream per-image prompt
-        got = adapter.logits(images, {"text": ctx}, features)
-        expected = model(images)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert adapter.meta_net() is model.prompt_learner.meta_net
 
 
 @pytest.mark.parametrize("host", sorted(HOSTS))

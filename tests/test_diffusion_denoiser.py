@@ -51,21 +51,29 @@ def test_forward_shapes_zero_init_and_hidden():
         model(prompts, torch.randn(5, 4), torch.zeros(5))
 
 
-def test_normalization_statistics_round_trip():
+def centers_of(prompts, value=0.0):
+    return {name: torch.full_like(v, value) for name, v in prompts.items()}
+
+
+def test_normalization_is_the_scaled_residual_from_a_per_sample_center():
     model = tiny_denoiser()
     raw = {name: 3.0 + 0.5 * v for name, v in random_prompts(64).items()}
-    model.set_normalization(raw)
-    normalized = model.normalize(raw)
+    center = {name: v + 0.1 * torch.randn_like(v) for name, v in raw.items()}  # a different centre per sample
+    model.update_scale({name: raw[name] - center[name] for name in raw})
+    normalized = model.normalize(raw, center)
     for name in raw:
-        assert normalized[name].mean(0).abs().max() < 1e-5
         assert normalized[name].pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
-        assert torch.allclose(model.denormalize(normalized)[name], raw[name], atol=1e-5)
-    assert torch.allclose(model.text_mean, raw["text"].mean(0))
+        assert torch.allclose(model.denormalize(normalized, center)[name], raw[name], atol=1e-5)
+    zero = {name: torch.zeros_like(v) for name, v in raw.items()}
+    assert all(torch.equal(model.denormalize(zero, center)[name], center[name]) for name in raw)  # zero: the centre
+    before = model.text_scale.clone()
+    model.update_scale({name: 3.0 * (raw[name] - center[name]) for name in raw}, momentum=0.5)
+    assert model.text_scale.item() == pytest.approx(0.5 * before.item() + 0.5 * 3.0 * before.item(), rel=1e-4)
 
 
 def test_state_round_trips_through_weights_only_load(tmp_path):
     model = tiny_denoiser()
-    model.set_normalization({name: v + 1 for name, v in random_prompts(16).items()})
+    model.update_scale({name: v + 1 for name, v in random_prompts(16).items()})
     torch.nn.init.normal_(model.proj_out["text"].weight)
     path = tmp_path / "denoiser.pt"
     torch.save(model.to_state(), path)
@@ -78,10 +86,12 @@ def test_state_round_trips_through_weights_only_load(tmp_path):
 def test_diffusion_loss_returns_the_raw_prediction_with_its_graph():
     model = tiny_denoiser()
     raw = {name: 5.0 + v for name, v in random_prompts(8).items()}
-    model.set_normalization(raw)
-    loss, predicted = diffusion_loss(model, raw, torch.randn(8, COND_DIM), SCHEDULE, torch.Generator().manual_seed(0))
-    assert loss.item() == pytest.approx(1.0, rel=0.05)  # zero-initialised output: predicts the mean
-    assert torch.allclose(predicted["text"], model.text_mean.expand(8, 2, 8))  # ... in raw space
+    center = centers_of(raw, 5.0)
+    model.update_scale({name: raw[name] - center[name] for name in raw})
+    loss, predicted = diffusion_loss(model, raw, center, torch.randn(8, COND_DIM), SCHEDULE,
+                                     torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(1.0, rel=0.05)  # zero-initialised output: predicts a zero residual
+    assert torch.allclose(predicted["text"], center["text"])  # ... the centre, in raw space
     predicted["vision"].sum().backward()
     assert model.proj_out["vision"].weight.grad.abs().sum() > 0
 
@@ -104,33 +114,36 @@ def conditional_fit():
 
     model = tiny_denoiser()
     cond, prompts = batch()
-    model.set_normalization(prompts)
+    center = {name: v.mean(0, keepdim=True).expand_as(v) for name, v in prompts.items()}
+    model.update_scale({name: prompts[name] - center[name] for name in prompts})
 
     def held_out_loss():
         with torch.no_grad():
-            return diffusion_loss(model, prompts, cond, SCHEDULE, torch.Generator().manual_seed(1))[0].item()
+            return diffusion_loss(model, prompts, center, cond, SCHEDULE, torch.Generator().manual_seed(1))[0].item()
 
     before = held_out_loss()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(150):
-        loss, _ = diffusion_loss(model, *reversed(batch()), SCHEDULE)
+        train_cond, train_prompts = batch()
+        loss, _ = diffusion_loss(model, train_prompts, center, train_cond, SCHEDULE)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.zero_grad(set_to_none=True)
     model.eval()
-    return model, conds, targets, before, held_out_loss()
+    return model, conds, targets, before, held_out_loss(), {name: v[:4] for name, v in center.items()}
 
 
 def test_denoiser_fits_a_conditional_dataset(conditional_fit):
-    _, _, _, before, after = conditional_fit
+    _, _, _, before, after, _ = conditional_fit
     assert after < before / 10, (before, after)
 
 
 @pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "amed"])
 def test_sampled_prompts_depend_on_the_condition(conditional_fit, sampler):
-    model, conds, targets, _, _ = conditional_fit
-    out = model.generate(conds, SCHEDULE, sampler, nfe=5, generator=torch.Generator().manual_seed(0))
+    model, conds, targets, _, _, center = conditional_fit
+    noise = torch.randn(4, model.layout.numel, generator=torch.Generator().manual_seed(0))
+    out = model.generate(conds, center, SCHEDULE, noise, sampler, nfe=5, generator=torch.Generator().manual_seed(0))
     assert out["text"].dtype == torch.float32 and out["vision"].shape == (4, 3, 12)
     # each condition's sample is far closer to its own target than to any other condition's
     distance = sum(torch.cdist(out[name].flatten(1), targets[name].flatten(1)) for name in targets)  # [4, 4]
@@ -140,12 +153,13 @@ def test_sampled_prompts_depend_on_the_condition(conditional_fit, sampler):
 
 
 def test_amed_distils_on_the_denoiser_without_touching_its_gradients(conditional_fit):
-    model, conds, _, _, _ = conditional_fit
+    model, conds, _, _, _, center = conditional_fit
     predictor = AMEDPredictor(feature_dim=64, nfe=5)
     generator = torch.Generator().manual_seed(3)
     batches = [(model.denoise_fn(conds), torch.randn(4, model.layout.numel, generator=generator)) for _ in range(3)]
     history = distill_amed(predictor, batches, SCHEDULE, progress=False)
     assert len(history) == 3 and all(torch.isfinite(torch.tensor(history)))
     assert all(p.grad is None for p in model.parameters())
-    out = model.generate(conds, SCHEDULE, "amed", nfe=5, amed_predictor=predictor)
+    out = model.generate(conds, center, SCHEDULE, torch.randn(4, model.layout.numel), "amed", nfe=5,
+                         amed_predictor=predictor)
     assert torch.isfinite(out["text"]).all()

@@ -64,10 +64,11 @@ def test_adapter_reproduces_the_host_and_keeps_samples_apart(name):
     base = adapter.base_prompts()
     assert all(p.requires_grad for p in base.values())
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    shared = {k: v.detach().unsqueeze(0).expand(2, -1, -1).clone() for k, v in base.items()}
     with torch.no_grad():
+        shared = {k: v.clone() for k, v in adapter.host_prompts(adapter.image_features(images)).items()}
+        assert all(torch.equal(v[i], base[k]) for k, v in shared.items() for i in range(2))  # shared prompts
         host_logits = model(images)
-        logits = adapter.logits(images, shared)
+        logits = adapter.logits(images, shared)  # a zero residual: the host's logits
         assert torch.allclose(logits, host_logits, atol=1e-5)
         moved = {k: v.clone() for k, v in shared.items()}
         for value in moved.values():  # only sample 1's prompts change (a random direction: LayerNorm

@@ -293,24 +293,33 @@ def test_overfitting_lowers_every_sample_ce_and_vstar_is_detached(world, tmp_pat
     images, labels = first_batch(trainer)
     adapter = trainer.pd_adapter
     features = adapter.image_features(images)
-    base = {k: v.detach().unsqueeze(0).expand(len(images), -1, -1) for k, v in adapter.base_prompts().items()}
-    targets = trainer.pd_overfit(images, labels, features)
     with torch.no_grad():
-        before = F.cross_entropy(adapter.logits(images, base, features), labels, reduction="none")
+        center = trainer.pd_host_prompts(features)  # CoCoOp: ctx + Meta-Net(f), per image
+    targets = trainer.pd_overfit(images, labels, features, center)
+    with torch.no_grad():
+        before = F.cross_entropy(adapter.logits(images, center, features), labels, reduction="none")
         after = F.cross_entropy(adapter.logits(images, targets, features), labels, reduction="none")
     assert (after < before).all(), (before, after)
     assert not any(t.requires_grad for t in targets.values())
 
-    # one training step without the host loss: the shared context gets no gradient through V*
+    # one training step with the diffusion loss alone: the shared context gets no gradient through V*
+    trainer.cfg.defrost()
+    trainer.cfg.TRAINER.PD.CE_WEIGHT = 0.0
     ctx_before = trainer.model.prompt_learner.ctx.detach().clone()
     denoiser_before = [p.detach().clone() for p in trainer.pd_denoiser.parameters()]
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
     summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
     assert set(summary) == {"loss", "loss_ce", "loss_diff", "acc"}
-    assert trainer.model.prompt_learner.ctx.grad is None
-    assert torch.equal(trainer.model.prompt_learner.ctx, ctx_before)
+    ctx_grad = trainer.model.prompt_learner.ctx.grad
+    assert ctx_grad is None or not ctx_grad.any()
     assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_denoiser.parameters(), denoiser_before))
     assert trainer.model.prompt_learner.meta_net.linear2.weight.grad is not None  # π is trained through the denoiser
+
+    # the CE term reaches the host's prompts through V_h (V̂ = V_h + residual, V_h attached)
+    trainer.cfg.TRAINER.PD.CE_WEIGHT = 1.0
+    trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    assert trainer.model.prompt_learner.ctx.grad is not None and trainer.model.prompt_learner.ctx.grad.abs().sum() > 0
+    assert not torch.equal(trainer.model.prompt_learner.ctx, ctx_before)
 
 
 def test_cached_mode_overfits_each_sample_once_per_refresh(world, tmp_path, capsys):
@@ -321,9 +330,9 @@ def test_cached_mode_overfits_each_sample_once_per_refresh(world, tmp_path, caps
     overfitted = []
     overfit = trainer.pd_overfit
 
-    def counting_overfit(images, labels, features):
+    def counting_overfit(images, labels, features, center):
         overfitted.append(len(images))
-        return overfit(images, labels, features)
+        return overfit(images, labels, features, center)
 
     trainer.pd_overfit = counting_overfit
     trainer.train()  # 2 epochs, refresh every 2: one overfitting per sample
@@ -341,6 +350,20 @@ def test_disabled_wrapper_gives_the_host_logits_to_the_bit(world, tmp_path):
     wrapped.set_model_mode("eval")
     with torch.no_grad():
         assert torch.equal(wrapped.model_inference(images), host.model_inference(images))
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_a_generator_that_learned_nothing_gives_the_host_logits(host, world, tmp_path):
+    """The untrained denoiser predicts a zero residual at every step, so the sampled prompt is the
+    host's own (CoCoOp: ctx + Meta-Net(f) per image) and PD's logits are the host's."""
+    host_trainer = build(make_cfg(world, host, tmp_path / "host"))
+    wrapped = build(make_cfg(world, f"{host}PD", tmp_path / "pd", ["TRAINER.PD.SAMPLER", "dpmpp_2m"]))
+    images, _ = first_batch(host_trainer)
+    host_trainer.set_model_mode("eval")
+    wrapped.set_model_mode("eval")
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped.model_inference(images), host_trainer.model_inference(images),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_unwrapped_host_checkpoint_loads_into_the_wrapped_trainer(world, tmp_path, capsys):

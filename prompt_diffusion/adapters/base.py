@@ -3,7 +3,8 @@
 An adapter wraps the model a host trainer built (``trainer.model``, upstream ``CustomCLIP``) and
 answers four questions for the diffusion wrapper:
 
-- which learnable prompt tokens form ``V`` (``groups`` and ``base_prompts``),
+- which learnable prompt tokens form ``V`` (``groups`` and ``base_prompts``), and the host's own
+  prompt for each sample (``host_prompts``: the centre prompt diffusion models residuals from),
 - the frozen CLIP image feature the condition ``π`` is computed from (``image_features``; the
   Meta-Net that maps it to ``π`` is the host's own when it has one, ``meta_net``),
 - the logits of a batch under *per-sample* prompts (``logits``),
@@ -155,6 +156,18 @@ class PromptAdapter(ABC):
     def base_prompts(self) -> Dict[str, Tensor]:
         """The host's shared learned prompts, ``{group: [n_tokens, width]}``, still attached to
         their parameters (the wrapper detaches them before overfitting)."""
+
+    def host_prompts(self, image_features: Tensor) -> Dict[str, Tensor]:
+        """The prompts the host itself uses for each image, ``{group: [B, n_tokens, width]}``,
+        attached to the host's parameters: the shared prompts for every image (default), or the
+        host's per-image prompt (CoCoOp: ``ctx + meta_net(feature)``).
+
+        ``logits(images, host_prompts(features))`` are the host's own logits: prompt diffusion
+        starts its per-sample overfitting here and models the residual from here, so a zero
+        residual is the host exactly.
+        """
+        batch = image_features.shape[0]
+        return {name: prompt.unsqueeze(0).expand(batch, -1, -1) for name, prompt in self.base_prompts().items()}
 
     # ------------------------------------------------------------------ what π is made from
     @property

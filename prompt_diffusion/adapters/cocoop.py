@@ -1,11 +1,12 @@
 """CoCoOp adapter: ``V`` is the text context ``prompt_learner.ctx``; CoCoOp's Meta-Net gives ``π``.
 
 Upstream layout (KaiyangZhou/CoOp ``trainers/cocoop.py``): CoOp's plus ``prompt_learner.meta_net``
-(vis_dim -> vis_dim/16 -> ctx_dim). In the host the Meta-Net shifts the context per image; under
-prompt diffusion its output on the frozen image feature is the condition ``π`` of the denoiser
-(paper §4.2), and the host's own loss keeps training it in its host role.
+(vis_dim -> vis_dim/16 -> ctx_dim). In the host the Meta-Net shifts the context per image, and so
+it does under prompt diffusion: the host's prompt ``ctx + meta_net(f(x))`` is the centre of each
+sample's residual. Its output on the frozen image feature is also the condition ``π`` of the
+denoiser (paper §4.2).
 """
-from typing import Optional
+from typing import Dict, Optional
 
 from torch import Tensor, nn
 
@@ -21,6 +22,11 @@ class CoCoOpAdapter(TextContextAdapter):
 
     def meta_net(self) -> Optional[nn.Module]:
         return self.find("prompt_learner.meta_net")
+
+    def host_prompts(self, image_features: Tensor) -> Dict[str, Tensor]:
+        meta_net = self.meta_net()
+        bias = meta_net(image_features.to(next(meta_net.parameters()).dtype))  # [B, D]
+        return {"text": self.find("prompt_learner.ctx").unsqueeze(0) + bias.unsqueeze(1)}  # [B, n_ctx, D]
 
     def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
         images, labels = images_and_labels(batch, type(self).__name__)

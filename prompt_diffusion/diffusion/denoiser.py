@@ -2,20 +2,21 @@
 
 Spaces (the one thing to get right when calling this module):
 - *raw* prompts: what a prompt learner uses, a dict ``{group: Tensor[B, n_tokens, width]}``.
-- *normalized* prompts: ``(raw − mean) / scale`` with the per-coordinate mean ``[n, w]`` and one
-  global scale per group stored as buffers (:meth:`PromptDenoiser.set_normalization`).
+- *normalized* prompts: ``(raw − center) / scale``: the residual from a per-sample centre
+  ``{group: [B, n, w]}`` the caller gives (the host's own prompt for each sample, so a zero
+  residual is the host) over one scale per group, a buffer (:meth:`PromptDenoiser.update_scale`).
   :meth:`PromptDenoiser.forward`, the diffusion loss's MSE and all samplers work here.
 - *flat* prompts: normalized prompts of all groups concatenated, ``Tensor[B, N]`` with
   ``N = Σ n·w``, the form the samplers integrate (:class:`PromptLayout` converts).
 
-``diffusion_loss`` takes raw prompts and returns the prediction in raw space (the wrapper's CE
-term needs it); :meth:`PromptDenoiser.generate` returns raw prompts.
+``diffusion_loss`` takes raw prompts and their centres and returns the prediction in raw space (the
+wrapper's CE term needs it); :meth:`PromptDenoiser.generate` returns raw prompts.
 
 Architecture (after G.pt's transformer over parameter tokens): the sequence is
 ``[time tokens | condition tokens | prompt tokens]``; each prompt group has its own linear map
 in and out (groups may differ in width, e.g. text 512 and vision 768); every position has a
 learned embedding; blocks are pre-LayerNorm with full (non-causal) attention; the output maps are
-zero-initialised, so an untrained denoiser predicts the mean prompt.
+zero-initialised, so an untrained denoiser predicts a zero residual: the centre itself.
 """
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -201,44 +202,29 @@ class PromptDenoiser(nn.Module):
         for proj in self.proj_out.values():
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
-        # normalization statistics: identity until set_normalization is called
-        for name, n, w in self.layout.groups:
-            self.register_buffer(f"{name}_mean", torch.zeros(n, w))
+        # one scale per group (the RMS of the residuals it models): identity until update_scale
+        for name, _, _ in self.layout.groups:
             self.register_buffer(f"{name}_scale", torch.ones(()))
 
     # ---- normalization -------------------------------------------------------------------------
     @torch.no_grad()
-    def set_normalization(self, prompts: Prompts, eps: float = 1e-6) -> None:
-        """Set the statistics from a batch of raw prompts ``{name: [B, n, w]}``.
-
-        Mean: per coordinate over the batch (``[n, w]``); scale: one number per group, the RMS of
-        the centred prompts over all its coordinates (floored at ``eps``). With B=1 (or identical
-        prompts) the scale falls back to the RMS of the prompt itself, so normalized prompts
-        stay O(1).
-        """
-        self.layout.check(prompts)
+    def update_scale(self, residuals: Prompts, momentum: float = 1.0, eps: float = 1e-6) -> None:
+        """Move each group's scale towards the RMS of ``residuals`` ``{name: [B, n, w]}`` (raw
+        prompts minus their centres) over all its coordinates: ``scale ← (1 − m)·scale + m·RMS``,
+        floored at ``eps``. ``momentum`` 1 sets it outright."""
+        self.layout.check(residuals)
         for name in self.layout.names:
-            batch = prompts[name].detach().to(torch.float32)
-            mean = batch.mean(dim=0)
-            spread = (batch - mean).pow(2).mean().sqrt()
-            if spread < eps:
-                spread = batch.pow(2).mean().sqrt()
-            getattr(self, f"{name}_mean").copy_(mean)
-            getattr(self, f"{name}_scale").fill_(max(float(spread), eps))
+            rms = residuals[name].detach().float().pow(2).mean().sqrt().clamp_min(eps)
+            scale = getattr(self, f"{name}_scale")
+            scale.mul_(1.0 - momentum).add_(momentum * rms)
 
-    def normalize(self, prompts: Prompts) -> Prompts:
-        """Raw -> normalized: ``(raw − mean) / scale`` per group (differentiable)."""
-        return {
-            name: (prompts[name] - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_scale")
-            for name in self.layout.names
-        }
+    def normalize(self, prompts: Prompts, center: Prompts) -> Prompts:
+        """Raw -> normalized: ``(raw − center) / scale`` per group (differentiable)."""
+        return {name: (prompts[name] - center[name]) / getattr(self, f"{name}_scale") for name in self.layout.names}
 
-    def denormalize(self, prompts: Prompts) -> Prompts:
-        """Normalized -> raw: ``normalized · scale + mean`` per group (differentiable)."""
-        return {
-            name: prompts[name] * getattr(self, f"{name}_scale") + getattr(self, f"{name}_mean")
-            for name in self.layout.names
-        }
+    def denormalize(self, prompts: Prompts, center: Prompts) -> Prompts:
+        """Normalized -> raw: ``normalized · scale + center`` per group (differentiable)."""
+        return {name: prompts[name] * getattr(self, f"{name}_scale") + center[name] for name in self.layout.names}
 
     # ---- network -------------------------------------------------------------------------------
     def forward(
@@ -302,25 +288,27 @@ class PromptDenoiser(nn.Module):
     def generate(
         self,
         cond: Tensor,
+        center: Prompts,
         schedule: NoiseSchedule,
+        noise: Tensor,
         sampler: str = "dpmpp_2m",
         nfe: int = 5,
         generator: Optional[torch.Generator] = None,
         amed_predictor: Optional[nn.Module] = None,
     ) -> Prompts:
-        """Sample one raw prompt per condition: noise -> sampler -> denormalize.
+        """Sample one raw prompt per condition: ``noise [B, N]`` -> sampler (``nfe`` denoiser
+        calls; ``generator`` draws ddpm's ancestral noise) -> residual -> ``center + residual``.
 
         Returns ``{name: [B, n, w]}`` in raw prompt space (float32), detached.
         """
-        noise = standard_normal((cond.shape[0], self.layout.numel), generator, cond.device)
         flat = sample(self.denoise_fn(cond), noise, schedule, sampler, nfe, generator, amed_predictor)
-        return self.denormalize(self.layout.unflatten(flat))
+        return self.denormalize(self.layout.unflatten(flat), {k: v.float() for k, v in center.items()})
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def to_state(self) -> Dict[str, object]:
         """``{"config": plain values, "weights": state_dict}``; loads with weights_only=True.
 
-        The weights include the normalization buffers.
+        The weights include the scale buffers.
         """
         return {"config": dict(self.config), "weights": self.state_dict()}
 
@@ -345,23 +333,27 @@ def module_from_state(cls, state: Dict[str, object]) -> nn.Module:
 def diffusion_loss(
     denoiser: PromptDenoiser,
     x0: Prompts,
+    center: Prompts,
     cond: Tensor,
     schedule: NoiseSchedule,
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[Tensor, Prompts]:
-    """Paper Eq. 7 with a continuous timestep: ``‖V* − V̂_θ(√ᾱ_t V* + √(1−ᾱ_t) ε, π, t)‖²``.
+    """Paper Eq. 7 with a continuous timestep: ``‖V* − V̂_θ(√ᾱ_t V* + √(1−ᾱ_t) ε, π, t)‖²``, in the
+    space of residuals ``(V* − center) / scale``.
 
     Args:
         x0: raw target prompts ``{name: [B, n, w]}`` (the overfitted V*).
+        center: the raw prompts the residuals are taken from, ``{name: [B, n, w]}`` (detach them:
+            the MSE should not move the centre).
         cond: π, ``[B, cond_dim]``.
         generator: draws ``t ~ U[0, T−1]`` and ε (on the generator's device).
     Returns:
         (loss, x0_hat): the loss is the mean squared error in *normalized* space, averaged over
-        every coordinate of every group; ``x0_hat`` is the prediction in *raw* space, still
-        attached to the graph (for the CE term of paper Eq. 8).
+        every coordinate of every group; ``x0_hat`` is the prediction in *raw* space
+        (``center + scale·prediction``), still attached to the graph (for the CE term of Eq. 8).
     """
     layout = denoiser.layout
-    clean = layout.flatten(denoiser.normalize(x0)).to(torch.float32)  # [B, N]
+    clean = layout.flatten(denoiser.normalize(x0, center)).to(torch.float32)  # [B, N]
     batch = clean.shape[0]
     device = generator.device if generator is not None else clean.device
     uniform = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
@@ -371,4 +363,4 @@ def diffusion_loss(
     noisy = alpha_bar.sqrt() * clean + (1.0 - alpha_bar).sqrt() * noise
     predicted = denoiser(layout.unflatten(noisy), cond, t.to(clean.dtype))
     loss = (layout.flatten(predicted).float() - clean).pow(2).mean()
-    return loss, denoiser.denormalize(predicted)
+    return loss, denoiser.denormalize(predicted, center)

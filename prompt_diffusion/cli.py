@@ -16,6 +16,7 @@ from prompt_diffusion import __version__
 # subcommand modules, in the order ``--help`` lists them
 SUBCOMMAND_MODULES: List[str] = [
     "prompt_diffusion.commands.train",
+    "prompt_diffusion.commands.diagnose",
     "prompt_diffusion.commands.data",
     "prompt_diffusion.commands.sweep",
     "prompt_diffusion.commands.table",

@@ -85,12 +85,14 @@ def _add_pd_keys(cfg: CN) -> None:
         "SAMPLER": "amed",  # amed (falls back to dpmpp_2m until distilled) | dpmpp_2m | dpm_solver_2 | ddim | ddpm
         "NFE": 5,  # denoiser calls per sampled prompt (paper Fig. 4)
         "BETA": 1.0,  # weight of the diffusion loss (paper Eq. 8)
+        "DIFFUSION_DRAWS": 1,  # (t, noise) draws per sample in the diffusion loss of a step (the CE uses the first)
         "CE_WEIGHT": 1.0,  # weight of the CE with the denoised prompt (Eq. 8)
         "HOST_LOSS_WEIGHT": 1.0,  # weight of the host method's own loss
         "COND": "meta_net",  # meta_net: Meta-Net(frozen CLIP image feature) | image_feature: the feature itself
         "DEEP_TOKENS": "vector",  # deep prompts (VPT, IVLP): a denoiser token per prompt vector | per layer
         "TEST_SAMPLES": 1,  # Monte-Carlo prompts per test image; logits averaged
         "NOISE_SEED": 0,  # inference noise of the i-th evaluated sample is seeded by (NOISE_SEED, i)
+        "DIAGNOSE_IMAGES": 128,  # held-out (val) images diagnosed after every epoch, in the log; 0: off
     }
     for key, value in defaults.items():
         _set_default(pd, key, value)
@@ -98,7 +100,8 @@ def _add_pd_keys(cfg: CN) -> None:
     overfit = {
         "ITERS": 5,  # I, per-sample gradient steps (paper Fig. 5)
         "LR": 0.005,  # step size of the per-sample gradient steps (the paper gives none)
-        "STEP_RULE": "sign",  # sign: V - lr * sign(grad) (scale-free) | sgd: V - lr * grad
+        # sign: V - lr * sign(grad) | normalized: V - lr * grad / RMS(grad), per sample | sgd: V - lr * grad
+        "STEP_RULE": "sign",
         "MODE": "online",  # online: every step | cached: per-sample V* reused between refreshes
         "REFRESH": 5,  # cached mode: epochs between recomputations of a sample's V*
     }
@@ -152,9 +155,9 @@ def validate_pd_cfg(cfg: CN) -> None:
         if value not in allowed:
             raise ValueError(f"TRAINER.PD.{key} = {value!r} is not allowed; choose one of {list(allowed)}")
     minimum = {  # key: smallest allowed value (integers unless the default is a float)
-        "STEPS": 2, "NFE": 1, "TEST_SAMPLES": 1, "OVERFIT.ITERS": 0, "OVERFIT.REFRESH": 1,
+        "STEPS": 2, "NFE": 1, "TEST_SAMPLES": 1, "DIFFUSION_DRAWS": 1, "OVERFIT.ITERS": 0, "OVERFIT.REFRESH": 1,
         "DENOISER.LAYERS": 1, "DENOISER.HEADS": 1, "DENOISER.WIDTH": 1,
-        "AMED.DISTILL_ITERS": 0, "AMED.INSERTED": 0, "AMED.BATCH": 1,
+        "AMED.DISTILL_ITERS": 0, "AMED.INSERTED": 0, "AMED.BATCH": 1, "DIAGNOSE_IMAGES": 0,
         "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0,
     }
     for key, low in minimum.items():

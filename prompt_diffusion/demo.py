@@ -8,28 +8,32 @@ base, then ``--eval-only`` on the new half from the saved model. The run folders
     <out>/base2new/test_new/ToyWorld/shots_<N>/<Method>/seed<S>/
 
 Results are read back from the logs (``prompt_diffusion.results``) into a paper-style table
-(Base, New, H, mean ± std over seeds, and the difference the PD variant makes over its host),
-printed and written as ``demo_table.md``, ``demo_table.csv`` and ``demo_table.png``.
+(Base, New, H, mean ± population std over seeds, and the difference the PD variant makes over its
+host, paired per test image with its standard error), printed and written as ``demo_table.md``,
+``demo_table.csv`` and ``demo_table.png``.
 
 Settings that differ from the upstream trainer configs, because the toy CLIP is small and this
 runs on a CPU: 32x32 inputs with flips only (a random resized crop would cut the shapes the
 labels are about), fp32, AdamW (the toy CLIP's logit scale is about 15, not 100, so SGD at the
 upstream rate barely moves the prompts), few epochs, and a small denoiser (2 layers, width 128)
-with 2 overfitting steps and the training-free DPM-Solver++(2M) sampler instead of AMED.
+conditioned on the frozen image feature, with 8 diffusion draws per sample, 2 overfitting steps
+and the training-free DPM-Solver++(2M) sampler instead of AMED (the toy benchmark's PD settings,
+docs/toy_benchmark.md).
 """
 import argparse
 import contextlib
 import csv
 import io
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 from tqdm import tqdm
 
-from prompt_diffusion.results import COMPLETE, harmonic_mean, read_run
+from prompt_diffusion.results import (COMPLETE, PairedDifference, combine_seeds, harmonic_mean, paired_runs,
+                                      read_run)
 
 DATASET = "ToyWorld"
 ZERO_SHOT = "ZeroshotCLIP"
@@ -82,6 +86,8 @@ class DemoRow:
     base: List[float]
     new: List[float]
     host: Optional[str] = None
+    # paired difference to the host on the same test images, pooled over seeds: {"base"|"new": ...}
+    paired: Dict[str, PairedDifference] = field(default_factory=dict)
 
     @property
     def hm(self) -> List[float]:
@@ -89,15 +95,15 @@ class DemoRow:
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return float(np.mean(values)), float(np.std(values))  # population std, as prompt_diffusion.results
 
 
 def metric_stats(row: "DemoRow", metric: str) -> Tuple[float, float]:
-    """(mean, std over seeds) of ``base``, ``new`` or ``hm``; H's mean is the H of the mean Base
-    and mean New (as the papers and ``prompt_diffusion.results`` report it)."""
+    """(mean, population std over seeds) of ``base``, ``new`` or ``hm``; H's mean is the H of the
+    mean Base and mean New (as the papers and ``prompt_diffusion.results`` report it)."""
     if metric != "hm":
         return _mean_std(getattr(row, metric))
-    return harmonic_mean(statistics.fmean(row.base), statistics.fmean(row.new)), _mean_std(row.hm)[1]
+    return harmonic_mean(float(np.mean(row.base)), float(np.mean(row.new))), _mean_std(row.hm)[1]
 
 
 def run_opts(settings: DemoSettings, method: str) -> List[str]:
@@ -126,6 +132,7 @@ def run_opts(settings: DemoSettings, method: str) -> List[str]:
             "TRAINER.PD.DENOISER.LAYERS", "2", "TRAINER.PD.DENOISER.WIDTH", "128",
             "TRAINER.PD.DENOISER.HEADS", "4", "TRAINER.PD.OVERFIT.ITERS", "2",
             "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.AMED.DISTILL_ITERS", "0",
+            "TRAINER.PD.COND", "image_feature", "TRAINER.PD.DIFFUSION_DRAWS", "8",
         ]
     return opts + list(settings.extra_opts)
 
@@ -196,7 +203,22 @@ def run_demo(settings: DemoSettings) -> List[DemoRow]:
             rows[method].base.append(base)
             rows[method].new.append(new)
             tqdm.write(f"{method} seed {seed}: base {base:.1f}  new {new:.1f}  H {harmonic_mean(base, new):.1f}")
+    for row in rows.values():
+        if row.host in rows:
+            row.paired = paired_to_host(settings, row.method, row.host)
     return list(rows.values())
+
+
+def paired_to_host(settings: DemoSettings, method: str, host: str) -> Dict[str, PairedDifference]:
+    """``method`` minus ``host`` on the same base and new test images, pooled over the seeds."""
+    found: Dict[str, List[PairedDifference]] = {"base": [], "new": []}
+    for seed in settings.seeds:
+        for metric, own, other in zip(("base", "new"), run_dirs(settings, method, seed), run_dirs(settings, host, seed)):
+            difference, reason = paired_runs(own, other)
+            if difference is None:
+                raise RuntimeError(f"demo: cannot pair {method} with {host}: {reason}")
+            found[metric].append(difference)
+    return {metric: combine_seeds(values) for metric, values in found.items()}
 
 
 def _delta(rows: Dict[str, DemoRow], row: DemoRow, metric: str) -> Optional[float]:
@@ -207,19 +229,29 @@ def _delta(rows: Dict[str, DemoRow], row: DemoRow, metric: str) -> Optional[floa
 
 
 def table_markdown(rows: Sequence[DemoRow]) -> str:
-    """The paper-style table: Base / New / H as mean ± std over seeds, and Δ H of PD over its host."""
+    """The paper-style table: Base / New / H as mean ± population std over seeds, and what the PD
+    variant changes over its host (Δ Base and Δ New ± their paired standard errors)."""
     by_name = {row.method: row for row in rows}
     n_seeds = max(len(row.base) for row in rows)
     lines = [f"Base-to-new on {DATASET} (toy CLIP, {n_seeds} seed{'s' if n_seeds > 1 else ''}; accuracy %)", "",
              "| Method | Base | New | H | Δ Base | Δ New | Δ H |", "|---|---|---|---|---|---|---|"]
+    noted = False
     for row in rows:
         cells = []
         for metric in ("base", "new", "hm"):
             mean, std = metric_stats(row, metric)
             cells.append(f"{mean:.2f} ± {std:.2f}" if n_seeds > 1 else f"{mean:.2f}")
-        deltas = [_delta(by_name, row, metric) for metric in ("base", "new", "hm")]
-        cells += ["" if d is None else f"{d:+.2f}" for d in deltas]
+        for metric in ("base", "new", "hm"):
+            delta = _delta(by_name, row, metric)
+            paired = row.paired.get(metric)
+            cells.append("" if delta is None else paired.text() if paired is not None else f"{delta:+.2f}")
+            noted = noted or paired is not None
         lines.append(f"| {row.method} | " + " | ".join(cells) + " |")
+    if n_seeds > 1:
+        lines += ["", "± after a mean: population std over seeds."]
+    if noted:
+        lines += ["Δ: the PD variant minus its host on the same test images, ± the standard error of the paired "
+                  "per-image difference (pooled over seeds); within noise when |Δ| ≤ 1 SE."]
     return "\n".join(lines) + "\n"
 
 
@@ -229,12 +261,14 @@ def table_csv(rows: Sequence[DemoRow]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["method", "host", "seeds", "base_mean", "base_std", "new_mean", "new_std",
-                     "hm_mean", "hm_std", "delta_base", "delta_new", "delta_hm", "base_per_seed", "new_per_seed"])
+                     "hm_mean", "hm_std", "delta_base", "delta_new", "delta_hm", "delta_base_se", "delta_new_se",
+                     "base_per_seed", "new_per_seed"])
     for row in rows:
         stats = [f"{v:.4f}" for metric in ("base", "new", "hm") for v in metric_stats(row, metric)]
         deltas = [_delta(by_name, row, metric) for metric in ("base", "new", "hm")]
         writer.writerow([row.method, row.host or "", len(row.base), *stats,
                          *["" if d is None else f"{d:.4f}" for d in deltas],
+                         *["" if m not in row.paired else f"{row.paired[m].se:.4f}" for m in ("base", "new")],
                          " ".join(f"{v:.2f}" for v in row.base), " ".join(f"{v:.2f}" for v in row.new)])
     return buffer.getvalue()
 

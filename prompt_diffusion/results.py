@@ -17,7 +17,14 @@ newest complete one counts.
 Tables follow the paper: mean over seeds per dataset, the harmonic mean H from the *averaged* base
 and new accuracies, and the average column as the mean of the per-dataset means (H again from the
 averaged base and new). The paper's numbers (``prompt_diffusion/data/paper_results/*.json``) stand
-beside each cell with the difference.
+beside each cell with the difference. ± is the population standard deviation over seeds (as
+``parse_test_res.py``).
+
+A row with a host row (``CoCoOpPD`` beside ``CoCoOp``) also gets its *paired* difference to the host:
+both runs of a seed evaluated the same images (``predictions_<split>.json``, written by ``test``),
+so the difference is taken image by image; its standard error is that of the mean per-image
+difference, pooled over seeds (``combine_seeds``). H and the average column carry it on by the
+delta method and by independent columns.
 """
 import csv
 import io
@@ -47,6 +54,68 @@ MAX_LISTED_PROBLEMS = 40  # missing/incomplete runs listed under a Markdown tabl
 def harmonic_mean(base: float, new: float) -> float:
     """H = 2·base·new / (base + new), the base-to-new summary of CoCoOp and every paper since."""
     return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
+
+
+# ---------------------------------------------------------------------------- paired differences
+@dataclass
+class PairedDifference:
+    """Accuracy of A minus that of B on the same images, in points, with its standard error."""
+
+    mean: float
+    se: float  # standard error of the mean per-image difference (pooled over seeds)
+    fixed: int = 0  # images B gets wrong and A right
+    broken: int = 0  # images B gets right and A wrong
+    images: int = 0
+    seeds: int = 1
+
+    def within_noise(self, k: float = 1.0) -> bool:
+        """Whether ``|mean| <= k`` standard errors."""
+        return abs(self.mean) <= k * self.se
+
+    def text(self) -> str:
+        return f"{self.mean:+.2f} ± {self.se:.2f}" + (" (within noise)" if self.within_noise() else "")
+
+
+def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> PairedDifference:
+    """The paired difference of two per-image correctness vectors of the same images, in points."""
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired correctness must be two equal non-empty vectors, got {a.shape} and {b.shape}")
+    diff = a - b  # [n] in {-1, 0, 1}
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    return PairedDifference(100.0 * float(diff.mean()), 100.0 * se, int((diff > 0).sum()), int((diff < 0).sum()),
+                            len(diff))
+
+
+def combine_seeds(per_seed: Sequence[PairedDifference]) -> PairedDifference:
+    """The mean over seeds of their paired differences; SE ``sqrt(Σ SE_s²) / S`` (the test images'
+    noise, each seed's trained models held fixed)."""
+    if not per_seed:
+        raise ValueError("combine_seeds needs at least one seed")
+    n = len(per_seed)
+    return PairedDifference(float(np.mean([d.mean for d in per_seed])),
+                            math.sqrt(sum(d.se ** 2 for d in per_seed)) / n,
+                            sum(d.fixed for d in per_seed), sum(d.broken for d in per_seed),
+                            sum(d.images for d in per_seed), sum(d.seeds for d in per_seed))
+
+
+def paired_runs(run_a: Path, run_b: Path, split: str = "test") -> Tuple[Optional[PairedDifference], str]:
+    """The paired difference of two runs' predictions on ``split``, or ``(None, why not)``."""
+    from prompt_diffusion.engine.predictions import read_predictions
+
+    a, b = read_predictions(str(run_a), split), read_predictions(str(run_b), split)
+    for run, found in ((run_a, a), (run_b, b)):
+        if found is None:
+            return None, f"{run} has no predictions_{split}.json"
+    if a.images_sha1 != b.images_sha1 or a.labels != b.labels:
+        return None, f"{run_a} and {run_b} did not evaluate the same images"
+    return paired_difference(a.correct, b.correct), ""
+
+
+def _hm_gradient(base: float, new: float) -> Tuple[float, float]:
+    """(∂H/∂base, ∂H/∂new) of H = 2bn / (b + n)."""
+    total = (base + new) ** 2
+    return 2.0 * new ** 2 / total, 2.0 * base ** 2 / total
 
 
 # ----------------------------------------------------------------------------------------- logs
@@ -224,6 +293,9 @@ class ResultRow:
     label: str
     cells: Dict[str, Dict[str, Cell]]
     problems: List[str]
+    host: Optional[RowKey] = None
+    # paired difference to the host row: {column: {metric: PairedDifference}} (complete cells only)
+    paired: Dict[str, Dict[str, PairedDifference]] = field(default_factory=dict)
 
 
 @dataclass
@@ -256,6 +328,7 @@ def build_table(
     average_of: Optional[Sequence[str]] = None,
     paper: Optional[PaperTable] = None,
     labels: Optional[Mapping[RowKey, str]] = None,
+    hosts: Optional[Mapping[RowKey, RowKey]] = None,
 ) -> ResultTable:
     """Read every measurement's run and aggregate.
 
@@ -263,6 +336,7 @@ def build_table(
     ``columns``: the datasets; ``average_of`` (a subset of them) adds an ``average`` column: each
     metric's mean over those datasets' means, ``hm`` from the averaged base and new. An average
     that lacks a dataset is shown as incomplete, never as a partial mean.
+    ``hosts``: row -> its host row; such rows get their paired difference to the host (``paired``).
     """
     measurements = list(measurements)
     columns = list(columns) + (["average"] if average_of else [])
@@ -297,8 +371,63 @@ def build_table(
         if average_of:
             _fill_average(cells, metrics, list(average_of))
         label = (labels or {}).get(key) or str(key)
-        rows.append(ResultRow(key, label, cells, problems))
+        rows.append(ResultRow(key, label, cells, problems, host=(hosts or {}).get(key)))
+    for row in rows:
+        if row.host is not None:
+            row.paired = _paired_cells(row, measurements, runs, metrics, columns, average_of)
     return ResultTable(title, list(metrics), columns, seeds, rows, paper)
+
+
+def _paired_cells(row: ResultRow, measurements: Sequence[Measurement], runs: Dict[Path, RunResult],
+                  metrics: Sequence[str], columns: Sequence[str],
+                  average_of: Optional[Sequence[str]]) -> Dict[str, Dict[str, PairedDifference]]:
+    """The row's paired difference to its host per column and metric, over the seeds both rows
+    finished with predictions (a pair on different images is left out and listed as a problem)."""
+    own = {(m.column, m.seed, table): m.run_dir for m in measurements if m.row == row.key for _, table in m.metrics}
+    host = {(m.column, m.seed, table): m.run_dir for m in measurements if m.row == row.host
+            for _, table in m.metrics}
+    paired: Dict[str, Dict[str, PairedDifference]] = {}
+    for column in columns:
+        for metric in metrics:
+            keys = sorted(k for k in own if k[0] == column and k[2] == metric)
+            per_seed = []
+            for key in keys:  # the seeds both rows finished (the Seeds column flags the others)
+                if key not in host or runs.get(own[key], RunResult(own[key], MISSING)).status != COMPLETE:
+                    continue
+                if read_run(host[key]).status != COMPLETE:
+                    continue
+                difference, reason = paired_runs(own[key], host[key])
+                if difference is None:
+                    row.problems.append(f"{column} seed {key[1]} ({metric}) vs {row.host}: {reason}")
+                    continue
+                per_seed.append(difference)
+            if per_seed:
+                paired.setdefault(column, {})[metric] = combine_seeds(per_seed)
+        cells = paired.get(column, {})
+        if "hm" in metrics and "base" in cells and "new" in cells:
+            cells["hm"] = _hm_difference(row.cells[column], cells["base"], cells["new"])
+    if average_of and all(paired.get(c) for c in average_of):
+        for metric in metrics:
+            if metric != "hm" and all(metric in paired[c] for c in average_of):
+                parts = [paired[c][metric] for c in average_of]
+                paired.setdefault("average", {})[metric] = PairedDifference(
+                    float(np.mean([p.mean for p in parts])), math.sqrt(sum(p.se ** 2 for p in parts)) / len(parts),
+                    sum(p.fixed for p in parts), sum(p.broken for p in parts), sum(p.images for p in parts),
+                    parts[0].seeds)
+        average = paired.get("average", {})
+        if "hm" in metrics and "base" in average and "new" in average:
+            average["hm"] = _hm_difference(row.cells["average"], average["base"], average["new"])
+    return paired
+
+
+def _hm_difference(cells: Dict[str, Cell], base: PairedDifference, new: PairedDifference) -> PairedDifference:
+    """Δ H from the rows' own H (``H(row) − H(host)`` with the host's base/new = row's − Δ), SE by
+    the delta method (base and new are disjoint image sets, so independent)."""
+    b, n = cells["base"].mean, cells["new"].mean
+    d_base, d_new = _hm_gradient(b, n)
+    delta = harmonic_mean(b, n) - harmonic_mean(b - base.mean, n - new.mean)
+    se = math.sqrt((d_base * base.se) ** 2 + (d_new * new.se) ** 2)
+    return PairedDifference(delta, se, seeds=base.seeds, images=base.images + new.images)
 
 
 def _derive_hm(cells: Dict[str, Cell], metrics: Sequence[str]) -> None:
@@ -382,10 +511,23 @@ def _diff(table: ResultTable, row: ResultRow, column: str, metric: str) -> Optio
     return None if ours is None or paper is None else ours - paper
 
 
+def _paired_text(row: ResultRow, column: str, metric: str) -> str:
+    if row.host is None:
+        return ""
+    found = row.paired.get(column, {}).get(metric)
+    return "—" if found is None else found.text()
+
+
 def to_markdown(table: ResultTable, column_names: Optional[Mapping[str, str]] = None) -> str:
     """Markdown: a panel per dataset for base/new/H tables, one wide table for accuracy tables."""
     names = dict(column_names or {})
     out = [f"## {table.title}", ""]
+    if len(table.seeds) > 1:
+        out += ["Mean ± population std over seeds.", ""]
+    hosted = [row for row in table.rows if row.host is not None]
+    if hosted:
+        out += ["Δ vs host: the row minus its host on the same test images (paired per image), ± its standard "
+                "error over the test images pooled over seeds; *within noise* when |Δ| ≤ 1 SE.", ""]
     notes: List[str] = []
     # the paper's columns only for metrics it reports, and only when it prints rows (figures do not)
     paper_metrics = [m for m in table.metrics if table.paper and table.paper.cells and m in table.paper.metrics]
@@ -395,12 +537,15 @@ def to_markdown(table: ResultTable, column_names: Optional[Mapping[str, str]] = 
             head = ["Method"] + [METRIC_NAMES.get(m, m) for m in table.metrics]
             head += [f"Paper {METRIC_NAMES.get(m, m)}" for m in paper_metrics]
             head += [f"Δ {METRIC_NAMES.get(m, m)}" for m in paper_metrics]
+            host_metrics = [m for m in table.metrics if m in ("base", "new", "hm")] if hosted else []
+            head += [f"Δ vs host {METRIC_NAMES.get(m, m)}" for m in host_metrics]
             head.append("Seeds")
             out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for row in table.rows:
                 line = [row.label] + [_fmt_cell(row.cells[column][m]) for m in table.metrics]
                 line += [_paper_text(table, row.key, column, m, notes) for m in paper_metrics]
                 line += [_fmt(_diff(table, row, column, m), signed=True) for m in paper_metrics]
+                line += [_paired_text(row, column, m) for m in host_metrics]
                 line.append(_seed_flag(row.cells[column].values(), len(table.seeds)))
                 out.append("| " + " | ".join(line) + " |")
             out.append("")
@@ -432,7 +577,8 @@ def to_markdown(table: ResultTable, column_names: Optional[Mapping[str, str]] = 
 
 
 CSV_FIELDS = ["row", "method", "variant", "column", "metric", "mean", "std", "n_seeds", "expected_seeds",
-              "missing_seeds", "incomplete_seeds", "paper", "diff", "paper_erratum"]
+              "missing_seeds", "incomplete_seeds", "paper", "diff", "paper_erratum", "host", "host_diff",
+              "host_diff_se"]
 
 
 def to_csv(table: ResultTable) -> str:
@@ -446,6 +592,7 @@ def to_csv(table: ResultTable) -> str:
                 cell = row.cells[column][metric]
                 paper = table.paper_value(row.key, column, metric)
                 erratum = table.paper.erratum(row.key, column, metric) if table.paper else None
+                paired = row.paired.get(column, {}).get(metric)
                 writer.writerow({
                     "row": str(row.key), "method": row.key.method,
                     "variant": ";".join(f"{k}={v}" for k, v in row.key.variant),
@@ -459,6 +606,9 @@ def to_csv(table: ResultTable) -> str:
                     "paper": "" if paper is None else f"{paper:.2f}",
                     "diff": "" if cell.mean is None or paper is None else f"{cell.mean - paper:.4f}",
                     "paper_erratum": "" if erratum is None else f"recomputed {erratum['recomputed']:.2f}",
+                    "host": "" if row.host is None else str(row.host),
+                    "host_diff": "" if paired is None else f"{paired.mean:.4f}",
+                    "host_diff_se": "" if paired is None else f"{paired.se:.4f}",
                 })
     return buffer.getvalue()
 

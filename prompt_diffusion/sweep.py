@@ -22,6 +22,11 @@ Spec keys (``configs/experiments/table1.yaml`` is an example):
 - ``methods``: ``name: <Host>/<config>`` (the trainer is ``name``; configs live in
   ``configs/trainers``) or ``name: {trainer, config, opts, load_epoch, label}``.
 - ``datasets`` (base2new) or ``source`` + ``targets`` (cross_dataset): dataset config names.
+- ``domains`` (base2new): test-only datasets with the same classes (domain shift, e.g.
+  ``toy_world_sketch``); each trained model is also evaluated on their base and new halves, and
+  they join the average column.
+- ``host`` (per method): the row a PD method is compared with image by image (default: the name
+  without ``PD`` when the spec has it).
 - ``opts``: config opts for every run (``{KEY: VALUE}``); a run dir gets a hash of them.
 - ``variants``: ``{name, key, values, scope: train | eval, methods}``: one swept config key. ``train``
   trains a model per value; ``eval`` evaluates one model at each value (base accuracy then comes
@@ -52,9 +57,9 @@ EXPERIMENTS_DIR = CONFIGS_DIR / "experiments"
 PROTOCOLS = ("base2new", "cross_dataset")
 VARIANT_SCOPES = ("train", "eval")
 
-_SPEC_KEYS = {"name", "title", "paper", "protocol", "seeds", "shots", "methods", "datasets", "source", "targets",
-              "opts", "variants", "extra_metrics", "plot", "column_names"}
-_METHOD_KEYS = {"trainer", "config", "opts", "load_epoch", "label"}
+_SPEC_KEYS = {"name", "title", "paper", "protocol", "seeds", "shots", "methods", "datasets", "domains", "source",
+              "targets", "opts", "variants", "extra_metrics", "plot", "column_names"}
+_METHOD_KEYS = {"trainer", "config", "opts", "load_epoch", "label", "host"}
 _VARIANT_KEYS = {"name", "key", "values", "scope", "methods"}
 _PLOT_KEYS = {"x", "metric", "column", "time_metric"}
 
@@ -74,6 +79,7 @@ class Method:
     opts: List[str] = field(default_factory=list)
     load_epoch: Optional[int] = None
     label: Optional[str] = None
+    host: Optional[str] = None
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Spec:
     shots: int
     methods: List[Method]
     datasets: List[str] = field(default_factory=list)  # base2new
+    domains: List[str] = field(default_factory=list)  # base2new: shifted test-only datasets
     source: Optional[str] = None  # cross_dataset
     targets: List[str] = field(default_factory=list)
     paper: Optional[str] = None
@@ -109,7 +116,19 @@ class Spec:
 
     @property
     def all_datasets(self) -> List[str]:
-        return list(self.datasets) if self.protocol == "base2new" else [self.source] + list(self.targets)
+        if self.protocol == "base2new":
+            return list(self.datasets) + list(self.domains)
+        return [self.source] + list(self.targets)
+
+    def hosts(self) -> Dict[RowKey, RowKey]:
+        """Each method's host row (its ``host``, else its name without ``PD`` when that is a method)."""
+        names = {m.name for m in self.methods}
+        found = {}
+        for method in self.methods:
+            host = method.host or (method.name[:-2] if method.name.endswith("PD") else None)
+            if host in names and host != method.name:
+                found[RowKey(method.name)] = RowKey(host)
+        return found
 
 
 def experiment_names() -> List[str]:
@@ -180,7 +199,8 @@ def load_spec(name_or_path: str) -> Spec:
         _check_keys(f"{where}: methods.{name}", entry, _METHOD_KEYS)
         methods.append(Method(name=str(name), trainer=str(entry.get("trainer", name)), config=str(entry["config"]),
                               opts=_opts(f"{where}: methods.{name}.opts", entry.get("opts")),
-                              load_epoch=entry.get("load_epoch"), label=entry.get("label")))
+                              load_epoch=entry.get("load_epoch"), label=entry.get("label"),
+                              host=entry.get("host")))
     spec = Spec(
         name=str(data.get("name", path.stem)), path=path, title=str(data.get("title", path.stem)),
         protocol=data["protocol"], seeds=_as_list(f"{where}: seeds", data["seeds"], int),
@@ -192,9 +212,12 @@ def load_spec(name_or_path: str) -> Spec:
         if "datasets" not in data or "source" in data or "targets" in data:
             raise SpecError(f"{where}: protocol base2new takes 'datasets' (not 'source'/'targets')")
         spec.datasets = _as_list(f"{where}: datasets", data["datasets"], str)
+        spec.domains = _as_list(f"{where}: domains", data.get("domains") or [], str)
     else:
         if "source" not in data or "targets" not in data or "datasets" in data:
             raise SpecError(f"{where}: protocol cross_dataset takes 'source' and 'targets' (not 'datasets')")
+        if "domains" in data:
+            raise SpecError(f"{where}: 'domains' belongs to protocol base2new")
         spec.source = str(data["source"])
         spec.targets = _as_list(f"{where}: targets", data["targets"], str)
     if data.get("variants") is not None:
@@ -394,6 +417,9 @@ def _evaluations(spec: Spec, dataset: str, eval_value: Optional[Any]) -> List[Tu
         evaluations = [("test_new", dataset, shots + ["DATASET.SUBSAMPLE_CLASSES", "new"])]
         if eval_value is not None:  # the training run's own final test is at the default setting
             evaluations.insert(0, ("test_base", dataset, shots + ["DATASET.SUBSAMPLE_CLASSES", "base"]))
+        for domain in spec.domains:  # the same model on shifted test sets: both halves
+            evaluations += [("test_base", domain, shots + ["DATASET.SUBSAMPLE_CLASSES", "base"]),
+                            ("test_new", domain, shots + ["DATASET.SUBSAMPLE_CLASSES", "new"])]
         return evaluations
     evaluations = [("test", target, []) for target in spec.targets]
     return ([("test", dataset, [])] if eval_value is not None else []) + evaluations
@@ -467,12 +493,13 @@ def table_for(spec: Spec, output_root: Path, with_paper: bool = True) -> ResultT
     chains = expand(spec, output_root)
     metrics = ["base", "new", "hm"] if spec.protocol == "base2new" else ["accuracy"]
     metrics += list(spec.extra_metrics)
-    average_of = spec.datasets if spec.protocol == "base2new" else spec.targets
+    average_of = spec.all_datasets if spec.protocol == "base2new" else spec.targets
     paper: Optional[PaperTable] = load_paper_table(spec.paper) if spec.paper and with_paper else None
     labels = {RowKey(m.name): m.label for m in spec.methods if m.label}
     columns = spec.all_datasets
     return build_table(spec.title, metrics, columns, spec.seeds, measurements(spec, chains),
-                       average_of=average_of if len(average_of) > 1 else None, paper=paper, labels=labels)
+                       average_of=average_of if len(average_of) > 1 else None, paper=paper, labels=labels,
+                       hosts=spec.hosts())
 
 
 def select(spec: Spec, methods: Optional[Sequence[str]] = None, datasets: Optional[Sequence[str]] = None,

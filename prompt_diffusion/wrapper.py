@@ -147,6 +147,11 @@ def with_pd_keys(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
+def _repeat(prompts: Prompts, times: int) -> Prompts:
+    """``{group: [B, n, w]}`` -> ``{group: [times * B, n, w]}`` (the batch ``times`` over)."""
+    return {name: prompt.repeat(times, 1, 1) for name, prompt in prompts.items()}
+
+
 def sample_seed(base_seed: int, position: int, draw: int) -> int:
     """A well-mixed 63-bit seed for the ``draw``-th noise of the sample at evaluation ``position``."""
     state = np.random.SeedSequence([int(base_seed) & 0xFFFFFFFF, int(position), int(draw)]).generate_state(2)
@@ -391,8 +396,10 @@ class DiffusionPromptWrapper:
         self._pd_update_scale(targets, center)
         with self._pd_autocast():
             pi = self.pd_condition(features)  # [B, C]
-            loss_diff, denoised = diffusion_loss(self.pd_denoiser.denoiser, targets, fixed_center, pi,
-                                                 self.pd_schedule)
+            draws = pd.DIFFUSION_DRAWS  # the batch repeated: [draws * B, ...], draw-major
+            loss_diff, denoised = diffusion_loss(self.pd_denoiser.denoiser, _repeat(targets, draws),
+                                                 _repeat(fixed_center, draws), pi.repeat(draws, 1), self.pd_schedule)
+            denoised = {name: prompt[: len(images)] for name, prompt in denoised.items()}  # the first draw
             # V̂ = V_h + residual, with V_h attached: the CE trains the host's prompts and the denoiser
             generated = {name: center[name] + (denoised[name] - fixed_center[name]) for name in center}
             logits = self.pd_adapter.logits(images, generated, features)
@@ -410,6 +417,26 @@ class DiffusionPromptWrapper:
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+    def after_epoch(self) -> None:
+        """The host's ``after_epoch`` (checkpoints, validation), then one log line on how the
+        generator does on ``TRAINER.PD.DIAGNOSE_IMAGES`` held-out (val) images: diffusion fit,
+        alignment of generated with overfitted residuals, accuracy against the host's prompts."""
+        super().after_epoch()
+        images = self.cfg.TRAINER.PD.DIAGNOSE_IMAGES if self.pd_enabled else 0
+        if images <= 0:
+            return
+        if getattr(self, "val_loader", None) is None:
+            if not getattr(self, "_pd_said_no_val", False):
+                print("Prompt diffusion: no val split, so no held-out diagnosis in the log")
+                self._pd_said_no_val = True
+            return
+        from prompt_diffusion.diagnostics import diagnose
+
+        state = torch.random.get_rng_state()  # the diagnosis must not change the training's random stream
+        result = diagnose(self, self.val_loader, max_images=images)
+        torch.random.set_rng_state(state)
+        print(f"Prompt diffusion, epoch {self.epoch + 1}, held-out: {result.summary()}")
 
     def after_train(self) -> None:
         if self.pd_enabled and self.pd_amed is not None:

@@ -205,3 +205,69 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     with pytest.raises(ValueError, match="no row of the table has the setting 'iters'"):
         plot_sweep(table, "iters", tmp_path / "x.png", column="dtd", metric="new")
+
+
+def write_predictions(run_dir, correct, labels=None):
+    """A predictions file as ``test`` writes it: images ``img<i>.png``, top-1 right where ``correct``."""
+    import torch
+
+    from prompt_diffusion.engine.predictions import PredictionRecord
+
+    labels = labels if labels is not None else [i % 3 for i in range(len(correct))]
+    outputs = torch.zeros(len(correct), 3)
+    for i, (label, right) in enumerate(zip(labels, correct)):
+        outputs[i, label if right else (label + 1) % 3] = 1.0
+    record = PredictionRecord("test")
+    record.add([f"img{i}.png" for i in range(len(correct))], torch.tensor(labels), outputs)
+    return record.write(str(run_dir))
+
+
+def test_pd_rows_get_their_paired_difference_to_the_host(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400
+    measurements, expected = [], {"base": [], "new": []}
+    for seed in (1, 2):
+        for metric, phase, training in (("base", "train_base", True), ("new", "test_new", False)):
+            host_correct = rng.random(n) < 0.8
+            pd_correct = host_correct.copy()
+            flips = rng.choice(n, 40, replace=False)
+            pd_correct[flips[:28]] = True  # PD fixes some images and breaks others
+            pd_correct[flips[28:]] = False
+            for method, correct in (("CoCoOp", host_correct), ("CoCoOpPD", pd_correct)):
+                run = tmp_path / phase / method / f"seed{seed}"
+                write_log(run, 100.0 * correct.mean(), training=training)
+                write_predictions(run, correct.tolist())
+                measurements.append(Measurement(RowKey(method), "toy_world", seed, run, training, (("accuracy", metric),)))
+            diff = pd_correct.astype(float) - host_correct.astype(float)
+            expected[metric].append((100 * diff.mean(), 100 * diff.std(ddof=1) / np.sqrt(n)))
+    table = build_table("paired", ["base", "new", "hm"], ["toy_world"], [1, 2], measurements,
+                        hosts={RowKey("CoCoOpPD"): RowKey("CoCoOp")})
+    pd_row = next(r for r in table.rows if r.key == RowKey("CoCoOpPD"))
+    host_row = next(r for r in table.rows if r.key == RowKey("CoCoOp"))
+    assert host_row.paired == {}
+    for metric in ("base", "new"):
+        got = pd_row.paired["toy_world"][metric]
+        assert got.mean == pytest.approx(np.mean([m for m, _ in expected[metric]]))
+        assert got.se == pytest.approx(np.sqrt(sum(se ** 2 for _, se in expected[metric])) / 2)
+        assert got.images == 2 * n and got.seeds == 2
+    # the same difference as the table's own means (the log accuracies are the predictions' accuracies)
+    hm = pd_row.paired["toy_world"]["hm"]
+    assert hm.mean == pytest.approx(pd_row.cells["toy_world"]["hm"].mean - host_row.cells["toy_world"]["hm"].mean,
+                                    abs=0.06)  # the logs round accuracies to 0.1
+    assert 0 < hm.se < max(pd_row.paired["toy_world"]["base"].se, pd_row.paired["toy_world"]["new"].se)
+    text = to_markdown(table)
+    assert "Δ vs host Base" in text and "paired per image" in text
+    assert pd_row.paired["toy_world"]["base"].text() in text
+    assert "host_diff_se" in to_csv(table).splitlines()[0]
+
+
+def test_runs_on_other_images_are_not_paired(tmp_path):
+    measurements = []
+    for method, labels in (("VPT", [0, 1, 2, 0]), ("VPTPD", [0, 1, 2, 1])):
+        run = tmp_path / method
+        write_log(run, 50.0, training=False)
+        write_predictions(run, [True, False, True, False], labels)
+        measurements.append(Measurement(RowKey(method), "toy_world", 1, run, False, (("accuracy", "new"),)))
+    table = build_table("t", ["new"], ["toy_world"], [1], measurements, hosts={RowKey("VPTPD"): RowKey("VPT")})
+    row = next(r for r in table.rows if r.key == RowKey("VPTPD"))
+    assert row.paired == {} and any("did not evaluate the same images" in p for p in row.problems)

@@ -14,7 +14,8 @@ from prompt_diffusion.results import RowKey, paper_table_ids
 from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_names, load_spec, measurements,
                                     registered_trainers, select, table_for, validate_spec)
 
-SHIPPED = ["figure4", "figure5", "table1", "table2", "table3", "table5", "table6"]
+SHIPPED = ["figure4", "figure5", "table1", "table2", "table3", "table5", "table6", "toy_benchmark"]
+PAPERLESS = {"toy_benchmark"}  # specs of this project's own benchmarks
 
 
 def run_cli(*argv):
@@ -28,7 +29,7 @@ def test_one_spec_per_table_and_figure_each_with_its_paper_numbers():
     assert experiment_names() == SHIPPED
     for name in SHIPPED:
         spec = load_spec(name)
-        assert spec.paper in paper_table_ids()
+        assert spec.paper in paper_table_ids() if name not in PAPERLESS else spec.paper is None
         assert spec.seeds == [1, 2, 3]
 
 
@@ -68,6 +69,25 @@ def test_table1_expands_to_train_base_then_test_new_of_its_checkpoint(tmp_path):
     found = measurements(spec, chains[:1])
     assert [(m.column, m.training, m.metrics) for m in found] == [
         ("imagenet", True, (("accuracy", "base"),)), ("imagenet", False, (("accuracy", "new"),))]
+
+
+def test_toy_benchmark_evaluates_each_model_on_both_halves_of_every_domain(tmp_path):
+    spec = load_spec("toy_benchmark")
+    chains = expand(spec, tmp_path)
+    assert len(chains) == 4 * 3  # CoCoOp, CoCoOpPD, VPT, VPTPD x 3 seeds
+    runs = chains[0].runs
+    assert [(r.phase, r.dataset) for r in runs] == [
+        ("train_base", "toy_world"), ("test_new", "toy_world"),
+        ("test_base", "toy_world_sketch"), ("test_new", "toy_world_sketch"),
+        ("test_base", "toy_world_rendition"), ("test_new", "toy_world_rendition"),
+        ("test_base", "toy_world_clutter"), ("test_new", "toy_world_clutter")]
+    assert all(r.model_dir == runs[0].output_dir for r in runs[1:])
+    assert "DATASET.SUBSAMPLE_CLASSES base" in " ".join(runs[2].opts)
+    assert [(m.column, m.metrics[0][1]) for m in measurements(spec, chains[:1])][2:4] == [
+        ("toy_world_sketch", "base"), ("toy_world_sketch", "new")]
+    assert spec.hosts() == {RowKey("CoCoOpPD"): RowKey("CoCoOp"), RowKey("VPTPD"): RowKey("VPT")}
+    table = table_for(spec, tmp_path)
+    assert table.columns == ["toy_world", "toy_world_sketch", "toy_world_rendition", "toy_world_clutter", "average"]
 
 
 def test_tables_2_and_3_share_their_imagenet_training_runs(tmp_path):
@@ -279,7 +299,8 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
     assert code == 0 and "Missing or incomplete" not in text
     rows = [line for line in text.splitlines() if line.startswith(("| CoOp |", "| CoOpPD |"))]
     assert len(rows) == 2 and all(row.endswith("| 2/2 |") for row in rows)  # one dataset: no average panel
-    assert text.count("±") == 2 * 2  # base and new of each method: mean ± std over the two seeds
+    # base and new of each method: mean ± std over the two seeds; CoOpPD also Δ vs host ± SE (base, new, H)
+    assert rows[0].count("±") == 2 and rows[1].count("±") == 2 + 3 and "Δ vs host Base" in text
     assert len((tmp_path / "toy.csv").read_text().splitlines()) == 1 + 2 * 3
 
     code, text = run_cli(*sweep)

@@ -68,12 +68,17 @@ def test_fewshot_selection_is_seeded_and_files_are_reused(root):
 
 @pytest.mark.parametrize("name,style", [("ToyWorldSketch", "sketch"), ("ToyWorldRendition", "rendition"),
                                         ("ToyWorldClutter", "clutter")])
-def test_style_targets_are_test_only_with_all_classes(root, name, style):
-    dataset = build_dataset(toy_cfg(root, name, "base"))  # subsampling is ignored, as upstream
+def test_style_targets_are_test_only_with_base_and_new_halves(root, name, style):
+    dataset = build_dataset(toy_cfg(root, name, "all"))
     assert type(dataset).style == style
     assert dataset.num_classes == 64
     assert dataset.classnames == [c.name for c in toy_datasets.shape_colour_classes()]
     assert len(dataset.test) == 64 * TEST_PER_CLASS and dataset.train_x == dataset.test
+    for half in ("base", "new"):  # the same halves as ToyWorld's, so a domain has base and new columns
+        subset = build_dataset(toy_cfg(root, name, half))
+        photo = build_dataset(toy_cfg(root, "ToyWorld", half))
+        assert subset.classnames == photo.classnames and subset.num_classes == 32
+        assert len(subset.test) == 32 * TEST_PER_CLASS and subset.train_x == subset.test
 
 
 def test_sizes_is_a_cross_dataset_target_with_another_attribute_family(root):

@@ -17,7 +17,6 @@ a folder is written under a temporary name and renamed when complete), and read 
 ``Datum.impath`` like any image folder. Few-shot train/val and base/new subsampling are the shared
 functions of :mod:`prompt_diffusion.data.fewshot`, so the toy world behaves as the benchmarks do.
 """
-import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from prompt_diffusion.data import toy_world
 from prompt_diffusion.data.fewshot import load_or_generate_fewshot, subsample_classes
 from prompt_diffusion.engine import DATASET_REGISTRY, DatasetBase, Datum
 
-logger = logging.getLogger(__name__)
 
 WORLD_DIR = f"toy_world_v{toy_world.WORLD_VERSION}"
 # shape order of the dataset labels: the first four are the base shapes. Mixed so that base and
@@ -120,10 +118,8 @@ class ToyDataset(DatasetBase):
         self.dataset_dir = os.path.join(root, WORLD_DIR, self.name)
         classes = self.classes()
         test = self.split("test", classes, cfg.DATASET.TOY.TEST_PER_CLASS)
-        if self.test_only:
-            if cfg.DATASET.SUBSAMPLE_CLASSES != "all":
-                logger.warning("%s is test-only: DATASET.SUBSAMPLE_CLASSES=%r is ignored (as upstream's "
-                               "ImageNet variants)", type(self).__name__, cfg.DATASET.SUBSAMPLE_CLASSES)
+        if self.test_only:  # base / new halves as ToyWorld's, so each domain reports base and new
+            test = subsample_classes(test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)[0]
             super().__init__(train_x=test, test=test)
             return
         train = self.split("train", classes, TRAIN_PER_CLASS)

@@ -24,7 +24,16 @@ def sign_step(prompt: Tensor, grad: Tensor, lr: float) -> Tensor:
     return prompt - lr * grad.sign()
 
 
-STEP_RULES: Dict[str, StepRule] = {"sgd": sgd_step, "sign": sign_step}
+def normalized_step(prompt: Tensor, grad: Tensor, lr: float) -> Tensor:
+    """Gradient descent with each sample's step normalised: ``V − η √m ∇V / ‖∇V‖`` per row
+    (``m`` coordinates), so every sample moves by RMS ``η`` per coordinate (like ``sign``) but
+    along its true gradient direction (not the sign pattern of its small components)."""
+    rows = grad.flatten(1)  # [B, m]
+    norm = rows.norm(dim=1).clamp_min(1e-12) / rows.shape[1] ** 0.5  # [B]: RMS of each sample's gradient
+    return prompt - lr * grad / norm.view(-1, *([1] * (grad.dim() - 1)))
+
+
+STEP_RULES: Dict[str, StepRule] = {"sgd": sgd_step, "sign": sign_step, "normalized": normalized_step}
 
 
 def overfit_prompts(

@@ -25,6 +25,7 @@ from yacs.config import CfgNode
 from prompt_diffusion.engine.data import DataManager
 from prompt_diffusion.engine.evaluator import build_evaluator
 from prompt_diffusion.engine.meters import AverageMeter, MetricMeter
+from prompt_diffusion.engine.predictions import PredictionRecord
 from prompt_diffusion.engine.registry import TRAINER_REGISTRY, check_availability
 from prompt_diffusion.engine.safe_trainer import SafeCheckpointsMixin
 from prompt_diffusion.engine.utils import mkdir_if_missing, tolist_if_not
@@ -257,6 +258,7 @@ class SimpleTrainer(TrainerBase):
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
         inference_seconds, num_images = 0.0, 0
+        predictions = PredictionRecord(split)
         for batch in tqdm(data_loader, disable=not progress_enabled()):
             input, label = self.parse_batch_test(batch)
             started = time.perf_counter()
@@ -266,7 +268,9 @@ class SimpleTrainer(TrainerBase):
             inference_seconds += time.perf_counter() - started
             num_images += label.shape[0]
             self.evaluator.process(output, label)
+            predictions.add(batch.get("impath"), label, output)
         results = self.evaluator.evaluate()
+        predictions.write(self.output_dir)
         # model time only (no data loading), read by `prompt-diffusion table` for Figure 4
         print(f"* time_per_image_ms: {1000.0 * inference_seconds / max(num_images, 1):.2f}")
         for k, v in results.items():

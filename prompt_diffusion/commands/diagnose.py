@@ -1,0 +1,69 @@
+"""``prompt-diffusion diagnose``: is prompt diffusion doing anything for a trained model?
+
+Builds the trainer exactly as ``prompt-diffusion train --eval-only`` does (same flags, config files
+and ``KEY VALUE`` opts), loads ``--model-dir`` at ``--load-epoch`` and, on ``--split``, reports the
+accuracy of the generated prompts, the host's own prompts and the prompts overfitted with the true
+and with the predicted label (paired differences to the host with standard errors, predictions
+fixed and broken), how the generated residuals align with the overfitted ones, and the diffusion
+fit (``prompt_diffusion.diagnostics``).
+
+Example (the run the toy benchmark trains for CoCoOpPD, seed 1, on its new classes):
+
+    prompt-diffusion diagnose --root data --trainer CoCoOpPD \\
+      --dataset-config-file configs/datasets/toy_world.yaml \\
+      --config-file configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml \\
+      --model-dir output/.../seed1 --load-epoch 2 --max-images 500 \\
+      DATASET.SUBSAMPLE_CLASSES new MODEL.BACKBONE.NAME toy INPUT.SIZE "(32, 32)" ...
+"""
+import argparse
+import json
+import os.path as osp
+
+from prompt_diffusion.commands import train
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "diagnose",
+        help="measure what prompt diffusion changes for a trained model (accuracy, alignment, fit)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--split", choices=("test", "val", "train"), default="test",
+                        help="which data to diagnose on (default: test)")
+    parser.add_argument("--max-images", type=int, default=None, help="at most this many images (default: all)")
+    parser.add_argument("--json", type=str, default="", help="also write the numbers to this JSON file")
+    train.add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from prompt_diffusion import engine
+    from prompt_diffusion.diagnostics import diagnose
+
+    if not args.model_dir:
+        raise SystemExit("prompt-diffusion diagnose: --model-dir (a trained PD run) is required")
+    cfg = train.setup_cfg(args)
+    if cfg.SEED >= 0:
+        engine.set_random_seed(cfg.SEED)
+    train.import_registries()
+    trainer = engine.build_trainer(cfg)
+    if not getattr(trainer, "pd_enabled", False):
+        raise SystemExit(f"prompt-diffusion diagnose: trainer {cfg.TRAINER.NAME} is not a prompt-diffusion "
+                         "trainer with TRAINER.PD.ENABLE True")
+    trainer.load_model(args.model_dir, epoch=args.load_epoch)
+    loader = {"test": trainer.test_loader, "val": trainer.val_loader, "train": trainer.train_loader_x}[args.split]
+    if loader is None:
+        raise SystemExit(f"prompt-diffusion diagnose: the dataset has no {args.split} split")
+    result = diagnose(trainer, loader, max_images=args.max_images, progress=True)
+    print(result.report())
+    if args.json:
+        numbers = asdict(result)
+        numbers.pop("per_image")
+        with open(osp.expanduser(args.json), "w") as stream:
+            json.dump(numbers, stream, indent=2)
+        print(f"numbers written to {args.json}")
+    return 0

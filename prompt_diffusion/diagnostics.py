@@ -1,0 +1,186 @@
+"""Is prompt diffusion doing anything? Diagnostics of a trained PD trainer on one split.
+
+For each image ``x`` of the split, with its host prompt ``V_h`` (``adapter.host_prompts``):
+
+- ``V̂``: the generated prompt (the trainer's own sampler, NFE and inference noise);
+- ``V*_y``: the prompt overfitted from ``V_h`` with the true label (what the denoiser was trained
+  to produce: the ceiling of the method);
+- ``V*_ŷ``: the prompt overfitted toward the host's own prediction (no label needed: what
+  overfitting finds without supervision).
+
+Reported: top-1 accuracy under each prompt and its paired difference to the host's prompt on the
+same images (mean, standard error, predictions fixed and broken); the alignment
+``cos(V̂ − V_h, V*_y − V_h)`` per image and the ratio of their norms (in the denoiser's normalised
+space, so groups of different widths weigh alike); how much the residuals vary across images
+(mean cosine between two images' residuals: 1 = the same residual for all); the diffusion fit
+(``DiffusionPromptWrapper.pd_diffusion_fit``: 1 = no better than the host's prompt, 0 = exact).
+
+Used by ``prompt-diffusion diagnose`` and, on a held-out slice, once per training epoch.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prompt_diffusion.results import PairedDifference, paired_difference
+
+__all__ = ["Diagnosis", "mean_pairwise_cosine", "diagnose"]
+
+#: the prompts a diagnosis compares, in table order, and what each is
+PROMPTS = {
+    "generated": "generated V̂ (the PD model)",
+    "host": "host prompt V_h",
+    "overfit_true": "V* overfitted with the true label (ceiling)",
+    "overfit_predicted": "V* overfitted toward the host's prediction",
+}
+
+
+def mean_pairwise_cosine(vectors: Tensor) -> float:
+    """Mean cosine between the rows of ``vectors`` ``[n, N]`` over all pairs of different rows."""
+    n = vectors.shape[0]
+    if n < 2:
+        return float("nan")
+    unit = F.normalize(vectors.double(), dim=1)
+    total = unit.sum(dim=0).pow(2).sum()  # Σ_ij cos(i, j), diagonal included
+    return float((total - n) / (n * (n - 1)))
+
+
+@dataclass
+class Diagnosis:
+    """What ``diagnose`` measured on ``images`` images of a split."""
+
+    images: int
+    accuracy: Dict[str, float]  # top-1 (%) per prompt of PROMPTS
+    differences: Dict[str, PairedDifference]  # each prompt but the host's, minus the host's
+    alignment: float  # mean over images of cos(V̂ − V_h, V*_y − V_h)
+    alignment_se: float
+    norm_ratio: float  # mean ‖V̂ − V_h‖ / ‖V*_y − V_h‖
+    across_images_generated: float  # mean cosine between two images' V̂ − V_h
+    across_images_overfit: float  # the same for V*_y − V_h
+    diffusion_fit: float
+    per_image: Dict[str, List[bool]] = field(default_factory=dict, repr=False)  # correctness per prompt
+
+    def summary(self) -> str:
+        """One line for a training log."""
+        gen = self.differences["generated"]
+        return (f"fit {self.diffusion_fit:.3f}  align {self.alignment:+.3f}  |V̂-V_h|/|V*-V_h| "
+                f"{self.norm_ratio:.2f}  acc generated {self.accuracy['generated']:.1f} vs host "
+                f"{self.accuracy['host']:.1f} ({gen.mean:+.1f} ± {gen.se:.1f}; {self.images} images)")
+
+    def report(self) -> str:
+        """The full report (Markdown tables)."""
+        lines = [f"Prompt diffusion diagnosis on {self.images} images", "",
+                 "| prompt | accuracy % | − host (± SE) | fixed | broken |", "|---|---|---|---|---|"]
+        for key, label in PROMPTS.items():
+            if key == "host":
+                lines.append(f"| {label} | {self.accuracy[key]:.2f} | | | |")
+                continue
+            d = self.differences[key]
+            lines.append(f"| {label} | {self.accuracy[key]:.2f} | {d.text()} | {d.fixed} | {d.broken} |")
+        lines += [
+            "",
+            "| residual from the host prompt | value |", "|---|---|",
+            f"| alignment cos(V̂ − V_h, V*_y − V_h), mean ± SE | {self.alignment:+.3f} ± {self.alignment_se:.3f} |",
+            f"| norm ratio ‖V̂ − V_h‖ / ‖V*_y − V_h‖ | {self.norm_ratio:.3f} |",
+            f"| cosine between images, generated residuals | {self.across_images_generated:+.3f} |",
+            f"| cosine between images, overfitted residuals | {self.across_images_overfit:+.3f} |",
+            f"| diffusion fit (1: no better than V_h, 0: exact) | {self.diffusion_fit:.3f} |",
+            "",
+            _reading(self),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _reading(d: Diagnosis) -> str:
+    """A plain-language reading of the numbers."""
+    gen, ceiling = d.differences["generated"], d.differences["overfit_true"]
+    if ceiling.mean <= ceiling.se:
+        return ("Reading: overfitting with the true label does not beat the host prompt here, so there is "
+                "nothing for the generator to learn (raise TRAINER.PD.OVERFIT.ITERS or .LR).")
+    if d.alignment < 0.1:
+        verdict = "the generated residuals are not aligned with the overfitted ones: the generator has not "
+        verdict += "learned what overfitting finds"
+    else:
+        verdict = f"the generated residuals point {d.alignment:.2f} of the way along the overfitted ones"
+    effect = "within noise of the host" if gen.within_noise() else (
+        "better than the host" if gen.mean > 0 else "worse than the host")
+    return f"Reading: {verdict}; generated prompts are {effect} ({gen.mean:+.2f} ± {gen.se:.2f} points)."
+
+
+def _flat_residual(denoiser, prompts: Dict[str, Tensor], center: Dict[str, Tensor]) -> Tensor:
+    with torch.no_grad():
+        return denoiser.layout.flatten(denoiser.normalize(prompts, center)).double()  # [B, N]
+
+
+def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, fit_draws: int = 2,
+             progress: bool = False) -> Diagnosis:
+    """Diagnose the PD trainer ``trainer`` (a ``DiffusionPromptWrapper`` subclass, built and
+    loaded) on the batches of ``data_loader`` (``img`` and ``label``), at most ``max_images``.
+
+    Inference noise follows the trainer's own sequence from position 0 (as ``test`` does), so the
+    generated prompts' accuracy is the one ``test`` reports on the same images.
+    """
+    if not getattr(trainer, "pd_enabled", False):
+        raise ValueError("diagnose needs a prompt-diffusion trainer with TRAINER.PD.ENABLE True")
+    from tqdm import tqdm
+
+    trainer.set_model_mode("eval")
+    adapter, denoiser = trainer.pd_adapter, trainer.pd_denoiser.denoiser
+    trainer.pd_reset_noise()
+    correct: Dict[str, List[Tensor]] = {key: [] for key in PROMPTS}
+    cosines: List[Tensor] = []
+    ratios: List[Tensor] = []
+    generated_residuals: List[Tensor] = []
+    overfit_residuals: List[Tensor] = []
+    batches: List[dict] = []
+    seen = 0
+    for batch in tqdm(data_loader, desc="diagnosing", leave=False, disable=not progress):
+        if max_images is not None and seen >= max_images:
+            break
+        images, labels = trainer.parse_batch_test(batch)
+        if max_images is not None and seen + len(labels) > max_images:
+            keep = max_images - seen
+            images, labels = images[:keep], labels[:keep]
+            batch = {key: value[:keep] for key, value in batch.items()}
+        batches.append(batch)
+        seen += len(labels)
+        features = adapter.image_features(images)
+        with torch.no_grad():
+            center = {k: v.float() for k, v in trainer.pd_host_prompts(features).items()}
+            pi = trainer.pd_condition(features)
+            prompts = {"host": center, "generated": trainer.pd_generate(pi, center, 0)}
+            host_prediction = adapter.logits(images, center, features).argmax(dim=1)
+        trainer._pd_eval_position += len(labels)
+        prompts["overfit_true"] = trainer.pd_overfit(images, labels, features, center)
+        prompts["overfit_predicted"] = trainer.pd_overfit(images, host_prediction, features, center)
+        with torch.no_grad():
+            for key, prompt in prompts.items():
+                correct[key].append((adapter.logits(images, prompt, features).argmax(dim=1) == labels).cpu())
+        generated = _flat_residual(denoiser, prompts["generated"], center)
+        overfit = _flat_residual(denoiser, prompts["overfit_true"], center)
+        cosines.append(F.cosine_similarity(generated, overfit, dim=1).cpu())
+        ratios.append((generated.norm(dim=1) / overfit.norm(dim=1).clamp_min(1e-12)).cpu())
+        generated_residuals.append(generated.cpu())
+        overfit_residuals.append(overfit.cpu())
+    if seen == 0:
+        raise ValueError("diagnose got no images")
+    trainer.pd_reset_noise()
+    per_image = {key: torch.cat(values) for key, values in correct.items()}
+    cosine = torch.cat(cosines)
+    return Diagnosis(
+        images=seen,
+        accuracy={key: 100.0 * float(values.double().mean()) for key, values in per_image.items()},
+        differences={key: paired_difference(per_image[key].tolist(), per_image["host"].tolist())
+                     for key in PROMPTS if key != "host"},
+        alignment=float(cosine.mean()),
+        alignment_se=float(cosine.std()) / math.sqrt(len(cosine)) if len(cosine) > 1 else float("nan"),
+        norm_ratio=float(torch.cat(ratios).mean()),
+        across_images_generated=mean_pairwise_cosine(torch.cat(generated_residuals)),
+        across_images_overfit=mean_pairwise_cosine(torch.cat(overfit_residuals)),
+        diffusion_fit=trainer.pd_diffusion_fit(batches, draws=fit_draws),
+        per_image={key: values.tolist() for key, values in per_image.items()},
+    )
+

@@ -16,6 +16,11 @@ space, so groups of different widths weigh alike); how much the residuals vary a
 (``DiffusionPromptWrapper.pd_diffusion_fit``: 1 = no better than the host's prompt, 0 = exact).
 
 Used by ``prompt-diffusion diagnose`` and, on a held-out slice, once per training epoch.
+
+``probe`` asks whether the residual is predictable at all: a ridge regression from the frozen
+image feature to ``(V*_y − V_h) / scale``, fitted on the training images, scored on the diagnosed
+ones (alignment of its prediction, and accuracy with ``V_h`` plus the predicted mean residual). If
+this plain regressor cannot predict the residual, no generator conditioned on the feature can.
 """
 import math
 from dataclasses import dataclass, field
@@ -27,7 +32,7 @@ from torch import Tensor
 
 from prompt_diffusion.results import PairedDifference, paired_difference
 
-__all__ = ["Diagnosis", "mean_pairwise_cosine", "diagnose"]
+__all__ = ["Diagnosis", "ProbeResult", "mean_pairwise_cosine", "diagnose", "probe"]
 
 #: the prompts a diagnosis compares, in table order, and what each is
 PROMPTS = {
@@ -184,3 +189,74 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
         per_image={key: values.tolist() for key, values in per_image.items()},
     )
 
+
+
+@dataclass
+class ProbeResult:
+    """A ridge regressor's view of the residual (``probe``)."""
+
+    train_images: int
+    images: int
+    alignment_train: float  # mean cos(prediction, V*_y − V_h) on the images it was fitted on
+    alignment: float  # the same on the diagnosed images (held out)
+    accuracy_host: float
+    accuracy_probe: float  # with V_h + the predicted (mean) residual
+
+    def report(self) -> str:
+        return (f"Probe (ridge regression from the frozen image feature to V*_y − V_h, fitted on "
+                f"{self.train_images} training images): alignment {self.alignment_train:+.3f} on them, "
+                f"{self.alignment:+.3f} on the {self.images} diagnosed images; accuracy with V_h + its "
+                f"predicted residual {self.accuracy_probe:.2f} vs host {self.accuracy_host:.2f}\n")
+
+
+def _residuals(trainer, data_loader: Iterable, max_images: Optional[int] = None, training: bool = False):
+    """(frozen features [n, E], normalised residuals (V*_y − V_h)/scale [n, N], the batches read);
+    ``training``: the loader is the training set (parsed as the trainer parses training batches)."""
+    adapter, denoiser = trainer.pd_adapter, trainer.pd_denoiser.denoiser
+    parse = trainer.parse_batch_train if training else trainer.parse_batch_test
+    features, residuals, batches, seen = [], [], [], 0
+    for batch in data_loader:
+        if max_images is not None and seen >= max_images:
+            break
+        images, labels = parse(batch)[:2]
+        feature = adapter.image_features(images)
+        with torch.no_grad():
+            center = {k: v.float() for k, v in trainer.pd_host_prompts(feature).items()}
+        target = trainer.pd_overfit(images, labels, feature, center)
+        features.append(feature.double().cpu())
+        residuals.append(_flat_residual(denoiser, target, center).cpu())
+        batches.append((images, labels, feature, center))
+        seen += len(labels)
+    return torch.cat(features), torch.cat(residuals), batches
+
+
+def probe(trainer, train_loader: Iterable, data_loader: Iterable, max_images: Optional[int] = None,
+          ridge: float = 1e-3) -> ProbeResult:
+    """Fit the ridge probe on ``train_loader``'s images and score it on ``data_loader``'s."""
+    trainer.set_model_mode("eval")
+    adapter, denoiser = trainer.pd_adapter, trainer.pd_denoiser.denoiser
+    x_train, y_train, _ = _residuals(trainer, train_loader, training=True)
+    x_test, y_test, batches = _residuals(trainer, data_loader, max_images)
+
+    def with_bias(x: Tensor) -> Tensor:
+        return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # [n, E + 1]
+
+    a = with_bias(x_train)
+    weights = torch.linalg.solve(a.T @ a + ridge * len(a) * torch.eye(a.shape[1], dtype=a.dtype),
+                                 a.T @ y_train)  # [E + 1, N]
+    predicted = with_bias(x_test) @ weights  # [n, N]
+    host = probe_correct = 0
+    row = 0
+    with torch.no_grad():
+        for images, labels, feature, center in batches:
+            rows = predicted[row: row + len(labels)].float().to(feature.device)
+            row += len(labels)
+            prompts = denoiser.denormalize(denoiser.layout.unflatten(rows), center)
+            host += int((adapter.logits(images, center, feature).argmax(1) == labels).sum())
+            probe_correct += int((adapter.logits(images, prompts, feature).argmax(1) == labels).sum())
+    return ProbeResult(
+        train_images=len(x_train), images=len(x_test),
+        alignment_train=float(F.cosine_similarity(with_bias(x_train) @ weights, y_train, dim=1).mean()),
+        alignment=float(F.cosine_similarity(predicted, y_test, dim=1).mean()),
+        accuracy_host=100.0 * host / len(x_test), accuracy_probe=100.0 * probe_correct / len(x_test),
+    )

@@ -336,7 +336,8 @@ def build_table(
     ``columns``: the datasets; ``average_of`` (a subset of them) adds an ``average`` column: each
     metric's mean over those datasets' means, ``hm`` from the averaged base and new. An average
     that lacks a dataset is shown as incomplete, never as a partial mean.
-    ``hosts``: row -> its host row; such rows get their paired difference to the host (``paired``).
+    ``hosts``: row (or, for every row of a method, ``RowKey(method)``) -> its host row; such rows get
+    their paired difference to the host (``paired``).
     """
     measurements = list(measurements)
     columns = list(columns) + (["average"] if average_of else [])
@@ -371,7 +372,8 @@ def build_table(
         if average_of:
             _fill_average(cells, metrics, list(average_of))
         label = (labels or {}).get(key) or str(key)
-        rows.append(ResultRow(key, label, cells, problems, host=(hosts or {}).get(key)))
+        host = (hosts or {}).get(key) or (hosts or {}).get(RowKey(key.method))  # a swept row: its method's host
+        rows.append(ResultRow(key, label, cells, problems, host=host))
     for row in rows:
         if row.host is not None:
             row.paired = _paired_cells(row, measurements, runs, metrics, columns, average_of)

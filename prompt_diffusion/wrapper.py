@@ -352,13 +352,15 @@ class DiffusionPromptWrapper:
     def pd_diffusion_fit(self, data_loader=None, draws: int = 4, seed: int = 0) -> float:
         """How well the denoiser reconstructs the overfitted prompts of a data set (default: the
         training set): ``Σ‖V* − V̂‖² / Σ‖V* − V_h‖²`` in normalised space over ``draws`` seeded
-        (timestep, noise) draws per sample. 1: no better than the host's prompts; 0: exact."""
+        (timestep, noise) draws per sample. 1: no better than the host's prompts; 0: exact.
+        Batches of the training set are parsed as training batches, others as test batches."""
         self.set_model_mode("eval")
         denoiser = self.pd_denoiser.denoiser
         generator = torch.Generator().manual_seed(seed)
+        parse = self.parse_batch_train if data_loader is None else self.parse_batch_test
         error = baseline = 0.0
         for batch in data_loader if data_loader is not None else self.train_loader_x:
-            images, labels = self.parse_batch_train(batch)[:2]
+            images, labels = parse(batch)[:2]
             features = self.pd_adapter.image_features(images)
             center = {k: v.float() for k, v in self.pd_host_prompts(features).items()}
             targets = self.pd_overfit(images, labels, features, center)

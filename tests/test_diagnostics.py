@@ -62,7 +62,7 @@ def test_diagnose_reports_alignment_where_the_residual_is_learnable(tmp_path, ca
     assert log.count("held-out: fit") == 6  # one diagnosis line per epoch
     capsys.readouterr()
     numbers = tmp_path / "diagnosis.json"
-    assert cli.main(["diagnose", "--split", "train", "--json", str(numbers), *common,
+    assert cli.main(["diagnose", "--split", "train", "--probe", "--json", str(numbers), *common,
                      "--output-dir", str(tmp_path / "diag"), "--model-dir", str(run), "--load-epoch", "6", *opts]) == 0
     report = capsys.readouterr().out
     assert "alignment cos(V̂ − V_h, V*_y − V_h)" in report and "V* overfitted with the true label" in report
@@ -70,6 +70,10 @@ def test_diagnose_reports_alignment_where_the_residual_is_learnable(tmp_path, ca
     assert result["images"] == 24
     assert result["alignment"] > 0.1 and result["alignment"] > 4 * result["alignment_se"], result
     assert result["diffusion_fit"] < 0.9, result
+    # the ridge probe, fitted on the same (training) images, predicts the class-decided residual
+    assert result["probe"]["alignment_train"] == pytest.approx(result["probe"]["alignment"])
+    assert result["probe"]["alignment"] > 0.3 and result["probe"]["images"] == 24
+    assert "Probe (ridge regression" in report
     # overfitting toward the host's own prediction never changes it
     assert result["differences"]["overfit_predicted"]["broken"] == 0
     assert result["differences"]["overfit_true"]["broken"] == 0

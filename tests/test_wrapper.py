@@ -241,7 +241,10 @@ def test_third_party_trainer_is_wrapped_and_samples_with_exactly_nfe_calls(world
     assert isinstance(trainer.pd_adapter, CoCoOpAdapter)  # found by the model's layout
     assert trainer.pd_cond_net is trainer.model.prompt_learner.meta_net
     trainer.train()
-    assert "Prompt diffusion: adapter CoCoOp" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "Prompt diffusion: adapter CoCoOp" in log
+    assert "sampling with dpmpp_2m instead" in log  # no AMED predictor: the fallback (first met by the
+    assert "held-out: fit" in log                   # per-epoch diagnosis), said once
 
     images, _ = first_batch(trainer)
     calls = count_calls(trainer.pd_denoiser.denoiser)
@@ -250,7 +253,7 @@ def test_third_party_trainer_is_wrapped_and_samples_with_exactly_nfe_calls(world
         trainer.pd_reset_noise()
         logits = trainer.model_inference(images)
         assert len(calls) == 3 * 2  # NFE per Monte-Carlo sample
-        assert "sampling with dpmpp_2m instead" in capsys.readouterr().out  # no AMED predictor: the fallback
+        assert "sampling with dpmpp_2m instead" not in capsys.readouterr().out  # said once
         trainer.pd_reset_noise()
         again = trainer.model_inference(images)
         trainer.pd_reset_noise()
@@ -324,7 +327,7 @@ def test_overfitting_lowers_every_sample_ce_and_vstar_is_detached(world, tmp_pat
 
 def test_cached_mode_overfits_each_sample_once_per_refresh(world, tmp_path, capsys):
     opts = ["TRAINER.PD.OVERFIT.MODE", "cached", "TRAINER.PD.OVERFIT.REFRESH", 2, "TRAINER.PD.AMED.DISTILL_ITERS", 0,
-            "TRAINER.PD.COND", "image_feature"]
+            "TRAINER.PD.COND", "image_feature", "TRAINER.PD.DIAGNOSE_IMAGES", 0]
     trainer = build(make_cfg(world, "CoOpPD", tmp_path / "run", opts))
     assert trainer.pd_cond_net is None and "pd_meta_net" not in trainer.get_model_names()  # π = the CLIP feature
     overfitted = []

@@ -33,6 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="which data to diagnose on (default: test)")
     parser.add_argument("--max-images", type=int, default=None, help="at most this many images (default: all)")
     parser.add_argument("--json", type=str, default="", help="also write the numbers to this JSON file")
+    parser.add_argument("--probe", action="store_true",
+                        help="also fit a ridge regressor from the image feature to the overfitted residual on the "
+                             "training images and score it on the split: can the residual be predicted at all?")
     train.add_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from prompt_diffusion import engine
-    from prompt_diffusion.diagnostics import diagnose
+    from prompt_diffusion.diagnostics import diagnose, probe
 
     if not args.model_dir:
         raise SystemExit("prompt-diffusion diagnose: --model-dir (a trained PD run) is required")
@@ -60,9 +63,14 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"prompt-diffusion diagnose: the dataset has no {args.split} split")
     result = diagnose(trainer, loader, max_images=args.max_images, progress=True)
     print(result.report())
+    probed = probe(trainer, trainer.train_loader_x, loader, max_images=args.max_images) if args.probe else None
+    if probed is not None:
+        print(probed.report())
     if args.json:
         numbers = asdict(result)
         numbers.pop("per_image")
+        if probed is not None:
+            numbers["probe"] = asdict(probed)
         with open(osp.expanduser(args.json), "w") as stream:
             json.dump(numbers, stream, indent=2)
         print(f"numbers written to {args.json}")

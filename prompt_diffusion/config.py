@@ -87,7 +87,9 @@ def _add_pd_keys(cfg: CN) -> None:
         "BETA": 1.0,  # weight of the diffusion loss (paper Eq. 8)
         "DIFFUSION_DRAWS": 1,  # (t, noise) draws per sample in the diffusion loss of a step (the CE uses the first)
         "CE_WEIGHT": 1.0,  # weight of the CE with the denoised prompt (Eq. 8)
-        "HOST_LOSS_WEIGHT": 1.0,  # weight of the host method's own loss
+        # weight of the host method's own loss; 0: the CE of Eq. 8 trains the host's prompts instead
+        # (through V_h; with a host loss on, that CE trains the generator only)
+        "HOST_LOSS_WEIGHT": 1.0,
         "COND": "meta_net",  # meta_net: Meta-Net(frozen CLIP image feature) | image_feature: the feature itself
         "DEEP_TOKENS": "vector",  # deep prompts (VPT, IVLP): a denoiser token per prompt vector | per layer
         "TEST_SAMPLES": 1,  # Monte-Carlo prompts per test image; logits averaged

@@ -11,7 +11,8 @@ training step (batch of B images, labels y)
          (online: every step; cached: the residual V* − V_h reused for OVERFIT.REFRESH epochs)
     the denoiser models the residual (V* − V_h) / scale; V̂ = V_h + scale·prediction
     loss = HOST_LOSS_WEIGHT·L_host + CE_WEIGHT·CE(logits(V̂), y) + BETA·‖V* − V̂‖²
-           (the CE reaches the host's prompts through V_h and the denoiser through the residual)
+           (the CE reaches the denoiser through the residual, and the host's prompts through V_h
+           only when HOST_LOSS_WEIGHT is 0: the host is never trained by two cross-entropies)
 inference
     π -> seeded noise -> sampler with NFE denoiser calls -> residual -> V_h + residual -> logits
     (TEST_SAMPLES averaged); a zero residual gives the host's logits exactly
@@ -402,8 +403,10 @@ class DiffusionPromptWrapper:
             loss_diff, denoised = diffusion_loss(self.pd_denoiser.denoiser, _repeat(targets, draws),
                                                  _repeat(fixed_center, draws), pi.repeat(draws, 1), self.pd_schedule)
             denoised = {name: prompt[: len(images)] for name, prompt in denoised.items()}  # the first draw
-            # V̂ = V_h + residual, with V_h attached: the CE trains the host's prompts and the denoiser
-            generated = {name: center[name] + (denoised[name] - fixed_center[name]) for name in center}
+            # V̂ = V_h + residual. The host's parameters get one CE, never two: the host's own loss when
+            # it is on (V_h detached here), else the CE of Eq. 8 through V_h (attached)
+            origin = center if pd.HOST_LOSS_WEIGHT == 0 else fixed_center
+            generated = {name: origin[name] + (denoised[name] - fixed_center[name]) for name in center}
             logits = self.pd_adapter.logits(images, generated, features)
             loss_ce = F.cross_entropy(logits, labels)
             loss = pd.CE_WEIGHT * loss_ce + pd.BETA * loss_diff

@@ -325,6 +325,25 @@ def test_overfitting_lowers_every_sample_ce_and_vstar_is_detached(world, tmp_pat
     assert not torch.equal(trainer.model.prompt_learner.ctx, ctx_before)
 
 
+def test_with_the_host_loss_on_the_host_is_trained_by_it_alone(world, tmp_path):
+    """HOST_LOSS_WEIGHT 1: the CE of Eq. 8 trains the denoiser only, so the host's parameters get
+    exactly the gradient of the host's own loss (not two cross-entropies)."""
+    cfg = make_cfg(world, "CoCoOpPD", tmp_path / "run", ["TRAINER.PD.BETA", 0.0], batch=4)
+    trainer = build(cfg)
+    trainer.set_model_mode("train")
+    batch = next(iter(trainer.train_loader_x))
+    learner = trainer.model.prompt_learner
+    trainer.model_zero_grad()
+    trainer.pd_adapter.host_loss(trainer.parse_batch_train(batch)).backward()
+    expected = [learner.ctx.grad.clone(), learner.meta_net.linear2.weight.grad.clone()]
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
+    summary = trainer.forward_backward(batch)
+    assert summary["loss_ce"] > 0 and "loss_host" in summary
+    torch.testing.assert_close(learner.ctx.grad, expected[0])
+    torch.testing.assert_close(learner.meta_net.linear2.weight.grad, expected[1])
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.pd_denoiser.parameters())
+
+
 def test_cached_mode_overfits_each_sample_once_per_refresh(world, tmp_path, capsys):
     opts = ["TRAINER.PD.OVERFIT.MODE", "cached", "TRAINER.PD.OVERFIT.REFRESH", 2, "TRAINER.PD.AMED.DISTILL_ITERS", 0,
             "TRAINER.PD.COND", "image_feature", "TRAINER.PD.DIAGNOSE_IMAGES", 0]

@@ -109,7 +109,7 @@ def _reading(d: Diagnosis) -> str:
         verdict = "the generated residuals are not aligned with the overfitted ones: the generator has not "
         verdict += "learned what overfitting finds"
     else:
-        verdict = f"the generated residuals point {d.alignment:.2f} of the way along the overfitted ones"
+        verdict = f"the generated residuals have cosine {d.alignment:.2f} with the overfitted ones"
     effect = "within noise of the host" if gen.within_noise() else (
         "better than the host" if gen.mean > 0 else "worse than the host")
     return f"Reading: {verdict}; generated prompts are {effect} ({gen.mean:+.2f} ± {gen.se:.2f} points)."

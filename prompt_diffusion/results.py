@@ -67,13 +67,23 @@ class PairedDifference:
     broken: int = 0  # images B gets right and A wrong
     images: int = 0
     seeds: int = 1
+    per_seed: Tuple[float, ...] = ()  # the difference of each seed (its trained models), when pooled
+
+    @property
+    def seed_se(self) -> Optional[float]:
+        """Standard error from the spread of the per-seed differences (``std / √S``, S ≥ 2): it also
+        holds the training noise that the per-image SE leaves out."""
+        if len(self.per_seed) < 2:
+            return None
+        return float(np.std(self.per_seed, ddof=1) / math.sqrt(len(self.per_seed)))
 
     def within_noise(self, k: float = 1.0) -> bool:
-        """Whether ``|mean| <= k`` standard errors."""
+        """Whether ``|mean| <= k`` standard errors (the per-image one)."""
         return abs(self.mean) <= k * self.se
 
     def text(self) -> str:
-        return f"{self.mean:+.2f} ± {self.se:.2f}" + (" (within noise)" if self.within_noise() else "")
+        seeds = "" if self.seed_se is None else f" [seeds ± {self.seed_se:.2f}]"
+        return f"{self.mean:+.2f} ± {self.se:.2f}{seeds}" + (" (within noise)" if self.within_noise() else "")
 
 
 def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> PairedDifference:
@@ -96,7 +106,8 @@ def combine_seeds(per_seed: Sequence[PairedDifference]) -> PairedDifference:
     return PairedDifference(float(np.mean([d.mean for d in per_seed])),
                             math.sqrt(sum(d.se ** 2 for d in per_seed)) / n,
                             sum(d.fixed for d in per_seed), sum(d.broken for d in per_seed),
-                            sum(d.images for d in per_seed), sum(d.seeds for d in per_seed))
+                            sum(d.images for d in per_seed), sum(d.seeds for d in per_seed),
+                            tuple(d.mean for d in per_seed))
 
 
 def paired_runs(run_a: Path, run_b: Path, split: str = "test") -> Tuple[Optional[PairedDifference], str]:
@@ -412,10 +423,12 @@ def _paired_cells(row: ResultRow, measurements: Sequence[Measurement], runs: Dic
         for metric in metrics:
             if metric != "hm" and all(metric in paired[c] for c in average_of):
                 parts = [paired[c][metric] for c in average_of]
+                same_seeds = len({len(p.per_seed) for p in parts}) == 1
                 paired.setdefault("average", {})[metric] = PairedDifference(
                     float(np.mean([p.mean for p in parts])), math.sqrt(sum(p.se ** 2 for p in parts)) / len(parts),
                     sum(p.fixed for p in parts), sum(p.broken for p in parts), sum(p.images for p in parts),
-                    parts[0].seeds)
+                    parts[0].seeds,
+                    tuple(np.mean([p.per_seed for p in parts], axis=0)) if same_seeds else ())
         average = paired.get("average", {})
         if "hm" in metrics and "base" in average and "new" in average:
             average["hm"] = _hm_difference(row.cells["average"], average["base"], average["new"])
@@ -424,12 +437,14 @@ def _paired_cells(row: ResultRow, measurements: Sequence[Measurement], runs: Dic
 
 def _hm_difference(cells: Dict[str, Cell], base: PairedDifference, new: PairedDifference) -> PairedDifference:
     """Δ H from the rows' own H (``H(row) − H(host)`` with the host's base/new = row's − Δ), SE by
-    the delta method (base and new are disjoint image sets, so independent)."""
+    the delta method (base and new are disjoint image sets, so independent); per seed linearised."""
     b, n = cells["base"].mean, cells["new"].mean
     d_base, d_new = _hm_gradient(b, n)
     delta = harmonic_mean(b, n) - harmonic_mean(b - base.mean, n - new.mean)
     se = math.sqrt((d_base * base.se) ** 2 + (d_new * new.se) ** 2)
-    return PairedDifference(delta, se, seeds=base.seeds, images=base.images + new.images)
+    per_seed = tuple(d_base * x + d_new * y for x, y in zip(base.per_seed, new.per_seed)) \
+        if len(base.per_seed) == len(new.per_seed) else ()
+    return PairedDifference(delta, se, seeds=base.seeds, images=base.images + new.images, per_seed=per_seed)
 
 
 def _derive_hm(cells: Dict[str, Cell], metrics: Sequence[str]) -> None:
@@ -529,7 +544,9 @@ def to_markdown(table: ResultTable, column_names: Optional[Mapping[str, str]] = 
     hosted = [row for row in table.rows if row.host is not None]
     if hosted:
         out += ["Δ vs host: the row minus its host on the same test images (paired per image), ± its standard "
-                "error over the test images pooled over seeds; *within noise* when |Δ| ≤ 1 SE.", ""]
+                "error over the test images pooled over seeds; [seeds ± x]: the standard error from the spread "
+                "of the per-seed differences (it also holds training noise); *within noise* when |Δ| ≤ 1 "
+                "per-image SE.", ""]
     notes: List[str] = []
     # the paper's columns only for metrics it reports, and only when it prints rows (figures do not)
     paper_metrics = [m for m in table.metrics if table.paper and table.paper.cells and m in table.paper.metrics]

@@ -250,6 +250,10 @@ def test_pd_rows_get_their_paired_difference_to_the_host(tmp_path):
         assert got.mean == pytest.approx(np.mean([m for m, _ in expected[metric]]))
         assert got.se == pytest.approx(np.sqrt(sum(se ** 2 for _, se in expected[metric])) / 2)
         assert got.images == 2 * n and got.seeds == 2
+        per_seed = [m for m, _ in expected[metric]]
+        assert got.per_seed == pytest.approx(per_seed)
+        assert got.seed_se == pytest.approx(np.std(per_seed, ddof=1) / np.sqrt(2))
+        assert f"[seeds ± {got.seed_se:.2f}]" in got.text()
     # the same difference as the table's own means (the log accuracies are the predictions' accuracies)
     hm = pd_row.paired["toy_world"]["hm"]
     assert hm.mean == pytest.approx(pd_row.cells["toy_world"]["hm"].mean - host_row.cells["toy_world"]["hm"].mean,

@@ -86,6 +86,12 @@ def test_toy_benchmark_evaluates_each_model_on_both_halves_of_every_domain(tmp_p
     assert [(m.column, m.metrics[0][1]) for m in measurements(spec, chains[:1])][2:4] == [
         ("toy_world_sketch", "base"), ("toy_world_sketch", "new")]
     assert spec.hosts() == {RowKey("CoCoOpPD"): RowKey("CoCoOp"), RowKey("VPTPD"): RowKey("VPT")}
+    # a PD model is evaluated with its generated prompts and with TRAINER.PD.ENABLE False (V_h alone)
+    pd_runs = chains[3].runs
+    assert pd_runs[0].method == "CoCoOpPD" and len(pd_runs) == 1 + 2 * 8
+    assert {r.row for r in pd_runs[1:]} == {RowKey.make("CoCoOpPD", {"generated": True}),
+                                           RowKey.make("CoCoOpPD", {"generated": False})}
+    assert all("TRAINER.PD.ENABLE False" in " ".join(r.opts) for r in pd_runs[9:])
     table = table_for(spec, tmp_path)
     assert table.columns == ["toy_world", "toy_world_sketch", "toy_world_rendition", "toy_world_clutter", "average"]
 

@@ -94,6 +94,9 @@ def _add_pd_keys(cfg: CN) -> None:
         "DEEP_TOKENS": "vector",  # deep prompts (VPT, IVLP): a denoiser token per prompt vector | per layer
         "TEST_SAMPLES": 1,  # Monte-Carlo prompts per test image; logits averaged
         "NOISE_SEED": 0,  # inference noise of the i-th evaluated sample is seeded by (NOISE_SEED, i)
+        # std of the inference start noise (temperature): 1 samples the learned distribution (the
+        # paper); 0 starts every ODE sampler at the same point (ddpm still draws its ancestral noise)
+        "NOISE_SCALE": 1.0,
         "DIAGNOSE_IMAGES": 128,  # held-out (val) images diagnosed after every epoch, in the log; 0: off
     }
     for key, value in defaults.items():
@@ -160,7 +163,7 @@ def validate_pd_cfg(cfg: CN) -> None:
         "STEPS": 2, "NFE": 1, "TEST_SAMPLES": 1, "DIFFUSION_DRAWS": 1, "OVERFIT.ITERS": 0, "OVERFIT.REFRESH": 1,
         "DENOISER.LAYERS": 1, "DENOISER.HEADS": 1, "DENOISER.WIDTH": 1,
         "AMED.DISTILL_ITERS": 0, "AMED.INSERTED": 0, "AMED.BATCH": 1, "DIAGNOSE_IMAGES": 0,
-        "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0,
+        "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0, "NOISE_SCALE": 0.0,
     }
     for key, low in minimum.items():
         value = _pd_value(pd, key)

@@ -525,14 +525,15 @@ class DiffusionPromptWrapper:
         self._pd_eval_position = 0
 
     def pd_noise(self, batch: int, draw: int, device: torch.device) -> Tensor:
-        """``[B, N]`` standard normal noise, sample ``b`` seeded by (NOISE_SEED, position of b, draw)."""
+        """``[B, N]`` normal noise of standard deviation ``NOISE_SCALE`` (the sampling temperature),
+        sample ``b`` seeded by (NOISE_SEED, position of b, draw)."""
         numel = self.pd_denoiser.denoiser.layout.numel
         rows = []
         for b in range(batch):
             generator = torch.Generator().manual_seed(
                 sample_seed(self.cfg.TRAINER.PD.NOISE_SEED, self._pd_eval_position + b, draw))
             rows.append(torch.randn(numel, generator=generator))
-        return torch.stack(rows).to(device)
+        return (self.cfg.TRAINER.PD.NOISE_SCALE * torch.stack(rows)).to(device)
 
     def pd_sampler(self) -> Tuple[str, Optional[nn.Module]]:
         """The sampler to use and its AMED predictor: ``amed`` needs a distilled predictor, else

@@ -287,6 +287,21 @@ def test_evaluation_is_reproducible_and_depends_on_the_noise_seed(world, tmp_pat
     assert len(calls) == 3 * 4
     assert torch.equal(first, second) and not torch.equal(first, third)
 
+    def sampled_prompts(noise_seed: int, noise_scale: float = 1.0, sampler: str = "ddpm"):
+        trainer.cfg.defrost()
+        trainer.cfg.TRAINER.PD.NOISE_SEED, trainer.cfg.TRAINER.PD.NOISE_SCALE = noise_seed, noise_scale
+        trainer.cfg.TRAINER.PD.SAMPLER = sampler
+        trainer.pd_reset_noise()
+        with torch.no_grad():
+            features = trainer.pd_adapter.image_features(images)
+            return trainer.pd_generate(trainer.pd_condition(features), trainer.pd_host_prompts(features), 0)["text"]
+
+    # equal NOISE_SEEDs give identical prompts, different ones different prompts ...
+    assert torch.equal(sampled_prompts(7), sampled_prompts(7)) and not torch.allclose(sampled_prompts(7), sampled_prompts(0))
+    # ... unless the start noise's scale NOISE_SCALE is 0 and the sampler an ODE solver (no ancestral noise)
+    assert torch.equal(sampled_prompts(7, 0.0, "dpmpp_2m"), sampled_prompts(0, 0.0, "dpmpp_2m"))
+    assert not torch.allclose(sampled_prompts(7, 1.0, "dpmpp_2m"), sampled_prompts(0, 1.0, "dpmpp_2m"))
+
 
 # ---------------------------------------------------------------------- the training step
 def test_overfitting_lowers_every_sample_ce_and_vstar_is_detached(world, tmp_path):

@@ -305,8 +305,9 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
     assert code == 0 and "Missing or incomplete" not in text
     rows = [line for line in text.splitlines() if line.startswith(("| CoOp |", "| CoOpPD |"))]
     assert len(rows) == 2 and all(row.endswith("| 2/2 |") for row in rows)  # one dataset: no average panel
-    # base and new of each method: mean ± std over the two seeds; CoOpPD also Δ vs host ± SE (base, new, H)
-    assert rows[0].count("±") == 2 and rows[1].count("±") == 2 + 3 and "Δ vs host Base" in text
+    # base and new of each method: mean ± std over the two seeds; CoOpPD also Δ vs host ± SE [seeds ± SE]
+    # for base, new and H
+    assert rows[0].count("±") == 2 and rows[1].count("±") == 2 + 3 * 2 and "Δ vs host Base" in text
     assert len((tmp_path / "toy.csv").read_text().splitlines()) == 1 + 2 * 3
 
     code, text = run_cli(*sweep)

@@ -56,7 +56,7 @@ Prompts = Dict[str, Tensor]
 DENOISER_NAME = "pd_denoiser"
 META_NET_NAME = "pd_meta_net"
 AMED_NAME = "pd_amed"
-# weight of the newest batch in the moving average of the prompt scale (see _pd_update_normalization)
+# weight of the newest batch in the moving average of the prompt scale (see _pd_update_scale)
 NORM_MOMENTUM = 0.1
 
 

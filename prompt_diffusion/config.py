@@ -98,6 +98,9 @@ def _add_pd_keys(cfg: CN) -> None:
         # paper); 0 starts every ODE sampler at the same point (ddpm still draws its ancestral noise)
         "NOISE_SCALE": 1.0,
         "DIAGNOSE_IMAGES": 128,  # held-out (val) images diagnosed after every epoch, in the log; 0: off
+        # after training, scale generated residuals by their least-squares fit to overfitted ones on
+        # held-out images (0: the generator learned nothing useful -> the host's prompt); False: raw
+        "CALIBRATE": True,
     }
     for key, value in defaults.items():
         _set_default(pd, key, value)
@@ -185,8 +188,9 @@ def validate_pd_cfg(cfg: CN) -> None:
             f"TRAINER.PD.DENOISER.WIDTH = {pd.DENOISER.WIDTH} must be divisible by "
             f"TRAINER.PD.DENOISER.HEADS = {pd.DENOISER.HEADS}"
         )
-    if not isinstance(pd.ENABLE, bool):
-        raise ValueError(f"TRAINER.PD.ENABLE = {pd.ENABLE!r} must be True or False")
+    for key in ("ENABLE", "CALIBRATE"):
+        if not isinstance(pd[key], bool):
+            raise ValueError(f"TRAINER.PD.{key} = {pd[key]!r} must be True or False")
 
 
 def _add_toy_dataset_keys(cfg: CN) -> None:

@@ -58,6 +58,8 @@ META_NET_NAME = "pd_meta_net"
 AMED_NAME = "pd_amed"
 # weight of the newest batch in the moving average of the prompt scale (see _pd_update_scale)
 NORM_MOMENTUM = 0.1
+# held-out images the residual gain is calibrated on after training (see pd_calibrate)
+CALIBRATION_IMAGES = 512
 
 
 class MetaNet(nn.Sequential):
@@ -444,10 +446,48 @@ class DiffusionPromptWrapper:
         print(f"Prompt diffusion, epoch {self.epoch + 1}, held-out: {result.summary()}")
 
     def after_train(self) -> None:
+        if self.pd_enabled and self.cfg.TRAINER.PD.CALIBRATE:
+            self.pd_calibrate()
+            self._pd_resave(DENOISER_NAME)
         if self.pd_enabled and self.pd_amed is not None:
             self.pd_distill_amed()
-            self._pd_save_amed()
+            self._pd_resave(AMED_NAME)
         super().after_train()
+
+    def pd_calibrate(self, max_images: int = CALIBRATION_IMAGES) -> Dict[str, float]:
+        """Scale generated residuals by how much of them points the right way (``calibrate_gain``),
+        measured on up to ``max_images`` held-out images (the val split; the training images when
+        there is none) against the residuals overfitted with their true labels. A generator that
+        learned nothing then leaves the host's prompt as it is. Returns the gain per group."""
+        denoiser = self.pd_denoiser.denoiser
+        for name in denoiser.layout.names:
+            getattr(denoiser, f"{name}_gain").fill_(1.0)
+        held_out = getattr(self, "val_loader", None) is not None
+        loader = self.val_loader if held_out else self.train_loader_x
+        parse = self.parse_batch_test if held_out else self.parse_batch_train
+        self.set_model_mode("eval")
+        self.pd_reset_noise()
+        generated, targets, seen = [], [], 0
+        for batch in loader:
+            if seen >= max_images:
+                break
+            images, labels = parse(batch)[:2]
+            features = self.pd_adapter.image_features(images)
+            with torch.no_grad():
+                center = {k: v.float() for k, v in self.pd_host_prompts(features).items()}
+                sampled = self.pd_generate(self.pd_condition(features), center, 0)
+            self._pd_eval_position += len(labels)
+            overfit = self.pd_overfit(images, labels, features, center)
+            generated.append(denoiser.normalize(sampled, center))
+            targets.append(denoiser.normalize(overfit, center))
+            seen += len(labels)
+        self.pd_reset_noise()
+        gains = denoiser.calibrate_gain({k: torch.cat([g[k] for g in generated]) for k in denoiser.layout.names},
+                                        {k: torch.cat([t[k] for t in targets]) for k in denoiser.layout.names})
+        where = "held-out val" if held_out else "training"
+        print(f"Prompt diffusion: residual gain calibrated on {seen} {where} images: "
+              + ", ".join(f"{name} {gain:.3f}" for name, gain in gains.items()))
+        return gains
 
     @torch.no_grad()
     def _pd_train_conditions(self) -> Tensor:
@@ -482,11 +522,12 @@ class DiffusionPromptWrapper:
         print(f"Prompt diffusion: AMED distillation loss {history[0]:.4g} -> {history[-1]:.4g}")
         return history
 
-    def _pd_save_amed(self) -> None:
-        """Write the distilled predictor over the last epoch's ``pd_amed`` checkpoint (and the best
-        one, when there is one), so ``--eval-only`` and the final test use it."""
-        directory = osp.join(self.output_dir, AMED_NAME)
-        state = {"state_dict": self.pd_amed.state_dict(), "epoch": self.epoch + 1, "optimizer": None,
+    def _pd_resave(self, name: str) -> None:
+        """Write the registered model ``name`` (the distilled AMED predictor, the calibrated
+        denoiser) over the last epoch's checkpoint (and the best one, when there is one), so
+        ``--eval-only`` and the final test use it."""
+        directory = osp.join(self.output_dir, name)
+        state = {"state_dict": self._models[name].state_dict(), "epoch": self.epoch + 1, "optimizer": None,
                  "scheduler": None, "val_result": None, "trainer": self.cfg.TRAINER.NAME or type(self).__name__}
         names = [f"model.pth.tar-{self.epoch + 1}"]
         if osp.exists(osp.join(directory, "model-best.pth.tar")):

@@ -359,9 +359,52 @@ def test_with_the_host_loss_on_the_host_is_trained_by_it_alone(world, tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.pd_denoiser.parameters())
 
 
+def test_calibration_drops_a_residual_unrelated_to_the_overfitted_ones(world, tmp_path):
+    """A generator whose residuals have nothing to do with the overfitted ones (random output maps)
+    gets a gain near 0, so its prompts come back to the host's; the gain travels with the checkpoint."""
+    cfg = make_cfg(world, "CoCoOpPD", tmp_path / "run", ["TRAINER.PD.SAMPLER", "dpmpp_2m"])
+    trainer = build(cfg)
+    with torch.no_grad():
+        for proj in trainer.pd_denoiser.denoiser.proj_out.values():
+            proj.weight.normal_(std=0.5)
+    images, _ = first_batch(trainer)
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        host = trainer.pd_adapter.logits(images, trainer.pd_host_prompts(trainer.pd_adapter.image_features(images)))
+        trainer.pd_reset_noise()
+        raw = trainer.model_inference(images)
+    gains = trainer.pd_calibrate()
+    assert 0.0 <= gains["text"] < 0.2, gains
+    assert float(trainer.pd_denoiser.denoiser.text_gain) == pytest.approx(gains["text"])
+    with torch.no_grad():
+        trainer.pd_reset_noise()
+        calibrated = trainer.model_inference(images)
+    assert (calibrated - host).abs().max() < 0.5 * (raw - host).abs().max()
+
+
+def test_training_ends_with_a_calibrated_gain_that_eval_only_loads(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = make_cfg(world, "CoCoOpPD", out, ["TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.AMED.DISTILL_ITERS", 0])
+    trainer = build(cfg)
+    trainer.train()
+    assert "residual gain calibrated on 24 held-out val images" in capsys.readouterr().out
+    gain = float(trainer.pd_denoiser.denoiser.text_gain)
+    assert 0.0 <= gain <= 1.0
+    saved = torch.load(out / "pd_denoiser" / "model.pth.tar-2", map_location="cpu", weights_only=True)
+    assert float(saved["state_dict"]["denoiser.text_gain"]) == pytest.approx(gain)
+    evaluator = build(cfg)
+    evaluator.load_model(str(out), epoch=2)
+    assert float(evaluator.pd_denoiser.denoiser.text_gain) == pytest.approx(gain)
+    uncalibrated = build(make_cfg(world, "CoCoOpPD", tmp_path / "raw", ["TRAINER.PD.CALIBRATE", False,
+                                                                        "TRAINER.PD.AMED.DISTILL_ITERS", 0]))
+    uncalibrated.train()
+    assert "residual gain calibrated" not in capsys.readouterr().out
+    assert float(uncalibrated.pd_denoiser.denoiser.text_gain) == 1.0
+
+
 def test_cached_mode_overfits_each_sample_once_per_refresh(world, tmp_path, capsys):
     opts = ["TRAINER.PD.OVERFIT.MODE", "cached", "TRAINER.PD.OVERFIT.REFRESH", 2, "TRAINER.PD.AMED.DISTILL_ITERS", 0,
-            "TRAINER.PD.COND", "image_feature", "TRAINER.PD.DIAGNOSE_IMAGES", 0]
+            "TRAINER.PD.COND", "image_feature", "TRAINER.PD.DIAGNOSE_IMAGES", 0, "TRAINER.PD.CALIBRATE", False]
     trainer = build(make_cfg(world, "CoOpPD", tmp_path / "run", opts))
     assert trainer.pd_cond_net is None and "pd_meta_net" not in trainer.get_model_names()  # π = the CLIP feature
     overfitted = []

@@ -202,9 +202,11 @@ class PromptDenoiser(nn.Module):
         for proj in self.proj_out.values():
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
-        # one scale per group (the RMS of the residuals it models): identity until update_scale
+        # one scale per group (the RMS of the residuals it models): identity until update_scale; and
+        # one gain per group on generated residuals (set after training by calibration; 1: none)
         for name, _, _ in self.layout.groups:
             self.register_buffer(f"{name}_scale", torch.ones(()))
+            self.register_buffer(f"{name}_gain", torch.ones(()))
 
     # ---- normalization -------------------------------------------------------------------------
     @torch.no_grad()
@@ -297,12 +299,28 @@ class PromptDenoiser(nn.Module):
         amed_predictor: Optional[nn.Module] = None,
     ) -> Prompts:
         """Sample one raw prompt per condition: ``noise [B, N]`` -> sampler (``nfe`` denoiser
-        calls; ``generator`` draws ddpm's ancestral noise) -> residual -> ``center + residual``.
+        calls; ``generator`` draws ddpm's ancestral noise) -> residual, times each group's gain
+        (``{name}_gain``, see ``calibrate_gain``) -> ``center + residual``.
 
         Returns ``{name: [B, n, w]}`` in raw prompt space (float32), detached.
         """
         flat = sample(self.denoise_fn(cond), noise, schedule, sampler, nfe, generator, amed_predictor)
-        return self.denormalize(self.layout.unflatten(flat), {k: v.float() for k, v in center.items()})
+        residual = {name: r * getattr(self, f"{name}_gain") for name, r in self.layout.unflatten(flat).items()}
+        return self.denormalize(residual, {k: v.float() for k, v in center.items()})
+
+    @torch.no_grad()
+    def calibrate_gain(self, generated: Prompts, targets: Prompts) -> Dict[str, float]:
+        """Set each group's gain to the least-squares shrinkage of generated residuals onto target
+        ones (both normalized, ``{name: [n, w']}`` stacked over images), clipped to [0, 1]:
+        ``g = Σ <r̂, r*> / Σ ‖r̂‖²``. A generator whose residuals are unrelated to the targets gets
+        ~0 (its output is dropped: the centre alone), a perfect one 1. Returns the gains."""
+        gains = {}
+        for name in self.layout.names:
+            r_hat, r_star = generated[name].double(), targets[name].double()
+            gain = float((r_hat * r_star).sum() / r_hat.pow(2).sum().clamp_min(1e-12))
+            gains[name] = min(max(gain, 0.0), 1.0)
+            getattr(self, f"{name}_gain").fill_(gains[name])
+        return gains
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def to_state(self) -> Dict[str, object]:

@@ -446,12 +446,12 @@ class DiffusionPromptWrapper:
         print(f"Prompt diffusion, epoch {self.epoch + 1}, held-out: {result.summary()}")
 
     def after_train(self) -> None:
-        if self.pd_enabled and self.cfg.TRAINER.PD.CALIBRATE:
-            self.pd_calibrate()
-            self._pd_resave(DENOISER_NAME)
         if self.pd_enabled and self.pd_amed is not None:
             self.pd_distill_amed()
             self._pd_resave(AMED_NAME)
+        if self.pd_enabled and self.cfg.TRAINER.PD.CALIBRATE:  # with the sampler the tests will use
+            self.pd_calibrate()
+            self._pd_resave(DENOISER_NAME)
         super().after_train()
 
     def pd_calibrate(self, max_images: int = CALIBRATION_IMAGES) -> Dict[str, float]:

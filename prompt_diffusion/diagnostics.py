@@ -24,7 +24,7 @@ this plain regressor cannot predict the residual, no generator conditioned on th
 """
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,8 @@ from torch import Tensor
 
 from prompt_diffusion.results import PairedDifference, paired_difference
 
-__all__ = ["Diagnosis", "ProbeResult", "mean_pairwise_cosine", "diagnose", "probe"]
+__all__ = ["Diagnosis", "ProbeResult", "ResidualBatch", "mean_pairwise_cosine", "residual_batches", "diagnose",
+           "probe"]
 
 #: the prompts a diagnosis compares, in table order, and what each is
 PROMPTS = {
@@ -120,6 +121,51 @@ def _flat_residual(denoiser, prompts: Dict[str, Tensor], center: Dict[str, Tenso
         return denoiser.layout.flatten(denoiser.normalize(prompts, center)).double()  # [B, N]
 
 
+@dataclass
+class ResidualBatch:
+    """One batch of ``residual_batches``: the images and what PD makes of them."""
+
+    batch: dict  # the loader's batch (cut to the images kept)
+    images: Tensor
+    labels: Tensor
+    features: Tensor  # frozen image features [B, E]
+    center: Dict[str, Tensor]  # V_h, fp32
+    generated: Dict[str, Tensor]  # V̂ (the trainer's sampler, NFE, gain and inference noise)
+    overfit: Dict[str, Tensor]  # V*_y, overfitted from V_h with the true labels
+
+
+def residual_batches(trainer, data_loader: Iterable, max_images: Optional[int] = None, training: bool = False,
+                     progress: bool = False) -> Iterator[ResidualBatch]:
+    """For each batch of ``data_loader`` (at most ``max_images`` images): the host prompts, the
+    generated and the true-label-overfitted prompts. ``training``: the loader is the training set
+    (parsed as the trainer parses training batches). Inference noise follows the trainer's own
+    sequence from position 0, as ``test`` does, and is reset after."""
+    from tqdm import tqdm
+
+    trainer.set_model_mode("eval")
+    parse = trainer.parse_batch_train if training else trainer.parse_batch_test
+    adapter = trainer.pd_adapter
+    trainer.pd_reset_noise()
+    seen = 0
+    for batch in tqdm(data_loader, desc="prompt diffusion residuals", leave=False, disable=not progress):
+        if max_images is not None and seen >= max_images:
+            break
+        images, labels = parse(batch)[:2]
+        if max_images is not None and seen + len(labels) > max_images:
+            keep = max_images - seen
+            images, labels = images[:keep], labels[:keep]
+            batch = {key: value[:keep] for key, value in batch.items()}
+        seen += len(labels)
+        features = adapter.image_features(images)
+        with torch.no_grad():
+            center = {k: v.float() for k, v in trainer.pd_host_prompts(features).items()}
+            generated = trainer.pd_generate(trainer.pd_condition(features), center, 0)
+        trainer._pd_eval_position += len(labels)
+        overfit = trainer.pd_overfit(images, labels, features, center)
+        yield ResidualBatch(batch, images, labels, features, center, generated, overfit)
+    trainer.pd_reset_noise()
+
+
 def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, fit_draws: int = 2,
              progress: bool = False) -> Diagnosis:
     """Diagnose the PD trainer ``trainer`` (a ``DiffusionPromptWrapper`` subclass, built and
@@ -130,53 +176,35 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
     """
     if not getattr(trainer, "pd_enabled", False):
         raise ValueError("diagnose needs a prompt-diffusion trainer with TRAINER.PD.ENABLE True")
-    from tqdm import tqdm
-
-    trainer.set_model_mode("eval")
     adapter, denoiser = trainer.pd_adapter, trainer.pd_denoiser.denoiser
-    trainer.pd_reset_noise()
     correct: Dict[str, List[Tensor]] = {key: [] for key in PROMPTS}
     cosines: List[Tensor] = []
     ratios: List[Tensor] = []
     generated_residuals: List[Tensor] = []
     overfit_residuals: List[Tensor] = []
     batches: List[dict] = []
-    seen = 0
-    for batch in tqdm(data_loader, desc="diagnosing", leave=False, disable=not progress):
-        if max_images is not None and seen >= max_images:
-            break
-        images, labels = trainer.parse_batch_test(batch)
-        if max_images is not None and seen + len(labels) > max_images:
-            keep = max_images - seen
-            images, labels = images[:keep], labels[:keep]
-            batch = {key: value[:keep] for key, value in batch.items()}
-        batches.append(batch)
-        seen += len(labels)
-        features = adapter.image_features(images)
+    for item in residual_batches(trainer, data_loader, max_images, progress=progress):
+        batches.append(item.batch)
         with torch.no_grad():
-            center = {k: v.float() for k, v in trainer.pd_host_prompts(features).items()}
-            pi = trainer.pd_condition(features)
-            prompts = {"host": center, "generated": trainer.pd_generate(pi, center, 0)}
-            host_prediction = adapter.logits(images, center, features).argmax(dim=1)
-        trainer._pd_eval_position += len(labels)
-        prompts["overfit_true"] = trainer.pd_overfit(images, labels, features, center)
-        prompts["overfit_predicted"] = trainer.pd_overfit(images, host_prediction, features, center)
+            host_prediction = adapter.logits(item.images, item.center, item.features).argmax(dim=1)
+        prompts = {"host": item.center, "generated": item.generated, "overfit_true": item.overfit,
+                   "overfit_predicted": trainer.pd_overfit(item.images, host_prediction, item.features, item.center)}
         with torch.no_grad():
             for key, prompt in prompts.items():
-                correct[key].append((adapter.logits(images, prompt, features).argmax(dim=1) == labels).cpu())
-        generated = _flat_residual(denoiser, prompts["generated"], center)
-        overfit = _flat_residual(denoiser, prompts["overfit_true"], center)
+                logits = adapter.logits(item.images, prompt, item.features)
+                correct[key].append((logits.argmax(dim=1) == item.labels).cpu())
+        generated = _flat_residual(denoiser, item.generated, item.center)
+        overfit = _flat_residual(denoiser, item.overfit, item.center)
         cosines.append(F.cosine_similarity(generated, overfit, dim=1).cpu())
         ratios.append((generated.norm(dim=1) / overfit.norm(dim=1).clamp_min(1e-12)).cpu())
         generated_residuals.append(generated.cpu())
         overfit_residuals.append(overfit.cpu())
-    if seen == 0:
+    if not batches:
         raise ValueError("diagnose got no images")
-    trainer.pd_reset_noise()
     per_image = {key: torch.cat(values) for key, values in correct.items()}
     cosine = torch.cat(cosines)
     return Diagnosis(
-        images=seen,
+        images=len(cosine),
         accuracy={key: 100.0 * float(values.double().mean()) for key, values in per_image.items()},
         differences={key: paired_difference(per_image[key].tolist(), per_image["host"].tolist())
                      for key in PROMPTS if key != "host"},
@@ -188,7 +216,6 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
         diffusion_fit=trainer.pd_diffusion_fit(batches, draws=fit_draws),
         per_image={key: values.tolist() for key, values in per_image.items()},
     )
-
 
 
 @dataclass
@@ -209,34 +236,18 @@ class ProbeResult:
                 f"predicted residual {self.accuracy_probe:.2f} vs host {self.accuracy_host:.2f}\n")
 
 
-def _residuals(trainer, data_loader: Iterable, max_images: Optional[int] = None, training: bool = False):
-    """(frozen features [n, E], normalised residuals (V*_y − V_h)/scale [n, N], the batches read);
-    ``training``: the loader is the training set (parsed as the trainer parses training batches)."""
-    adapter, denoiser = trainer.pd_adapter, trainer.pd_denoiser.denoiser
-    parse = trainer.parse_batch_train if training else trainer.parse_batch_test
-    features, residuals, batches, seen = [], [], [], 0
-    for batch in data_loader:
-        if max_images is not None and seen >= max_images:
-            break
-        images, labels = parse(batch)[:2]
-        feature = adapter.image_features(images)
-        with torch.no_grad():
-            center = {k: v.float() for k, v in trainer.pd_host_prompts(feature).items()}
-        target = trainer.pd_overfit(images, labels, feature, center)
-        features.append(feature.double().cpu())
-        residuals.append(_flat_residual(denoiser, target, center).cpu())
-        batches.append((images, labels, feature, center))
-        seen += len(labels)
-    return torch.cat(features), torch.cat(residuals), batches
-
-
 def probe(trainer, train_loader: Iterable, data_loader: Iterable, max_images: Optional[int] = None,
           ridge: float = 1e-3) -> ProbeResult:
     """Fit the ridge probe on ``train_loader``'s images and score it on ``data_loader``'s."""
-    trainer.set_model_mode("eval")
     adapter, denoiser = trainer.pd_adapter, trainer.pd_denoiser.denoiser
-    x_train, y_train, _ = _residuals(trainer, train_loader, training=True)
-    x_test, y_test, batches = _residuals(trainer, data_loader, max_images)
+
+    def features_and_residuals(items: List[ResidualBatch]):  # [n, E], [n, N]
+        return (torch.cat([item.features.double().cpu() for item in items]),
+                torch.cat([_flat_residual(denoiser, item.overfit, item.center).cpu() for item in items]))
+
+    x_train, y_train = features_and_residuals(list(residual_batches(trainer, train_loader, training=True)))
+    batches = list(residual_batches(trainer, data_loader, max_images))
+    x_test, y_test = features_and_residuals(batches)
 
     def with_bias(x: Tensor) -> Tensor:
         return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # [n, E + 1]
@@ -248,12 +259,12 @@ def probe(trainer, train_loader: Iterable, data_loader: Iterable, max_images: Op
     host = probe_correct = 0
     row = 0
     with torch.no_grad():
-        for images, labels, feature, center in batches:
-            rows = predicted[row: row + len(labels)].float().to(feature.device)
-            row += len(labels)
-            prompts = denoiser.denormalize(denoiser.layout.unflatten(rows), center)
-            host += int((adapter.logits(images, center, feature).argmax(1) == labels).sum())
-            probe_correct += int((adapter.logits(images, prompts, feature).argmax(1) == labels).sum())
+        for item in batches:
+            rows = predicted[row: row + len(item.labels)].float().to(item.features.device)
+            row += len(item.labels)
+            prompts = denoiser.denormalize(denoiser.layout.unflatten(rows), item.center)
+            host += int((adapter.logits(item.images, item.center, item.features).argmax(1) == item.labels).sum())
+            probe_correct += int((adapter.logits(item.images, prompts, item.features).argmax(1) == item.labels).sum())
     return ProbeResult(
         train_images=len(x_train), images=len(x_test),
         alignment_train=float(F.cosine_similarity(with_bias(x_train) @ weights, y_train, dim=1).mean()),

@@ -34,6 +34,7 @@ from yacs.config import CfgNode
 
 from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_for_trainer, detect_adapter
 from prompt_diffusion.config import _add_pd_keys, validate_pd_cfg
+from prompt_diffusion.diagnostics import diagnose, residual_batches
 from prompt_diffusion.diffusion.amed import AMEDPredictor, distill_amed
 from prompt_diffusion.diffusion.denoiser import PromptDenoiser, diffusion_loss
 from prompt_diffusion.diffusion.overfit import overfit_prompts
@@ -438,8 +439,6 @@ class DiffusionPromptWrapper:
                 print("Prompt diffusion: no val split, so no held-out diagnosis in the log")
                 self._pd_said_no_val = True
             return
-        from prompt_diffusion.diagnostics import diagnose
-
         state = torch.random.get_rng_state()  # the diagnosis must not change the training's random stream
         result = diagnose(self, self.val_loader, max_images=images)
         torch.random.set_rng_state(state)
@@ -464,24 +463,11 @@ class DiffusionPromptWrapper:
             getattr(denoiser, f"{name}_gain").fill_(1.0)
         held_out = getattr(self, "val_loader", None) is not None
         loader = self.val_loader if held_out else self.train_loader_x
-        parse = self.parse_batch_test if held_out else self.parse_batch_train
-        self.set_model_mode("eval")
-        self.pd_reset_noise()
         generated, targets, seen = [], [], 0
-        for batch in loader:
-            if seen >= max_images:
-                break
-            images, labels = parse(batch)[:2]
-            features = self.pd_adapter.image_features(images)
-            with torch.no_grad():
-                center = {k: v.float() for k, v in self.pd_host_prompts(features).items()}
-                sampled = self.pd_generate(self.pd_condition(features), center, 0)
-            self._pd_eval_position += len(labels)
-            overfit = self.pd_overfit(images, labels, features, center)
-            generated.append(denoiser.normalize(sampled, center))
-            targets.append(denoiser.normalize(overfit, center))
-            seen += len(labels)
-        self.pd_reset_noise()
+        for item in residual_batches(self, loader, max_images, training=not held_out):
+            generated.append(denoiser.normalize(item.generated, item.center))
+            targets.append(denoiser.normalize(item.overfit, item.center))
+            seen += len(item.labels)
         gains = denoiser.calibrate_gain({k: torch.cat([g[k] for g in generated]) for k in denoiser.layout.names},
                                         {k: torch.cat([t[k] for t in targets]) for k in denoiser.layout.names})
         where = "held-out val" if held_out else "training"

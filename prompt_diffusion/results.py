@@ -405,9 +405,7 @@ def _paired_cells(row: ResultRow, measurements: Sequence[Measurement], runs: Dic
             keys = sorted(k for k in own if k[0] == column and k[2] == metric)
             per_seed = []
             for key in keys:  # the seeds both rows finished (the Seeds column flags the others)
-                if key not in host or runs.get(own[key], RunResult(own[key], MISSING)).status != COMPLETE:
-                    continue
-                if read_run(host[key]).status != COMPLETE:
+                if key not in host or runs[own[key]].status != COMPLETE or runs[host[key]].status != COMPLETE:
                     continue
                 difference, reason = paired_runs(own[key], host[key])
                 if difference is None:

@@ -23,7 +23,7 @@ ones (alignment of its prediction, and accuracy with ``V_h`` plus the predicted 
 this plain regressor cannot predict the residual, no generator conditioned on the feature can.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional
 
 import torch
@@ -67,7 +67,6 @@ class Diagnosis:
     across_images_generated: float  # mean cosine between two images' V̂ − V_h
     across_images_overfit: float  # the same for V*_y − V_h
     diffusion_fit: float
-    per_image: Dict[str, List[bool]] = field(default_factory=dict, repr=False)  # correctness per prompt
 
     def summary(self) -> str:
         """One line for a training log."""
@@ -214,7 +213,6 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
         across_images_generated=mean_pairwise_cosine(torch.cat(generated_residuals)),
         across_images_overfit=mean_pairwise_cosine(torch.cat(overfit_residuals)),
         diffusion_fit=trainer.pd_diffusion_fit(batches, draws=fit_draws),
-        per_image={key: values.tolist() for key, values in per_image.items()},
     )
 
 

@@ -97,17 +97,21 @@ def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> P
                             len(diff))
 
 
+def _mean_of_independent(parts: Sequence[PairedDifference], seeds: int,
+                         per_seed: Tuple[float, ...]) -> PairedDifference:
+    """The mean of independent paired differences: SE ``sqrt(Σ SE_i²) / n``, counts summed."""
+    n = len(parts)
+    return PairedDifference(float(np.mean([d.mean for d in parts])), math.sqrt(sum(d.se ** 2 for d in parts)) / n,
+                            sum(d.fixed for d in parts), sum(d.broken for d in parts), sum(d.images for d in parts),
+                            seeds, per_seed)
+
+
 def combine_seeds(per_seed: Sequence[PairedDifference]) -> PairedDifference:
     """The mean over seeds of their paired differences; SE ``sqrt(Σ SE_s²) / S`` (the test images'
     noise, each seed's trained models held fixed)."""
     if not per_seed:
         raise ValueError("combine_seeds needs at least one seed")
-    n = len(per_seed)
-    return PairedDifference(float(np.mean([d.mean for d in per_seed])),
-                            math.sqrt(sum(d.se ** 2 for d in per_seed)) / n,
-                            sum(d.fixed for d in per_seed), sum(d.broken for d in per_seed),
-                            sum(d.images for d in per_seed), sum(d.seeds for d in per_seed),
-                            tuple(d.mean for d in per_seed))
+    return _mean_of_independent(per_seed, sum(d.seeds for d in per_seed), tuple(d.mean for d in per_seed))
 
 
 def paired_runs(run_a: Path, run_b: Path, split: str = "test") -> Tuple[Optional[PairedDifference], str]:
@@ -420,13 +424,10 @@ def _paired_cells(row: ResultRow, measurements: Sequence[Measurement], runs: Dic
     if average_of and all(paired.get(c) for c in average_of):
         for metric in metrics:
             if metric != "hm" and all(metric in paired[c] for c in average_of):
-                parts = [paired[c][metric] for c in average_of]
+                parts = [paired[c][metric] for c in average_of]  # the columns' test images are disjoint
                 same_seeds = len({len(p.per_seed) for p in parts}) == 1
-                paired.setdefault("average", {})[metric] = PairedDifference(
-                    float(np.mean([p.mean for p in parts])), math.sqrt(sum(p.se ** 2 for p in parts)) / len(parts),
-                    sum(p.fixed for p in parts), sum(p.broken for p in parts), sum(p.images for p in parts),
-                    parts[0].seeds,
-                    tuple(np.mean([p.per_seed for p in parts], axis=0)) if same_seeds else ())
+                paired.setdefault("average", {})[metric] = _mean_of_independent(
+                    parts, parts[0].seeds, tuple(np.mean([p.per_seed for p in parts], axis=0)) if same_seeds else ())
         average = paired.get("average", {})
         if "hm" in metrics and "base" in average and "new" in average:
             average["hm"] = _hm_difference(row.cells["average"], average["base"], average["new"])

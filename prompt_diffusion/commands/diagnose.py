@@ -68,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
         print(probed.report())
     if args.json:
         numbers = asdict(result)
-        numbers.pop("per_image")
         if probed is not None:
             numbers["probe"] = asdict(probed)
         with open(osp.expanduser(args.json), "w") as stream:

@@ -79,13 +79,17 @@ def _add_pd_keys(cfg: CN) -> None:
     pd = cfg.TRAINER.PD
     defaults = {
         "ENABLE": True,  # False: the wrapped trainer behaves exactly as its host
+        # what generates the residual from π: diffusion (the method) | mlp | transformer (regressors)
+        # | gan | vae | flow (the paper's Table 4); sizes from DENOISER (prompt_diffusion.generators)
+        "GENERATOR": "diffusion",
         "ADAPTER": "auto",  # auto: by host trainer class name, else by the model's layout
         "STEPS": 100,  # T, discrete diffusion steps (paper §5.1)
         "SCHEDULE": "scaled_linear",  # scaled_linear | cosine | linear
         "SAMPLER": "amed",  # amed (falls back to dpmpp_2m until distilled) | dpmpp_2m | dpm_solver_2 | ddim | ddpm
         "NFE": 5,  # denoiser calls per sampled prompt (paper Fig. 4)
         "BETA": 1.0,  # weight of the diffusion loss (paper Eq. 8)
-        "DIFFUSION_DRAWS": 1,  # (t, noise) draws per sample in the diffusion loss of a step (the CE uses the first)
+        # draws of the generator loss's randomness per sample in a step (diffusion: (t, noise); the CE uses the first)
+        "DIFFUSION_DRAWS": 1,
         "CE_WEIGHT": 1.0,  # weight of the CE with the denoised prompt (Eq. 8)
         # weight of the host method's own loss; 0: the CE of Eq. 8 trains the host's prompts instead
         # (through V_h; with a host loss on, that CE trains the generator only)
@@ -116,8 +120,11 @@ def _add_pd_keys(cfg: CN) -> None:
     for key, value in overfit.items():
         _set_default(pd.OVERFIT, key, value)
     _set_default(pd, "DENOISER", CN())
-    for key, value in {"LAYERS": 12, "HEADS": 16, "WIDTH": 512}.items():  # GPT-2 style (paper §5.1)
+    # GPT-2 style (paper §5.1); the size of every GENERATOR (generators.registry.generator_config)
+    for key, value in {"LAYERS": 12, "HEADS": 16, "WIDTH": 512}.items():
         _set_default(pd.DENOISER, key, value)
+    _set_default(pd, "VAE", CN())
+    _set_default(pd.VAE, "KL_WEIGHT", 1.0)  # GENERATOR vae: weight of the KL term of its ELBO (per coordinate)
     _set_default(pd, "AMED", CN())
     amed = {
         "DISTILL_ITERS": 200,  # predictor training batches after the main training (0: no AMED)
@@ -151,6 +158,7 @@ def validate_pd_cfg(cfg: CN) -> None:
     from prompt_diffusion.diffusion.overfit import STEP_RULES
     from prompt_diffusion.diffusion.samplers import SAMPLERS
     from prompt_diffusion.diffusion.schedule import SCHEDULE_KINDS
+    from prompt_diffusion.generators.registry import GENERATORS
 
     pd = cfg.TRAINER.PD
     choices = dict(_PD_CHOICES)
@@ -158,6 +166,7 @@ def validate_pd_cfg(cfg: CN) -> None:
     choices["SCHEDULE"] = tuple(SCHEDULE_KINDS)
     choices["ADAPTER"] = ("auto", *registered_adapters())
     choices["OVERFIT.STEP_RULE"] = tuple(STEP_RULES)
+    choices["GENERATOR"] = tuple(GENERATORS)
     for key, allowed in choices.items():
         value = _pd_value(pd, key)
         if value not in allowed:
@@ -166,7 +175,7 @@ def validate_pd_cfg(cfg: CN) -> None:
         "STEPS": 2, "NFE": 1, "TEST_SAMPLES": 1, "DIFFUSION_DRAWS": 1, "OVERFIT.ITERS": 0, "OVERFIT.REFRESH": 1,
         "DENOISER.LAYERS": 1, "DENOISER.HEADS": 1, "DENOISER.WIDTH": 1,
         "AMED.DISTILL_ITERS": 0, "AMED.INSERTED": 0, "AMED.BATCH": 1, "DIAGNOSE_IMAGES": 0,
-        "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0, "NOISE_SCALE": 0.0,
+        "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0, "NOISE_SCALE": 0.0, "VAE.KL_WEIGHT": 0.0,
     }
     for key, low in minimum.items():
         value = _pd_value(pd, key)

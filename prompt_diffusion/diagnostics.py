@@ -3,17 +3,17 @@
 For each image ``x`` of the split, with its host prompt ``V_h`` (``adapter.host_prompts``):
 
 - ``V̂``: the generated prompt (the trainer's own sampler, NFE and inference noise);
-- ``V*_y``: the prompt overfitted from ``V_h`` with the true label (what the denoiser was trained
+- ``V*_y``: the prompt overfitted from ``V_h`` with the true label (what the generator was trained
   to produce: the ceiling of the method);
 - ``V*_ŷ``: the prompt overfitted toward the host's own prediction (no label needed: what
   overfitting finds without supervision).
 
 Reported: top-1 accuracy under each prompt and its paired difference to the host's prompt on the
 same images (mean, standard error, predictions fixed and broken); the alignment
-``cos(V̂ − V_h, V*_y − V_h)`` per image and the ratio of their norms (in the denoiser's normalised
+``cos(V̂ − V_h, V*_y − V_h)`` per image and the ratio of their norms (in the generator's normalised
 space, so groups of different widths weigh alike); how much the residuals vary across images
-(mean cosine between two images' residuals: 1 = the same residual for all); the diffusion fit
-(``DiffusionPromptWrapper.pd_diffusion_fit``: 1 = no better than the host's prompt, 0 = exact).
+(mean cosine between two images' residuals: 1 = the same residual for all); the generator's fit
+(``DiffusionPromptWrapper.pd_generator_fit``: 1 = no better than the host's prompt, 0 = exact).
 
 Used by ``prompt-diffusion diagnose`` and, on a held-out slice, once per training epoch.
 
@@ -66,12 +66,12 @@ class Diagnosis:
     norm_ratio: float  # mean ‖V̂ − V_h‖ / ‖V*_y − V_h‖
     across_images_generated: float  # mean cosine between two images' V̂ − V_h
     across_images_overfit: float  # the same for V*_y − V_h
-    diffusion_fit: float
+    generator_fit: float
 
     def summary(self) -> str:
         """One line for a training log."""
         gen = self.differences["generated"]
-        return (f"fit {self.diffusion_fit:.3f}  align {self.alignment:+.3f}  |V̂-V_h|/|V*-V_h| "
+        return (f"fit {self.generator_fit:.3f}  align {self.alignment:+.3f}  |V̂-V_h|/|V*-V_h| "
                 f"{self.norm_ratio:.2f}  acc generated {self.accuracy['generated']:.1f} vs host "
                 f"{self.accuracy['host']:.1f} ({gen.mean:+.1f} ± {gen.se:.1f}; {self.images} images)")
 
@@ -92,7 +92,7 @@ class Diagnosis:
             f"| norm ratio ‖V̂ − V_h‖ / ‖V*_y − V_h‖ | {self.norm_ratio:.3f} |",
             f"| cosine between images, generated residuals | {self.across_images_generated:+.3f} |",
             f"| cosine between images, overfitted residuals | {self.across_images_overfit:+.3f} |",
-            f"| diffusion fit (1: no better than V_h, 0: exact) | {self.diffusion_fit:.3f} |",
+            f"| generator fit (1: no better than V_h, 0: exact) | {self.generator_fit:.3f} |",
             "",
             _reading(self),
         ]
@@ -115,9 +115,9 @@ def _reading(d: Diagnosis) -> str:
     return f"Reading: {verdict}; generated prompts are {effect} ({gen.mean:+.2f} ± {gen.se:.2f} points)."
 
 
-def _flat_residual(denoiser, prompts: Dict[str, Tensor], center: Dict[str, Tensor]) -> Tensor:
+def _flat_residual(generator, prompts: Dict[str, Tensor], center: Dict[str, Tensor]) -> Tensor:
     with torch.no_grad():
-        return denoiser.layout.flatten(denoiser.normalize(prompts, center)).double()  # [B, N]
+        return generator.layout.flatten(generator.normalize(prompts, center)).double()  # [B, N]
 
 
 @dataclass
@@ -175,7 +175,7 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
     """
     if not getattr(trainer, "pd_enabled", False):
         raise ValueError("diagnose needs a prompt-diffusion trainer with TRAINER.PD.ENABLE True")
-    adapter, denoiser = trainer.pd_adapter, trainer.pd_denoiser.denoiser
+    adapter, generator = trainer.pd_adapter, trainer.pd_generator
     correct: Dict[str, List[Tensor]] = {key: [] for key in PROMPTS}
     cosines: List[Tensor] = []
     ratios: List[Tensor] = []
@@ -192,8 +192,8 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
             for key, prompt in prompts.items():
                 logits = adapter.logits(item.images, prompt, item.features)
                 correct[key].append((logits.argmax(dim=1) == item.labels).cpu())
-        generated = _flat_residual(denoiser, item.generated, item.center)
-        overfit = _flat_residual(denoiser, item.overfit, item.center)
+        generated = _flat_residual(generator, item.generated, item.center)
+        overfit = _flat_residual(generator, item.overfit, item.center)
         cosines.append(F.cosine_similarity(generated, overfit, dim=1).cpu())
         ratios.append((generated.norm(dim=1) / overfit.norm(dim=1).clamp_min(1e-12)).cpu())
         generated_residuals.append(generated.cpu())
@@ -212,7 +212,7 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
         norm_ratio=float(torch.cat(ratios).mean()),
         across_images_generated=mean_pairwise_cosine(torch.cat(generated_residuals)),
         across_images_overfit=mean_pairwise_cosine(torch.cat(overfit_residuals)),
-        diffusion_fit=trainer.pd_diffusion_fit(batches, draws=fit_draws),
+        generator_fit=trainer.pd_generator_fit(batches, draws=fit_draws),
     )
 
 
@@ -237,11 +237,11 @@ class ProbeResult:
 def probe(trainer, train_loader: Iterable, data_loader: Iterable, max_images: Optional[int] = None,
           ridge: float = 1e-3) -> ProbeResult:
     """Fit the ridge probe on ``train_loader``'s images and score it on ``data_loader``'s."""
-    adapter, denoiser = trainer.pd_adapter, trainer.pd_denoiser.denoiser
+    adapter, generator = trainer.pd_adapter, trainer.pd_generator
 
     def features_and_residuals(items: List[ResidualBatch]):  # [n, E], [n, N]
         return (torch.cat([item.features.double().cpu() for item in items]),
-                torch.cat([_flat_residual(denoiser, item.overfit, item.center).cpu() for item in items]))
+                torch.cat([_flat_residual(generator, item.overfit, item.center).cpu() for item in items]))
 
     x_train, y_train = features_and_residuals(list(residual_batches(trainer, train_loader, training=True)))
     batches = list(residual_batches(trainer, data_loader, max_images))
@@ -260,7 +260,7 @@ def probe(trainer, train_loader: Iterable, data_loader: Iterable, max_images: Op
         for item in batches:
             rows = predicted[row: row + len(item.labels)].float().to(item.features.device)
             row += len(item.labels)
-            prompts = denoiser.denormalize(denoiser.layout.unflatten(rows), item.center)
+            prompts = generator.denormalize(generator.layout.unflatten(rows), item.center)
             host += int((adapter.logits(item.images, item.center, item.features).argmax(1) == item.labels).sum())
             probe_correct += int((adapter.logits(item.images, prompts, item.features).argmax(1) == item.labels).sum())
     return ProbeResult(

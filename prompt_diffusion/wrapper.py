@@ -9,17 +9,20 @@ training step (batch of B images, labels y)
           the others their shared prompts)                     {group: [B, n, w]}
     V* = I gradient steps of each sample's CE from V_h, detached
          (online: every step; cached: the residual V* − V_h reused for OVERFIT.REFRESH epochs)
-    the denoiser models the residual (V* − V_h) / scale; V̂ = V_h + scale·prediction
-    loss = HOST_LOSS_WEIGHT·L_host + CE_WEIGHT·CE(logits(V̂), y) + BETA·‖V* − V̂‖²
-           (the CE reaches the denoiser through the residual, and the host's prompts through V_h
-           only when HOST_LOSS_WEIGHT is 0: the host is never trained by two cross-entropies)
+    the generator (TRAINER.PD.GENERATOR: the diffusion denoiser, or a Table-4 alternative) models
+    the residual (V* − V_h) / scale; its loss returns a prediction, V̂ = V_h + scale·prediction
+    loss = HOST_LOSS_WEIGHT·L_host + CE_WEIGHT·CE(logits(V̂), y) + BETA·L_generator
+           (diffusion: L_generator = ‖V* − V̂‖² of Eq. 8; the CE reaches the generator through the
+           residual, and the host's prompts through V_h only when HOST_LOSS_WEIGHT is 0: the host
+           is never trained by two cross-entropies)
 inference
-    π -> seeded noise -> sampler with NFE denoiser calls -> residual -> V_h + residual -> logits
-    (TEST_SAMPLES averaged); a zero residual gives the host's logits exactly
+    π -> seeded noise -> generator (diffusion: sampler with NFE denoiser calls) -> residual ->
+    V_h + residual -> logits (TEST_SAMPLES averaged); a zero residual gives the host's logits exactly
 
-The denoiser (and a Meta-Net when the host has none, and the AMED predictor) are registered
-models of the trainer: they share its optimizer/scheduler settings (``OPTIM``), checkpoints,
-resume and ``--eval-only`` loading. ``TRAINER.PD.ENABLE False`` leaves the host untouched.
+The generator (and its parts, e.g. the GAN's discriminator, a Meta-Net when the host has none,
+and the AMED predictor) are registered models of the trainer: they share its optimizer/scheduler
+settings (``OPTIM``), checkpoints, resume and ``--eval-only`` loading. ``TRAINER.PD.ENABLE False``
+leaves the host untouched.
 """
 import os.path as osp
 from contextlib import contextmanager
@@ -36,9 +39,7 @@ from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_fo
 from prompt_diffusion.config import _add_pd_keys, validate_pd_cfg
 from prompt_diffusion.diagnostics import diagnose, residual_batches
 from prompt_diffusion.diffusion.amed import AMEDPredictor, distill_amed
-from prompt_diffusion.diffusion.denoiser import PromptDenoiser, diffusion_loss
 from prompt_diffusion.diffusion.overfit import overfit_prompts
-from prompt_diffusion.diffusion.schedule import NoiseSchedule
 from prompt_diffusion.engine import (
     TRAINER_REGISTRY,
     build_lr_scheduler,
@@ -48,13 +49,15 @@ from prompt_diffusion.engine import (
     save_checkpoint,
 )
 from prompt_diffusion.engine.checkpoint import load_state_dict_checked
+from prompt_diffusion.generators.base import PromptGenerator, plain_values
+from prompt_diffusion.generators.registry import build_generator, generator_config
 
-__all__ = ["DiffusionPromptWrapper", "MetaNet", "DenoiserModule", "AMEDModule"]
+__all__ = ["DiffusionPromptWrapper", "MetaNet", "AMEDModule"]
 
 Prompts = Dict[str, Tensor]
 
 # names under which the wrapper registers its models (checkpoint sub-directories of OUTPUT_DIR)
-DENOISER_NAME = "pd_denoiser"
+GENERATOR_NAME = "pd_generator"  # its parts (the GAN's discriminator): pd_<part>
 META_NET_NAME = "pd_meta_net"
 AMED_NAME = "pd_amed"
 # weight of the newest batch in the moving average of the prompt scale (see _pd_update_scale)
@@ -75,38 +78,6 @@ class MetaNet(nn.Sequential):
         self.add_module("linear2", nn.Linear(hidden, out_dim))
 
 
-class DenoiserModule(nn.Module):
-    """The registered ``pd_denoiser``: a ``PromptDenoiser`` whose checkpoint describes itself.
-
-    The state dict carries (as extra state) the denoiser's architecture, the noise schedule and
-    the sampler settings; loading a checkpoint written for a different architecture or schedule
-    fails with the differing values named.
-    """
-
-    def __init__(self, denoiser: PromptDenoiser, schedule: NoiseSchedule, sampler: str, nfe: int):
-        super().__init__()
-        self.denoiser = denoiser
-        self.description = {
-            "denoiser": dict(denoiser.config),
-            "schedule": dict(schedule.config),
-            "sampler": {"name": sampler, "nfe": int(nfe)},
-        }
-
-    def get_extra_state(self) -> dict:
-        return {key: dict(value) for key, value in self.description.items()}
-
-    def set_extra_state(self, state: dict) -> None:
-        for part in ("denoiser", "schedule"):
-            saved, built = _plain(state.get(part, {})), _plain(self.description[part])
-            if saved != built:
-                differing = {k: (saved.get(k), built.get(k))
-                             for k in set(saved) | set(built) if saved.get(k) != built.get(k)}
-                raise ValueError(
-                    f"the checkpoint's {part} differs from the one TRAINER.PD builds "
-                    f"(key: (checkpoint, config)): {differing}"
-                )
-
-
 class AMEDModule(nn.Module):
     """The registered ``pd_amed``: an ``AMEDPredictor`` and whether it has been distilled
     (a buffer, so the flag travels with the checkpoint)."""
@@ -124,18 +95,9 @@ class AMEDModule(nn.Module):
         return dict(self.predictor.config)
 
     def set_extra_state(self, state: dict) -> None:
-        if _plain(state) != _plain(self.predictor.config):
+        if plain_values(state) != plain_values(self.predictor.config):
             raise ValueError(f"the checkpoint's AMED predictor {state} differs from the one TRAINER.PD "
                              f"builds {self.predictor.config} (NFE or denoiser width changed?)")
-
-
-def _plain(value):
-    """Lists for tuples, recursively, so configs compare equal after a save/load round trip."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def with_pd_keys(cfg: CfgNode) -> CfgNode:
@@ -223,21 +185,15 @@ class DiffusionPromptWrapper:
         if not self.pd_enabled:
             print("Prompt diffusion is off (TRAINER.PD.ENABLE False): the host trainer runs unchanged")
             return
-        pd = self.cfg.TRAINER.PD
         host_model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
         adapter_cls = self._pd_adapter_class(host_model)
         self.pd_adapter = adapter_cls(host_model, self.cfg)
         groups = self.pd_adapter.groups
         print(f"Prompt diffusion: adapter {adapter_cls.name}, prompt groups {[tuple(g) for g in groups]}")
 
+        self._pd_model_names: List[str] = []
         self.pd_cond_net, cond_dim = self._pd_build_condition()
-        self.pd_schedule = NoiseSchedule(steps=pd.STEPS, kind=pd.SCHEDULE)
-        denoiser = PromptDenoiser(
-            groups, cond_dim, layers=pd.DENOISER.LAYERS, heads=pd.DENOISER.HEADS,
-            width=pd.DENOISER.WIDTH, timesteps=pd.STEPS,
-        )
-        self.pd_denoiser = DenoiserModule(denoiser, self.pd_schedule, pd.SAMPLER, pd.NFE).to(self.device)
-        self._pd_register(DENOISER_NAME, self.pd_denoiser)
+        self.pd_generator = self._pd_build_generator(cond_dim)
         self.pd_amed = self._pd_build_amed()
         self._pd_overfit_cache: Dict[int, Tuple[int, Prompts]] = {}
         self._pd_eval_position = 0
@@ -257,6 +213,28 @@ class DiffusionPromptWrapper:
             optim = build_optimizer(module, self.cfg.OPTIM)
             sched = build_lr_scheduler(optim, self.cfg.OPTIM)
         self.register_model(name, module, optim, sched)
+        self._pd_model_names.append(name)
+
+    def _pd_build_generator(self, cond_dim: int) -> PromptGenerator:
+        """The generator ``TRAINER.PD.GENERATOR`` names (sizes from ``TRAINER.PD.DENOISER``),
+        registered as ``pd_generator``; each of its parts (the GAN's discriminator) as ``pd_<part>``
+        with its own optimizer."""
+        pd = self.cfg.TRAINER.PD
+        config = generator_config(pd.GENERATOR, self.pd_adapter.groups, cond_dim, pd.DENOISER.LAYERS,
+                                  pd.DENOISER.HEADS, pd.DENOISER.WIDTH, timesteps=pd.STEPS, schedule=pd.SCHEDULE,
+                                  kl_weight=pd.VAE.KL_WEIGHT)
+        generator = build_generator(config).to(self.device)
+        self._pd_register(GENERATOR_NAME, generator)
+        for name, part in generator.parts().items():
+            self._pd_register(f"pd_{name}", part.to(self.device))
+        sizes = ", ".join([f"{sum(p.numel() for p in generator.parameters()):,} parameters"]
+                          + [f"{name} {sum(p.numel() for p in part.parameters()):,}"
+                             for name, part in generator.parts().items()])
+        print(f"Prompt diffusion: generator {pd.GENERATOR} ({sizes})")
+        if pd.GENERATOR != "diffusion":
+            print(f"Prompt diffusion: TRAINER.PD.SAMPLER, NFE, STEPS, SCHEDULE and AMED apply to the diffusion "
+                  f"generator only; the {pd.GENERATOR} generator does not use them")
+        return generator
 
     def _pd_build_condition(self) -> Tuple[Optional[nn.Module], int]:
         """The network that maps the frozen image feature to π, and π's width."""
@@ -281,7 +259,7 @@ class DiffusionPromptWrapper:
         """The AMED predictor (registered, no optimizer: it is distilled after training), when
         ``SAMPLER`` is ``amed`` and ``AMED.DISTILL_ITERS`` > 0."""
         pd = self.cfg.TRAINER.PD
-        if pd.SAMPLER != "amed":
+        if pd.SAMPLER != "amed" or pd.GENERATOR != "diffusion":
             return None
         if pd.AMED.DISTILL_ITERS == 0:
             print("Prompt diffusion: TRAINER.PD.AMED.DISTILL_ITERS is 0, so no AMED predictor: "
@@ -308,7 +286,7 @@ class DiffusionPromptWrapper:
 
     def pd_host_prompts(self, features: Tensor) -> Prompts:
         """The host's own prompt for each image ``{group: [B, n, w]}`` (``adapter.host_prompts``),
-        attached to the host's parameters: the centre of every residual the denoiser models."""
+        attached to the host's parameters: the centre of every residual the generator models."""
         return self.pd_adapter.host_prompts(features)
 
     def pd_overfit(self, images: Tensor, labels: Tensor, features: Tensor, center: Prompts) -> Prompts:
@@ -350,16 +328,18 @@ class DiffusionPromptWrapper:
         training)."""
         momentum = 1.0 if self.epoch == 0 and self.batch_idx == 0 else NORM_MOMENTUM
         residuals = {name: targets[name] - center[name].detach().float() for name in targets}
-        self.pd_denoiser.denoiser.update_scale(residuals, momentum)
+        self.pd_generator.update_scale(residuals, momentum)
 
     @torch.no_grad()
-    def pd_diffusion_fit(self, data_loader=None, draws: int = 4, seed: int = 0) -> float:
-        """How well the denoiser reconstructs the overfitted prompts of a data set (default: the
-        training set): ``Σ‖V* − V̂‖² / Σ‖V* − V_h‖²`` in normalised space over ``draws`` seeded
-        (timestep, noise) draws per sample. 1: no better than the host's prompts; 0: exact.
-        Batches of the training set are parsed as training batches, others as test batches."""
+    def pd_generator_fit(self, data_loader=None, draws: int = 4, seed: int = 0) -> float:
+        """How well the generator's training prediction reconstructs the overfitted prompts of a data
+        set (default: the training set): ``Σ‖V* − V̂‖² / Σ‖V* − V_h‖²`` in normalised space over
+        ``draws`` seeded draws of the loss's randomness per sample (diffusion: the denoiser's x0
+        from a random timestep and noise; GAN and flow: a sample; VAE: the reconstruction).
+        1: no better than the host's prompts; 0: exact. Batches of the training set are parsed as
+        training batches, others as test batches."""
         self.set_model_mode("eval")
-        denoiser = self.pd_denoiser.denoiser
+        model = self.pd_generator
         generator = torch.Generator().manual_seed(seed)
         parse = self.parse_batch_train if data_loader is None else self.parse_batch_test
         error = baseline = 0.0
@@ -369,10 +349,10 @@ class DiffusionPromptWrapper:
             center = {k: v.float() for k, v in self.pd_host_prompts(features).items()}
             targets = self.pd_overfit(images, labels, features, center)
             pi = self.pd_condition(features)
-            residual = denoiser.layout.flatten(denoiser.normalize(targets, center))  # [B, N]
+            residual = model.layout.flatten(model.normalize(targets, center))  # [B, N]
             for _ in range(draws):
-                loss, _ = diffusion_loss(denoiser, targets, center, pi, self.pd_schedule, generator=generator)
-                error += float(loss) * len(images)
+                predicted = model.layout.flatten(model.normalize(model.loss(targets, center, pi, generator)[1], center))
+                error += float((predicted.float() - residual).pow(2).mean()) * len(images)
                 baseline += float(residual.pow(2).mean()) * len(images)
         return error / baseline
 
@@ -403,17 +383,17 @@ class DiffusionPromptWrapper:
         with self._pd_autocast():
             pi = self.pd_condition(features)  # [B, C]
             draws = pd.DIFFUSION_DRAWS  # the batch repeated: [draws * B, ...], draw-major
-            loss_diff, denoised = diffusion_loss(self.pd_denoiser.denoiser, _repeat(targets, draws),
-                                                 _repeat(fixed_center, draws), pi.repeat(draws, 1), self.pd_schedule)
-            denoised = {name: prompt[: len(images)] for name, prompt in denoised.items()}  # the first draw
+            loss_gen, predicted = self.pd_generator.loss(_repeat(targets, draws), _repeat(fixed_center, draws),
+                                                         pi.repeat(draws, 1))
+            predicted = {name: prompt[: len(images)] for name, prompt in predicted.items()}  # the first draw
             # V̂ = V_h + residual. The host's parameters get one CE, never two: the host's own loss when
             # it is on (V_h detached here), else the CE of Eq. 8 through V_h (attached)
             origin = center if pd.HOST_LOSS_WEIGHT == 0 else fixed_center
-            generated = {name: origin[name] + (denoised[name] - fixed_center[name]) for name in center}
+            generated = {name: origin[name] + (predicted[name] - fixed_center[name]) for name in center}
             logits = self.pd_adapter.logits(images, generated, features)
             loss_ce = F.cross_entropy(logits, labels)
-            loss = pd.CE_WEIGHT * loss_ce + pd.BETA * loss_diff
-            summary = {"loss_ce": loss_ce.item(), "loss_diff": loss_diff.item()}
+            loss = pd.CE_WEIGHT * loss_ce + pd.BETA * loss_gen
+            summary = {"loss_ce": loss_ce.item(), "loss_gen": loss_gen.item()}
             if pd.HOST_LOSS_WEIGHT > 0:
                 loss_host = self.pd_adapter.host_loss(parsed)
                 if loss_host is not None:
@@ -450,7 +430,7 @@ class DiffusionPromptWrapper:
             self._pd_resave(AMED_NAME)
         if self.pd_enabled and self.cfg.TRAINER.PD.CALIBRATE:  # with the sampler the tests will use
             self.pd_calibrate()
-            self._pd_resave(DENOISER_NAME)
+            self._pd_resave(GENERATOR_NAME)
         super().after_train()
 
     def pd_calibrate(self, max_images: int = CALIBRATION_IMAGES) -> Dict[str, float]:
@@ -458,18 +438,18 @@ class DiffusionPromptWrapper:
         measured on up to ``max_images`` held-out images (the val split; the training images when
         there is none) against the residuals overfitted with their true labels. A generator that
         learned nothing then leaves the host's prompt as it is. Returns the gain per group."""
-        denoiser = self.pd_denoiser.denoiser
-        for name in denoiser.layout.names:
-            getattr(denoiser, f"{name}_gain").fill_(1.0)
+        model = self.pd_generator
+        for name in model.layout.names:
+            getattr(model, f"{name}_gain").fill_(1.0)
         held_out = getattr(self, "val_loader", None) is not None
         loader = self.val_loader if held_out else self.train_loader_x
         generated, targets, seen = [], [], 0
         for item in residual_batches(self, loader, max_images, training=not held_out):
-            generated.append(denoiser.normalize(item.generated, item.center))
-            targets.append(denoiser.normalize(item.overfit, item.center))
+            generated.append(model.normalize(item.generated, item.center))
+            targets.append(model.normalize(item.overfit, item.center))
             seen += len(item.labels)
-        gains = denoiser.calibrate_gain({k: torch.cat([g[k] for g in generated]) for k in denoiser.layout.names},
-                                        {k: torch.cat([t[k] for t in targets]) for k in denoiser.layout.names})
+        gains = model.calibrate_gain({k: torch.cat([g[k] for g in generated]) for k in model.layout.names},
+                                        {k: torch.cat([t[k] for t in targets]) for k in model.layout.names})
         where = "held-out val" if held_out else "training"
         print(f"Prompt diffusion: residual gain calibrated on {seen} {where} images: "
               + ", ".join(f"{name} {gain:.3f}" for name, gain in gains.items()))
@@ -490,7 +470,7 @@ class DiffusionPromptWrapper:
         training images and fresh noise; returns the loss per distillation batch."""
         amed = self.cfg.TRAINER.PD.AMED
         conditions = self._pd_train_conditions()
-        denoiser = self.pd_denoiser.denoiser
+        denoiser = self.pd_generator
 
         def batches():  # random training conditions and fresh noise (the run's seeded global RNG)
             for _ in range(amed.DISTILL_ITERS):
@@ -501,7 +481,7 @@ class DiffusionPromptWrapper:
         print(f"Prompt diffusion: distilling the AMED predictor (NFE={self.cfg.TRAINER.PD.NFE}) from "
               f"{amed.TEACHER} with {amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
         self.pd_amed.train()
-        history = distill_amed(self.pd_amed.predictor, batches(), self.pd_schedule, teacher=amed.TEACHER,
+        history = distill_amed(self.pd_amed.predictor, batches(), denoiser.schedule, teacher=amed.TEACHER,
                                inserted=amed.INSERTED, lr=amed.LR)
         self.pd_amed.eval()
         self.pd_amed.distilled_flag.fill_(True)
@@ -552,9 +532,9 @@ class DiffusionPromptWrapper:
         self._pd_eval_position = 0
 
     def pd_noise(self, batch: int, draw: int, device: torch.device) -> Tensor:
-        """``[B, N]`` normal noise of standard deviation ``NOISE_SCALE`` (the sampling temperature),
+        """``[B, noise_dim]`` normal noise of standard deviation ``NOISE_SCALE`` (the sampling temperature),
         sample ``b`` seeded by (NOISE_SEED, position of b, draw)."""
-        numel = self.pd_denoiser.denoiser.layout.numel
+        numel = self.pd_generator.noise_dim
         rows = []
         for b in range(batch):
             generator = torch.Generator().manual_seed(
@@ -578,13 +558,15 @@ class DiffusionPromptWrapper:
     @torch.no_grad()
     def pd_generate(self, pi: Tensor, center: Prompts, draw: int) -> Prompts:
         """One sampled raw prompt per condition row: ``center`` (the host's prompts) plus a
-        generated residual (NFE denoiser calls)."""
-        sampler, predictor = self.pd_sampler()
+        generated residual (diffusion: NFE denoiser calls with the sampler of ``pd_sampler``)."""
+        options = {}
+        if self.cfg.TRAINER.PD.GENERATOR == "diffusion":
+            sampler, predictor = self.pd_sampler()
+            options = {"sampler": sampler, "nfe": self.cfg.TRAINER.PD.NFE, "amed_predictor": predictor}
         noise = self.pd_noise(pi.shape[0], draw, pi.device)
         generator = torch.Generator().manual_seed(  # ddpm's ancestral noise
             sample_seed(self.cfg.TRAINER.PD.NOISE_SEED, self._pd_eval_position, draw))
-        return self.pd_denoiser.denoiser.generate(pi, center, self.pd_schedule, noise, sampler,
-                                                  self.cfg.TRAINER.PD.NFE, generator, predictor)
+        return self.pd_generator.generate(pi, center, noise, generator, **options)
 
     def model_inference(self, input: Tensor) -> Tensor:
         if not self.pd_enabled:
@@ -601,7 +583,7 @@ class DiffusionPromptWrapper:
 
     # ------------------------------------------------------------------ checkpoints
     def _pd_names(self) -> List[str]:
-        return [name for name in (DENOISER_NAME, META_NET_NAME, AMED_NAME) if name in self._models]
+        return list(self._pd_model_names)
 
     @contextmanager
     def _pd_hidden(self) -> Iterator[None]:
@@ -614,7 +596,7 @@ class DiffusionPromptWrapper:
                 self._models[name] = module
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """The host's ``load_model`` for its own models; the denoiser (Meta-Net, AMED predictor)
+        """The host's ``load_model`` for its own models; the generator (its parts, Meta-Net, AMED predictor)
         load from their sub-directories, or stay freshly initialised when the checkpoint is an
         unwrapped host's (said in the log)."""
         if not self.pd_enabled:

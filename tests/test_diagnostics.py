@@ -69,7 +69,7 @@ def test_diagnose_reports_alignment_where_the_residual_is_learnable(tmp_path, ca
     result = json.loads(numbers.read_text())
     assert result["images"] == 24
     assert result["alignment"] > 0.1 and result["alignment"] > 4 * result["alignment_se"], result
-    assert result["diffusion_fit"] < 0.9, result
+    assert result["generator_fit"] < 0.9, result
     # the ridge probe, fitted on the same (training) images, predicts the class-decided residual
     assert result["probe"]["alignment_train"] == pytest.approx(result["probe"]["alignment"])
     assert result["probe"]["alignment"] > 0.3 and result["probe"]["images"] == 24

@@ -2,19 +2,12 @@
 import pytest
 import torch
 
-from prompt_diffusion.diffusion import (
-    SAMPLERS,
-    AMEDPredictor,
-    NoiseSchedule,
-    PromptDenoiser,
-    PromptLayout,
-    diffusion_loss,
-    distill_amed,
-)
+from prompt_diffusion.diffusion import SAMPLERS, AMEDPredictor, PromptDenoiser, distill_amed
+from prompt_diffusion.generators import PromptLayout
+from prompt_diffusion.generators.registry import build_generator
 
 GROUPS = [("text", 2, 8), ("vision", 3, 12)]
 COND_DIM = 6
-SCHEDULE = NoiseSchedule()
 
 
 def tiny_denoiser():
@@ -72,15 +65,22 @@ def test_normalization_is_the_scaled_residual_from_a_per_sample_center():
 
 
 def test_state_round_trips_through_weights_only_load(tmp_path):
+    """The state dict carries the config (as extra state): build_generator rebuilds the model from
+    it, the path the wrapper's checkpoints take; another architecture is refused."""
     model = tiny_denoiser()
     model.update_scale({name: v + 1 for name, v in random_prompts(16).items()})
-    torch.nn.init.normal_(model.proj_out["text"].weight)
+    torch.nn.init.normal_(model.net.proj_out["text"].weight)
     path = tmp_path / "denoiser.pt"
-    torch.save(model.to_state(), path)
-    loaded = PromptDenoiser.from_state(torch.load(path, weights_only=True))
+    torch.save(model.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    loaded = build_generator(state["_extra_state"])
+    loaded.load_state_dict(state)
     prompts, cond, t = random_prompts(2), torch.randn(2, COND_DIM), torch.tensor([3.0, 77.25])
     assert torch.equal(loaded(prompts, cond, t)["text"], model(prompts, cond, t)["text"])
     assert torch.equal(loaded.vision_scale, model.vision_scale)
+    other = PromptDenoiser(GROUPS, COND_DIM, layers=2, heads=4, width=64, schedule="cosine")
+    with pytest.raises(ValueError, match=r"generator differs .*'schedule': \('scaled_linear', 'cosine'\)"):
+        other.load_state_dict(state)
 
 
 def test_diffusion_loss_returns_the_raw_prediction_with_its_graph():
@@ -88,12 +88,11 @@ def test_diffusion_loss_returns_the_raw_prediction_with_its_graph():
     raw = {name: 5.0 + v for name, v in random_prompts(8).items()}
     center = centers_of(raw, 5.0)
     model.update_scale({name: raw[name] - center[name] for name in raw})
-    loss, predicted = diffusion_loss(model, raw, center, torch.randn(8, COND_DIM), SCHEDULE,
-                                     torch.Generator().manual_seed(0))
+    loss, predicted = model.loss(raw, center, torch.randn(8, COND_DIM), torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(1.0, rel=0.05)  # zero-initialised output: predicts a zero residual
     assert torch.allclose(predicted["text"], center["text"])  # ... the centre, in raw space
     predicted["vision"].sum().backward()
-    assert model.proj_out["vision"].weight.grad.abs().sum() > 0
+    assert model.net.proj_out["vision"].weight.grad.abs().sum() > 0
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +118,13 @@ def conditional_fit():
 
     def held_out_loss():
         with torch.no_grad():
-            return diffusion_loss(model, prompts, center, cond, SCHEDULE, torch.Generator().manual_seed(1))[0].item()
+            return model.loss(prompts, center, cond, torch.Generator().manual_seed(1))[0].item()
 
     before = held_out_loss()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(150):
         train_cond, train_prompts = batch()
-        loss, _ = diffusion_loss(model, train_prompts, center, train_cond, SCHEDULE)
+        loss, _ = model.loss(train_prompts, center, train_cond)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -143,7 +142,7 @@ def test_denoiser_fits_a_conditional_dataset(conditional_fit):
 def test_sampled_prompts_depend_on_the_condition(conditional_fit, sampler):
     model, conds, targets, _, _, center = conditional_fit
     noise = torch.randn(4, model.layout.numel, generator=torch.Generator().manual_seed(0))
-    out = model.generate(conds, center, SCHEDULE, noise, sampler, nfe=5, generator=torch.Generator().manual_seed(0))
+    out = model.generate(conds, center, noise, torch.Generator().manual_seed(0), sampler=sampler, nfe=5)
     assert out["text"].dtype == torch.float32 and out["vision"].shape == (4, 3, 12)
     # each condition's sample is far closer to its own target than to any other condition's
     distance = sum(torch.cdist(out[name].flatten(1), targets[name].flatten(1)) for name in targets)  # [4, 4]
@@ -157,9 +156,9 @@ def test_amed_distils_on_the_denoiser_without_touching_its_gradients(conditional
     predictor = AMEDPredictor(feature_dim=64, nfe=5)
     generator = torch.Generator().manual_seed(3)
     batches = [(model.denoise_fn(conds), torch.randn(4, model.layout.numel, generator=generator)) for _ in range(3)]
-    history = distill_amed(predictor, batches, SCHEDULE, progress=False)
+    history = distill_amed(predictor, batches, model.schedule, progress=False)
     assert len(history) == 3 and all(torch.isfinite(torch.tensor(history)))
     assert all(p.grad is None for p in model.parameters())
-    out = model.generate(conds, center, SCHEDULE, torch.randn(4, model.layout.numel), "amed", nfe=5,
+    out = model.generate(conds, center, torch.randn(4, model.layout.numel), sampler="amed", nfe=5,
                          amed_predictor=predictor)
     assert torch.isfinite(out["text"]).all()

@@ -100,7 +100,7 @@ def test_adapter_host_loss_is_the_method_loss(name):
 
 def count_denoiser_calls(trainer):
     calls = []
-    trainer.pd_denoiser.denoiser.register_forward_hook(lambda *_: calls.append(1))
+    trainer.pd_generator.register_forward_hook(lambda *_: calls.append(1))
     return calls
 
 
@@ -118,13 +118,13 @@ def test_pd_variant_trains_checkpoints_and_samples_with_nfe_calls(world, tmp_pat
     summaries = record_losses(trainer)
     trainer.train()
     assert all(math.isfinite(v) for s in summaries for v in s.values())
-    assert {"loss_ce", "loss_diff", "loss_host"} <= set(summaries[0])
+    assert {"loss_ce", "loss_gen", "loss_host"} <= set(summaries[0])
     # the learned weights (the normalisation mean is re-centred on the shared prompts at each use)
-    trained = {k: v.detach().clone() for k, v in trainer.pd_denoiser.named_parameters()}
+    trained = {k: v.detach().clone() for k, v in trainer.pd_generator.named_parameters()}
 
     evaluator = build_trainer(make_cfg(name, world, "base", tmp_path / "eval", lr=0.5, max_epoch=1, **PD_KEYS))
     evaluator.load_model(str(tmp_path / "run"), epoch=1)
-    loaded = dict(evaluator.pd_denoiser.named_parameters())
+    loaded = dict(evaluator.pd_generator.named_parameters())
     assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], v) for k, v in trained.items())
     calls = count_denoiser_calls(evaluator)
     accuracy = evaluator.test()

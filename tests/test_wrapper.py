@@ -114,28 +114,29 @@ def test_train_checkpoint_resume_and_eval_only(host, world, tmp_path, capsys):
     log = capsys.readouterr().out
     assert "per-sample overfitting online" in log and "distilling the AMED predictor" in log
     names = trainer.get_model_names()
-    assert {"pd_denoiser", "pd_amed"} <= set(names)
+    assert {"pd_generator", "pd_amed"} <= set(names)
     assert ("pd_meta_net" in names) == (host != "CoCoOp")  # CoCoOp's own Meta-Net gives π
     for name in names:
         assert (out / name / "model.pth.tar-1").is_file() and (out / name / "model.pth.tar-2").is_file()
     amed = torch.load(out / "pd_amed" / "model.pth.tar-2", map_location="cpu", weights_only=True)
     assert bool(amed["state_dict"]["distilled_flag"])
-    denoiser_state = torch.load(out / "pd_denoiser" / "model.pth.tar-2", map_location="cpu", weights_only=True)
-    assert denoiser_state["state_dict"]["_extra_state"]["sampler"] == {"name": "amed", "nfe": 5}
+    denoiser_state = torch.load(out / "pd_generator" / "model.pth.tar-2", map_location="cpu", weights_only=True)
+    description = denoiser_state["state_dict"]["_extra_state"]  # the generator describes itself
+    assert description["kind"] == "diffusion" and description["schedule"] == "scaled_linear"
 
     # the diffusion loss falls: 1.0 (the shared prompts; untrained zero-initialised output) -> epoch 1 -> epoch 2
     evaluator = build(cfg)
-    assert evaluator.pd_diffusion_fit(draws=2) == pytest.approx(1.0)
+    assert evaluator.pd_generator_fit(draws=2) == pytest.approx(1.0)
     fits = []
     for epoch in (1, 2):
         evaluator.load_model(str(out), epoch=epoch)
-        fits.append(evaluator.pd_diffusion_fit(draws=2))
+        fits.append(evaluator.pd_generator_fit(draws=2))
     assert fits[0] < 1.0 and fits[1] < 1.0 and fits[1] < fits[0] + 0.02, fits
 
     # resume: every registered model (denoiser included) continues from epoch 2
     resumed = build(cfg)
     assert resumed.resume_model_if_exist(str(out)) == 2
-    for key, value in resumed.pd_denoiser.state_dict().items():
+    for key, value in resumed.pd_generator.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value.cpu(), denoiser_state["state_dict"][key]), key
     assert resumed.pd_amed.distilled
@@ -247,7 +248,7 @@ def test_third_party_trainer_is_wrapped_and_samples_with_exactly_nfe_calls(world
     assert "held-out: fit" in log                   # per-epoch diagnosis), said once
 
     images, _ = first_batch(trainer)
-    calls = count_calls(trainer.pd_denoiser.denoiser)
+    calls = count_calls(trainer.pd_generator)
     trainer.set_model_mode("eval")
     with torch.no_grad():
         trainer.pd_reset_noise()
@@ -263,9 +264,9 @@ def test_third_party_trainer_is_wrapped_and_samples_with_exactly_nfe_calls(world
     torch.testing.assert_close(halves, logits, rtol=1e-5, atol=1e-5)  # seeded per sample, not per batch
     assert trainer.test() == trainer.test()
 
-    # the checkpoint describes its denoiser: another architecture is refused, naming what differs
+    # the checkpoint describes its generator: another architecture is refused, naming what differs
     other = build(make_cfg(world, "ThirdPartyCoCoOpPD", tmp_path / "other", opts + ["TRAINER.PD.DENOISER.LAYERS", 2]))
-    with pytest.raises(ValueError, match=r"denoiser differs .*'layers': \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"generator differs .*'layers': \(1, 2\)"):
         other.load_model(str(tmp_path / "run"), epoch=1)
 
 
@@ -273,11 +274,11 @@ def test_evaluation_is_reproducible_and_depends_on_the_noise_seed(world, tmp_pat
     cfg = make_cfg(world, "CoCoOpPD", tmp_path / "run", ["TRAINER.PD.SAMPLER", "ddpm", "TRAINER.PD.NFE", 4])
     trainer = build(cfg)
     with torch.no_grad():  # a trained-looking denoiser: random output maps instead of the zero init
-        for proj in trainer.pd_denoiser.denoiser.proj_out.values():
+        for proj in trainer.pd_generator.net.proj_out.values():
             proj.weight.normal_(std=0.5)
     images, _ = first_batch(trainer)
     trainer.set_model_mode("eval")
-    calls = count_calls(trainer.pd_denoiser.denoiser)
+    calls = count_calls(trainer.pd_generator)
     with torch.no_grad():
         trainer.pd_reset_noise()
         first = trainer.model_inference(images)
@@ -324,13 +325,13 @@ def test_overfitting_lowers_every_sample_ce_and_vstar_is_detached(world, tmp_pat
     trainer.cfg.defrost()
     trainer.cfg.TRAINER.PD.CE_WEIGHT = 0.0
     ctx_before = trainer.model.prompt_learner.ctx.detach().clone()
-    denoiser_before = [p.detach().clone() for p in trainer.pd_denoiser.parameters()]
+    denoiser_before = [p.detach().clone() for p in trainer.pd_generator.parameters()]
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
     summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
-    assert set(summary) == {"loss", "loss_ce", "loss_diff", "acc"}
+    assert set(summary) == {"loss", "loss_ce", "loss_gen", "acc"}
     ctx_grad = trainer.model.prompt_learner.ctx.grad
     assert ctx_grad is None or not ctx_grad.any()
-    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_denoiser.parameters(), denoiser_before))
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_generator.parameters(), denoiser_before))
     assert trainer.model.prompt_learner.meta_net.linear2.weight.grad is not None  # π is trained through the denoiser
 
     # the CE term reaches the host's prompts through V_h (V̂ = V_h + residual, V_h attached)
@@ -356,7 +357,7 @@ def test_with_the_host_loss_on_the_host_is_trained_by_it_alone(world, tmp_path):
     assert summary["loss_ce"] > 0 and "loss_host" in summary
     torch.testing.assert_close(learner.ctx.grad, expected[0])
     torch.testing.assert_close(learner.meta_net.linear2.weight.grad, expected[1])
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.pd_denoiser.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.pd_generator.parameters())
 
 
 def test_calibration_drops_a_residual_unrelated_to_the_overfitted_ones(world, tmp_path):
@@ -365,7 +366,7 @@ def test_calibration_drops_a_residual_unrelated_to_the_overfitted_ones(world, tm
     cfg = make_cfg(world, "CoCoOpPD", tmp_path / "run", ["TRAINER.PD.SAMPLER", "dpmpp_2m"])
     trainer = build(cfg)
     with torch.no_grad():
-        for proj in trainer.pd_denoiser.denoiser.proj_out.values():
+        for proj in trainer.pd_generator.net.proj_out.values():
             proj.weight.normal_(std=0.5)
     images, _ = first_batch(trainer)
     trainer.set_model_mode("eval")
@@ -375,7 +376,7 @@ def test_calibration_drops_a_residual_unrelated_to_the_overfitted_ones(world, tm
         raw = trainer.model_inference(images)
     gains = trainer.pd_calibrate()
     assert 0.0 <= gains["text"] < 0.2, gains
-    assert float(trainer.pd_denoiser.denoiser.text_gain) == pytest.approx(gains["text"])
+    assert float(trainer.pd_generator.text_gain) == pytest.approx(gains["text"])
     with torch.no_grad():
         trainer.pd_reset_noise()
         calibrated = trainer.model_inference(images)
@@ -388,18 +389,18 @@ def test_training_ends_with_a_calibrated_gain_that_eval_only_loads(world, tmp_pa
     trainer = build(cfg)
     trainer.train()
     assert "residual gain calibrated on 24 held-out val images" in capsys.readouterr().out
-    gain = float(trainer.pd_denoiser.denoiser.text_gain)
+    gain = float(trainer.pd_generator.text_gain)
     assert 0.0 <= gain <= 1.0
-    saved = torch.load(out / "pd_denoiser" / "model.pth.tar-2", map_location="cpu", weights_only=True)
+    saved = torch.load(out / "pd_generator" / "model.pth.tar-2", map_location="cpu", weights_only=True)
     assert float(saved["state_dict"]["denoiser.text_gain"]) == pytest.approx(gain)
     evaluator = build(cfg)
     evaluator.load_model(str(out), epoch=2)
-    assert float(evaluator.pd_denoiser.denoiser.text_gain) == pytest.approx(gain)
+    assert float(evaluator.pd_generator.text_gain) == pytest.approx(gain)
     uncalibrated = build(make_cfg(world, "CoCoOpPD", tmp_path / "raw", ["TRAINER.PD.CALIBRATE", False,
                                                                         "TRAINER.PD.AMED.DISTILL_ITERS", 0]))
     uncalibrated.train()
     assert "residual gain calibrated" not in capsys.readouterr().out
-    assert float(uncalibrated.pd_denoiser.denoiser.text_gain) == 1.0
+    assert float(uncalibrated.pd_generator.text_gain) == 1.0
 
 
 def test_cached_mode_overfits_each_sample_once_per_refresh(world, tmp_path, capsys):
@@ -454,7 +455,7 @@ def test_unwrapped_host_checkpoint_loads_into_the_wrapped_trainer(world, tmp_pat
     capsys.readouterr()
     wrapped.load_model(str(out), epoch=1)
     log = capsys.readouterr().out
-    assert "no pd_denoiser checkpoint" in log and "freshly initialised" in log
+    assert "no pd_generator checkpoint" in log and "freshly initialised" in log
     torch.testing.assert_close(wrapped.model.prompt_learner.ctx, host.model.prompt_learner.ctx, rtol=0, atol=0)
     assert 0.0 <= wrapped.test() <= 100.0
 

@@ -1,11 +1,13 @@
 """The diffusion core: schedule, denoiser, samplers, AMED, per-sample overfitting (pure torch).
 
-Spaces: raw prompts (what the prompt learner uses) -> ``PromptDenoiser.normalize`` -> normalized
+Spaces: raw prompts (what the prompt learner uses) -> ``PromptGenerator.normalize`` -> normalized
 prompts (where the denoiser, the loss and the samplers work) -> ``PromptLayout.flatten`` -> the
-flat ``[B, N]`` tensors the samplers integrate. See ``denoiser.py`` and ``samplers.py``.
+flat ``[B, N]`` tensors the samplers integrate (``prompt_diffusion.generators.base``). The
+denoiser is the ``diffusion`` implementation of the generator interface. See ``denoiser.py`` and
+``samplers.py``.
 """
 from .amed import AMEDPredictor, distill_amed
-from .denoiser import PromptDenoiser, PromptLayout, diffusion_loss
+from .denoiser import PromptDenoiser
 from .overfit import STEP_RULES, overfit_prompts
 from .samplers import SAMPLERS, SigmaDenoiser, sample, sampler_sigmas
 from .schedule import GRID_KINDS, SCHEDULE_KINDS, NoiseSchedule
@@ -15,12 +17,10 @@ __all__ = [
     "GRID_KINDS",
     "NoiseSchedule",
     "PromptDenoiser",
-    "PromptLayout",
     "SAMPLERS",
     "SCHEDULE_KINDS",
     "STEP_RULES",
     "SigmaDenoiser",
-    "diffusion_loss",
     "distill_amed",
     "overfit_prompts",
     "sample",

@@ -24,10 +24,12 @@ and ``dpmpp_2m`` take an optional ``callback(i, x)``, called after step ``i`` wi
 ``sigmas[i + 1]`` (the AMED teacher records its trajectory this way).
 """
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from prompt_diffusion.generators.base import standard_normal
 
 from .schedule import NoiseSchedule
 
@@ -35,12 +37,6 @@ SAMPLERS = ("ddpm", "ddim", "dpm_solver_2", "dpmpp_2m", "amed")
 
 Denoise = Callable[..., Union[Tensor, Tuple[Tensor, Tensor]]]
 StepCallback = Optional[Callable[[int, Tensor], None]]
-
-
-def standard_normal(shape: Sequence[int], generator: Optional[torch.Generator], device) -> Tensor:
-    """N(0, I) float32 noise drawn with ``generator`` (on its device), placed on ``device``."""
-    source = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=source).to(device)
 
 
 class SigmaDenoiser:

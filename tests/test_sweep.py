@@ -14,8 +14,9 @@ from prompt_diffusion.results import RowKey, paper_table_ids
 from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_names, load_spec, measurements,
                                     registered_trainers, select, table_for, validate_spec)
 
-SHIPPED = ["figure4", "figure5", "table1", "table2", "table3", "table5", "table6", "toy_benchmark", "toy_ladder"]
-PAPERLESS = {"toy_benchmark", "toy_ladder"}  # specs of this project's own benchmarks
+SHIPPED = ["figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6", "toy_benchmark",
+           "toy_ladder", "toy_table4"]
+PAPERLESS = {"toy_benchmark", "toy_ladder", "toy_table4"}  # specs of this project's own benchmarks
 
 
 def run_cli(*argv):
@@ -120,6 +121,20 @@ def test_swept_settings_train_per_value_or_evaluate_one_model_per_value(tmp_path
     assert not any(m.training for m in found)  # base accuracy comes from test_base at each NFE
     new_at_5 = next(m for m in found if m.row == RowKey.make("CoCoOpPD", {"nfe": 5}) and m.metrics[0][1] == "new")
     assert new_at_5.metrics == (("accuracy", "new"), ("time_per_image_ms", "time"))
+
+
+def test_table4_trains_one_cocooppd_per_generator_beside_the_paper(tmp_path):
+    spec = load_spec("table4")
+    chains = expand(spec, tmp_path)
+    rows = {chain.runs[0].row for chain in chains}
+    generators = ["mlp", "transformer", "gan", "vae", "flow", "diffusion"]
+    assert rows == {RowKey.make("CoCoOp")} | {RowKey.make("CoCoOpPD", {"generator": g}) for g in generators}
+    assert len(chains) == 7 * 11 * 3
+    gan = next(c.runs[0] for c in chains if c.runs[0].row == RowKey.make("CoCoOpPD", {"generator": "gan"}))
+    assert gan.opts[-2:] == ("TRAINER.PD.GENERATOR", "gan") and gan.output_dir.parent.name.endswith("_generatorgan")
+    code, text = run_cli("table", "table4", "--output", str(tmp_path))
+    assert code == 0
+    assert "| CoCoOpPD[generator=gan] |" in text and "75.99" in text  # the paper's H beside the (missing) runs
 
 
 def write_spec(tmp_path, text):

@@ -408,7 +408,7 @@ class DiffusionPromptWrapper:
 
     def after_epoch(self) -> None:
         """The host's ``after_epoch`` (checkpoints, validation), then one log line on how the
-        generator does on ``TRAINER.PD.DIAGNOSE_IMAGES`` held-out (val) images: diffusion fit,
+        generator does on ``TRAINER.PD.DIAGNOSE_IMAGES`` held-out (val) images: the generator's fit,
         alignment of generated with overfitted residuals, accuracy against the host's prompts."""
         super().after_epoch()
         images = self.cfg.TRAINER.PD.DIAGNOSE_IMAGES if self.pd_enabled else 0

@@ -392,7 +392,7 @@ def test_training_ends_with_a_calibrated_gain_that_eval_only_loads(world, tmp_pa
     gain = float(trainer.pd_generator.text_gain)
     assert 0.0 <= gain <= 1.0
     saved = torch.load(out / "pd_generator" / "model.pth.tar-2", map_location="cpu", weights_only=True)
-    assert float(saved["state_dict"]["denoiser.text_gain"]) == pytest.approx(gain)
+    assert float(saved["state_dict"]["text_gain"]) == pytest.approx(gain)
     evaluator = build(cfg)
     evaluator.load_model(str(out), epoch=2)
     assert float(evaluator.pd_generator.text_gain) == pytest.approx(gain)
@@ -476,6 +476,8 @@ def test_missing_pd_keys_are_added_by_the_wrapped_trainer(world, tmp_path):
     ("OVERFIT.MODE", "lazy", r"TRAINER.PD.OVERFIT.MODE = 'lazy' is not allowed; choose one of \['online', 'cached'\]"),
     ("ADAPTER", "Maple", r"TRAINER.PD.ADAPTER = 'Maple' is not allowed; choose one of \['auto', 'CoCoOp'"),
     ("OVERFIT.LR", 0.0, r"TRAINER.PD.OVERFIT.LR = 0.0 is out of range; allowed: a number > 0"),
+    ("GENERATOR", "diffusers", r"TRAINER.PD.GENERATOR = 'diffusers' is not allowed; choose one of \['diffusion', 'mlp'"),
+    ("VAE.KL_WEIGHT", -1.0, r"TRAINER.PD.VAE.KL_WEIGHT = -1.0 is out of range; allowed: a number >= 0.0"),
 ])
 def test_bad_pd_values_are_rejected_with_the_key_and_allowed_values(key, value, message):
     cfg = get_cfg_default()

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from prompt_diffusion.generators.networks import FrequencyEmbedding
+
 from .samplers import Denoise, SigmaDenoiser, amed_layout, amed_step, ddim, dpm_solver_2, dpmpp_2m, initial_state
-from .denoiser import FrequencyEmbedding, module_from_state
 from .schedule import GRID_KINDS, NoiseSchedule
 
 _TEACHERS = {"ddim": ddim, "dpm_solver_2": dpm_solver_2, "dpmpp_2m": dpmpp_2m}
@@ -166,3 +167,15 @@ def distill_amed(
             x = targets[i]  # upstream: the next step starts from the teacher's state
         history.append(sum(losses) / len(losses))
     return history
+
+
+def module_from_state(cls, state: Dict[str, object]) -> nn.Module:
+    """``cls(**state["config"])`` with ``state["weights"]`` loaded, in the weights' dtype."""
+    if not isinstance(state, dict) or set(state) != {"config", "weights"}:
+        raise ValueError(f"{cls.__name__} state must be a dict with keys 'config' and 'weights'")
+    model = cls(**state["config"])
+    floating = [w for w in state["weights"].values() if torch.is_floating_point(w)]
+    if floating:
+        model = model.to(floating[0].dtype)
+    model.load_state_dict(state["weights"])
+    return model

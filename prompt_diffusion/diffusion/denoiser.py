@@ -9,7 +9,7 @@ Architecture (after G.pt's transformer over parameter tokens): a
 ``[time tokens | condition tokens | prompt tokens]``; the zero-initialised output maps make an
 untrained denoiser predict a zero residual: the centre itself.
 """
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -145,15 +145,3 @@ class PromptDenoiser(PromptGenerator):
         calls (``generator`` draws ddpm's ancestral noise; ``amed_predictor``: a distilled
         :class:`~.amed.AMEDPredictor` for ``amed``) -> the x0 residual ``[B, N]``."""
         return sample(self.denoise_fn(cond), noise, self.schedule, sampler, nfe, generator, amed_predictor)
-
-
-def module_from_state(cls, state: Dict[str, object]) -> nn.Module:
-    """``cls(**state["config"])`` with ``state["weights"]`` loaded, in the weights' dtype."""
-    if not isinstance(state, dict) or set(state) != {"config", "weights"}:
-        raise ValueError(f"{cls.__name__} state must be a dict with keys 'config' and 'weights'")
-    model = cls(**state["config"])
-    floating = [w for w in state["weights"].values() if torch.is_floating_point(w)]
-    if floating:
-        model = model.to(floating[0].dtype)
-    model.load_state_dict(state["weights"])
-    return model

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import RandAugment, ToTensor
 
-from prompt_diffusion.adapters.coprompt import coprompt_features
+from prompt_diffusion.prompt_methods import coprompt_features
 from prompt_diffusion.clip_prompting import encode_image
 from prompt_diffusion.engine import ENGINE, TRAINER_REGISTRY, DataManager, build_transform
 from prompt_diffusion.wrapper import DiffusionPromptWrapper

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.maple import maple_features
+from prompt_diffusion.prompt_methods import maple_features
 from prompt_diffusion.clip_prompting import prompted_logits, split_prompt_embeddings
 from prompt_diffusion.engine import TRAINER_REGISTRY
 from prompt_diffusion.wrapper import DiffusionPromptWrapper

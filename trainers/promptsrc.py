@@ -3,7 +3,7 @@ muzairkhattak/PromptSRC ``trainers/promptsrc.py``).
 
 Prompts: IVLP's (``TRAINER.PROMPTSRC``: ``N_CTX_TEXT`` + ``N_CTX_VISION`` tokens, depths
 ``PROMPT_DEPTH_TEXT`` / ``PROMPT_DEPTH_VISION``), with upstream's parameter names. Self-regulation
-(``prompt_diffusion.adapters.promptsrc.promptsrc_loss_terms``): L1 to the frozen text features
+(``prompt_diffusion.prompt_methods.promptsrc_loss_terms``): L1 to the frozen text features
 averaged over the 60 ImageNet templates (``TEXT_LOSS_WEIGHT``), L1 to the frozen image features
 (``IMAGE_LOSS_WEIGHT``), KL(zero-shot ‖ prompted) with weight 1. Gaussian prompt aggregation
 (GPA): after epoch ``e`` (1-based) the trainable tensors are added with weight ``N(e; GPA_MEAN,
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.promptsrc import promptsrc_loss_terms
+from prompt_diffusion.prompt_methods import promptsrc_loss_terms
 from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text
 from prompt_diffusion.engine import TRAINER_REGISTRY
 from prompt_diffusion.wrapper import DiffusionPromptWrapper

@@ -27,7 +27,6 @@ from torchvision.transforms import RandAugment, ToTensor
 from prompt_diffusion.prompt_methods import coprompt_features
 from prompt_diffusion.clip_prompting import encode_image
 from prompt_diffusion.engine import ENGINE, TRAINER_REGISTRY, DataManager, build_transform
-from prompt_diffusion.wrapper import DiffusionPromptWrapper
 
 from . import maple
 from ._multimodal import MultiModalTrainer, frozen_text_features
@@ -202,6 +201,3 @@ class CoPrompt(MultiModalTrainer):
     def loss_terms(self, batch: dict) -> Dict[str, Tensor]:
         image1, label, image2 = self.parse_batch_train(batch)
         return self.model.loss_terms(image1, image2, label)
-
-
-CoPromptPD = DiffusionPromptWrapper.register(CoPrompt)

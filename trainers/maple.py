@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from prompt_diffusion.prompt_methods import maple_features
 from prompt_diffusion.clip_prompting import prompted_logits, split_prompt_embeddings
 from prompt_diffusion.engine import TRAINER_REGISTRY
-from prompt_diffusion.wrapper import DiffusionPromptWrapper
 
 from ._common import TextEncoder, check_image_size, init_text_context, tokenize_class_prompts
 from ._multimodal import MultiModalTrainer
@@ -115,6 +114,3 @@ class MaPLe(MultiModalTrainer):
     def loss_terms(self, batch: dict) -> Dict[str, Tensor]:
         image, label = self.parse_batch_train(batch)
         return self.model.loss_terms(image, label)
-
-
-MaPLePD = DiffusionPromptWrapper.register(MaPLe)

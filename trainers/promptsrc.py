@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from prompt_diffusion.prompt_methods import promptsrc_loss_terms
 from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text
 from prompt_diffusion.engine import TRAINER_REGISTRY
-from prompt_diffusion.wrapper import DiffusionPromptWrapper
 
 from . import ivlp
 from ._common import deep_prompts_of
@@ -182,6 +181,3 @@ class PromptSRC(MultiModalTrainer):
             print("Using GPA model for final inference...")
             self.model.gpa.copy_to(trainable)
         super().after_epoch()
-
-
-PromptSRCPD = DiffusionPromptWrapper.register(PromptSRC)

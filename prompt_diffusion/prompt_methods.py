@@ -6,7 +6,7 @@ call the functions here; they read the model by the upstream attribute names onl
 (``prompt_learner.proj``, ``adapter_image`` ...), so they serve upstream models as well.
 
 - MaPLe: ``coupled_visual_prompts`` (vision prompts from text prompts), ``maple_features``;
-- CoPrompt: ``residual_adapt`` (its residual feature MLPs), ``coprompt_features``;
+- CoPrompt: ``residual_mlp`` (its feature MLPs, mixed in residually), ``coprompt_features``;
 - PromptSRC: ``promptsrc_loss_terms`` (cross-entropy plus self-regulation).
 
 Like ``clip_prompting``, this module imports neither the trainers nor the plug-in.
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text
 
-__all__ = ["coupled_visual_prompts", "maple_features", "residual_adapt", "coprompt_features", "promptsrc_loss_terms"]
+__all__ = ["coupled_visual_prompts", "maple_features", "residual_mlp", "coprompt_features", "promptsrc_loss_terms"]
 
 
 def _project(layer: nn.Linear, prompt: Tensor) -> Tensor:
@@ -63,10 +63,11 @@ def maple_features(
     return image_features, text_features
 
 
-def residual_adapt(features: Tensor, adapter: nn.Module, ratio: float) -> Tensor:
-    """``ratio * adapter(features) + (1 - ratio) * features`` (CoPrompt's residual feature adapter)."""
-    adapted = adapter(features.to(next(adapter.parameters()).dtype)).to(features.dtype)
-    return ratio * adapted + (1 - ratio) * features
+def residual_mlp(features: Tensor, mlp: nn.Module, ratio: float) -> Tensor:
+    """``ratio * mlp(features) + (1 - ratio) * features``: CoPrompt's feature MLP mixed in residually
+    (upstream names the MLPs "adapters": ``adapter_image``, ``adapter_text``)."""
+    mapped = mlp(features.to(next(mlp.parameters()).dtype)).to(features.dtype)
+    return ratio * mapped + (1 - ratio) * features
 
 
 def coprompt_features(
@@ -75,8 +76,8 @@ def coprompt_features(
     """CoPrompt's image ``[B, E]`` and text ``[K, E]`` / ``[B, K, E]`` features: MaPLe's prompted
     features through the residual adapters (not normalised)."""
     image, text = maple_features(model, images, ctx, deep_text, chunk_size)
-    return (residual_adapt(image, model.adapter_image, model.image_adapter_m),
-            residual_adapt(text, model.adapter_text, model.text_adapter_m))
+    return (residual_mlp(image, model.adapter_image, model.image_adapter_m),
+            residual_mlp(text, model.adapter_text, model.text_adapter_m))
 
 
 def promptsrc_loss_terms(outputs: Sequence[Tensor], text_weight: float, image_weight: float) -> Dict[str, Tensor]:

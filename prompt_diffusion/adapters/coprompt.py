@@ -1,9 +1,10 @@
 """CoPrompt adapter: ``V`` as MaPLe's (text ``[depth x n, 512]``, vision prompts through the learned
-projections), with CoPrompt's residual feature adapters on the logits path; the host loss is
+projections), with CoPrompt's feature MLPs (mixed in residually) on the logits path; the host loss is
 CoPrompt's cross-entropy plus its consistency losses.
 
 Upstream layout (ShuvenduRoy/CoPrompt ``trainers/coprompt.py``): MaPLe's ``prompt_learner`` plus
-``adapter_image`` / ``adapter_text`` (512 -> 128 -> 512 MLPs) mixed into the features with the
+``adapter_image`` / ``adapter_text`` (512 -> 128 -> 512 feature MLPs; upstream's names, not
+prompt adapters) mixed into the features with the
 ratios ``image_adapter_m`` (0.1) and ``text_adapter_m`` (0.2), at training and at inference.
 While training, ``CustomCLIP.forward(image1, image2, label)`` returns the loss; ``image2`` is a
 second augmentation of the batch, the third entry of the parsed batch ``(image1, label, image2)``

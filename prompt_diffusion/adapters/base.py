@@ -16,6 +16,9 @@ Adapters find their parts by the upstream attribute names (``prompt_learner.ctx`
 adapter serves this repository's trainers and the trainers of the upstream repositories. A model
 without those names fails with a ``PromptLayoutError`` that names what is missing.
 
+The helpers a new adapter needs are here too: ``images_and_labels`` (of a parsed batch),
+``loss_of`` (a host forward's loss), ``text_chunk`` (``MODEL.TEXT_CHUNK``), ``class_tokens``.
+
 Subclass, declare ``required_attributes`` (what layout detection looks for) and register:
 
     @register_adapter("MaPLe")
@@ -26,6 +29,7 @@ Subclass, declare ``required_attributes`` (what layout detection looks for) and 
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple, Type
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -36,6 +40,9 @@ __all__ = [
     "find_attribute",
     "has_attribute",
     "images_and_labels",
+    "loss_of",
+    "text_chunk",
+    "class_tokens",
     "register_adapter",
     "registered_adapters",
     "adapter_by_name",
@@ -223,6 +230,28 @@ class PromptAdapter(ABC):
                     f"{type(self).__name__}: prompts[{group.name!r}] has shape {shape}, "
                     f"expected {(batch_size, group.n_tokens, group.width)}"
                 )
+
+
+# ---------------------------------------------------------------------- helpers for adapters
+def loss_of(output: Tensor, labels: Tensor) -> Tensor:
+    """A host forward's training loss: the output itself when it is a scalar (CoCoOp, IVLP return
+    their loss in training mode), else the cross-entropy of the logits ``[B, K]``."""
+    return output if output.dim() == 0 else F.cross_entropy(output, labels)
+
+
+def text_chunk(cfg) -> int:
+    """``MODEL.TEXT_CHUNK`` when the config has it (0: encode all sequences at once)."""
+    if cfg is not None and "MODEL" in cfg and "TEXT_CHUNK" in cfg.MODEL:
+        return int(cfg.MODEL.TEXT_CHUNK)
+    return 0
+
+
+def class_tokens(adapter: PromptAdapter) -> Tensor:
+    """The class prompts' token ids ``[K, L]``: ``tokenized_prompts`` of the model (upstream
+    ``CustomCLIP``) or of its ``prompt_learner``."""
+    if hasattr(adapter.model, "tokenized_prompts"):
+        return adapter.model.tokenized_prompts
+    return adapter.find("prompt_learner.tokenized_prompts")
 
 
 # ---------------------------------------------------------------------- lookup

@@ -15,8 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, register_adapter
-from prompt_diffusion.adapters.coop import loss_of, text_chunk
+from prompt_diffusion.adapters.base import (
+    ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, loss_of, register_adapter, text_chunk,
+)
 from prompt_diffusion.adapters.vpt import VisualPromptsMixin
 from prompt_diffusion.clip_prompting import prompted_logits
 from prompt_diffusion.prompt_methods import maple_features

@@ -11,8 +11,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor
 
-from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, register_adapter
-from prompt_diffusion.adapters.coop import loss_of
+from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, loss_of, register_adapter
 from prompt_diffusion.adapters.deep import DeepPrompts, deep_tokens
 from prompt_diffusion.clip_prompting import encode_image, prompted_logits
 

@@ -29,8 +29,11 @@ Subclass, declare ``required_attributes`` (what layout detection looks for) and 
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple, Type
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from prompt_diffusion.clip_prompting import encode_image
 
 __all__ = [
     "PromptGroup",
@@ -182,12 +185,15 @@ class PromptAdapter(ABC):
     def feature_dim(self) -> int:
         """Width of ``image_features`` (CLIP's embedding width)."""
 
-    @abstractmethod
     def image_features(self, images: Tensor) -> Tensor:
-        """The frozen CLIP image feature, L2-normalised, without any prompt: ``[B, feature_dim]``.
+        """The frozen CLIP image feature, L2-normalised, without any prompt: ``[B, feature_dim]``:
+        the host's ``image_encoder`` run without prompts (every upstream layout has one).
 
         Computed once per batch under ``torch.no_grad``; ``logits`` reuses it when the image side
         carries no prompts (CoOp, CoCoOp)."""
+        with torch.no_grad():
+            features = encode_image(self.find("image_encoder"), images)  # [B, E], no prompts
+        return features / features.norm(dim=-1, keepdim=True)
 
     def meta_net(self) -> Optional[nn.Module]:
         """The host's own image-feature network (CoCoOp's ``prompt_learner.meta_net``), or ``None``.

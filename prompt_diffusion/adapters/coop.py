@@ -7,14 +7,13 @@ frozen image feature computed once per batch serves both ``π`` and the logits.
 """
 from typing import Dict, List, Optional
 
-import torch
 from torch import Tensor, nn
 
 from prompt_diffusion.adapters.base import (
     ParsedBatch, PromptAdapter, PromptGroup, PromptLayoutError, class_tokens, images_and_labels, loss_of,
     register_adapter, text_chunk,
 )
-from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text, prompted_logits
+from prompt_diffusion.clip_prompting import encode_prompted_text, prompted_logits
 
 __all__ = ["CoOpAdapter", "TextContextAdapter"]
 
@@ -59,11 +58,6 @@ class TextContextAdapter(PromptAdapter):
     @property
     def feature_dim(self) -> int:
         return int(self.find("text_encoder.text_projection").shape[1])
-
-    def image_features(self, images: Tensor) -> Tensor:
-        with torch.no_grad():
-            features = encode_image(self.find("image_encoder"), images)  # [B, E]
-        return features / features.norm(dim=-1, keepdim=True)
 
     def logits(self, images: Tensor, prompts: Dict[str, Tensor], image_features: Optional[Tensor] = None) -> Tensor:
         self.check_prompts(prompts, images.shape[0])

@@ -4,7 +4,7 @@ the trainer skeleton (frozen CLIP, one registered model, ``load_model`` that dro
 """
 import contextlib
 import os.path as osp
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import clip
 import torch
@@ -153,16 +153,6 @@ def attach_visual_prompts(visual: nn.Module, n_ctx: int, depth: int) -> None:
     width = visual.conv1.weight.shape[0]
     visual.VPT = nn.Parameter(torch.empty(n_ctx, width).normal_(std=0.02))
     attach_deep_prompts(visual.transformer.resblocks, depth, n_ctx, width)
-
-
-def deep_prompts_of(resblocks: Iterable[nn.Module]) -> List[Tensor]:
-    """The ``VPT_shallow`` parameters of blocks 1, 2, ... (stops at the first block without one)."""
-    prompts = []
-    for block in list(resblocks)[1:]:
-        if not hasattr(block, "VPT_shallow"):
-            break
-        prompts.append(block.VPT_shallow)
-    return prompts
 
 
 def autocast_context(prec: str, device: torch.device):

@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prompt_diffusion.prompt_methods import promptsrc_loss_terms
-from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text
+from prompt_diffusion.clip_prompting import encode_image
 from prompt_diffusion.engine import TRAINER_REGISTRY
 
 from . import ivlp
-from ._common import deep_prompts_of
 from ._multimodal import MultiModalTrainer, frozen_text_features
 from .imagenet_templates import IMAGENET_TEMPLATES
 
@@ -87,14 +86,8 @@ class CustomCLIP(ivlp.CustomCLIP):
         self.n_cls = len(classnames)
 
     def prompted_features(self, image: Tensor) -> Tuple[Tensor, Tensor]:
-        """L2-normalised prompted image ``[B, E]`` and class text ``[K, E]`` features."""
-        visual, learner = self.image_encoder, self.prompt_learner
-        image_features = encode_image(visual, image, visual.VPT if hasattr(visual, "VPT") else None,
-                                      deep_prompts_of(visual.transformer.resblocks))
-        text_features = encode_prompted_text(
-            self.text_encoder, learner.token_prefix, learner.token_suffix, self.tokenized_prompts, learner.ctx,
-            deep_prompts_of(self.text_encoder.transformer.resblocks), chunk_size=self.text_encoder.chunk_size,
-        )
+        """L2-normalised prompted image ``[B, E]`` and class text ``[K, E]`` features (IVLP's)."""
+        image_features, text_features = self.features(image)
         return (image_features / image_features.norm(dim=-1, keepdim=True),
                 text_features / text_features.norm(dim=-1, keepdim=True))
 

@@ -11,12 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from prompt_diffusion.clip_prompting import (
-    encode_image, encode_prompted_text, prompted_logits, split_prompt_embeddings,
+    deep_prompts_of, encode_image, encode_prompted_text, prompted_logits, split_prompt_embeddings,
 )
 from prompt_diffusion.engine import TRAINER_REGISTRY
 
 from ._common import (
-    PromptedCLIPTrainer, TextEncoder, attach_visual_prompts, check_image_size, context_length, deep_prompts_of,
+    PromptedCLIPTrainer, TextEncoder, attach_visual_prompts, check_image_size, context_length,
     tokenize_class_prompts,
 )
 

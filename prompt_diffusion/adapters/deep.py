@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from prompt_diffusion.adapters.base import PromptGroup, find_attribute
+from prompt_diffusion.clip_prompting import deep_prompts_of
 
 __all__ = ["DEEP_TOKENS", "DeepPrompts", "deep_tokens"]
 
@@ -44,13 +45,7 @@ class DeepPrompts:
         self.per_layer = tokens == "layer"
         self.name = name
         self.shallow: Tensor = find_attribute(model, shallow_path, adapter)
-        blocks = find_attribute(model, blocks_path, adapter)
-        self.deep: List[Tensor] = []
-        for block in list(blocks)[1:]:  # layer 0 takes the shallow prompt
-            prompt = getattr(block, "VPT_shallow", None)
-            if not isinstance(prompt, Tensor):  # upstream sets VPT_shallow only on prompted layers
-                break
-            self.deep.append(prompt)
+        self.deep: List[Tensor] = deep_prompts_of(find_attribute(model, blocks_path, adapter))
         self.n_tokens, self.width = (int(s) for s in self.shallow.shape)
         for i, prompt in enumerate(self.deep, start=1):
             if tuple(prompt.shape) != (self.n_tokens, self.width):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from clip.simple_tokenizer import SimpleTokenizer
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from prompt_diffusion.backbones import apply_precision, check_precision, load_clip_from_cfg
 from prompt_diffusion.clip_prompting import encode_prompted_text, encode_token_embeddings, split_prompt_embeddings
@@ -38,8 +39,13 @@ def tokenize_class_prompts(
     """
     names = [name.replace("_", " ") for name in classnames]
     name_lens = [len(_tokenizer.encode(name)) for name in names]
-    tokenized = clip.tokenize([f"{prompt_prefix} {name}." for name in names], context_length=length)
+    tokenized = clip.tokenize(class_prompt_texts(prompt_prefix, classnames), context_length=length)
     return tokenized, name_lens
+
+
+def class_prompt_texts(prompt_prefix: str, classnames: Sequence[str]) -> List[str]:
+    """``"<prefix> <class name>."`` per class, ``_`` in a class name read as a space (upstream's prompts)."""
+    return [f"{prompt_prefix} {name.replace('_', ' ')}." for name in classnames]
 
 
 def init_text_context(
@@ -65,6 +71,32 @@ def init_text_context(
     ctx_vectors = torch.empty(*shape_prefix, n_ctx, width, dtype=dtype)
     nn.init.normal_(ctx_vectors, std=0.02)
     return ctx_vectors, " ".join(["X"] * n_ctx), n_ctx
+
+
+def frozen_text_features(clip_model: nn.Module, texts: Sequence[str], chunk_size: int = 1024,
+                         device: Optional[torch.device] = None, desc: str = "frozen text features") -> Tensor:
+    """CLIP's own text features ``[N, E]`` (not normalised) of ``texts``, without gradient: the
+    frozen class features of ZeroshotCLIP and VPT, PromptSRC's template ensemble, CoPrompt's
+    class descriptions.
+
+    Encoded ``chunk_size`` texts at a time with exact EOT truncation (a progress bar over chunks),
+    on ``device`` when given (the model goes there for the encoding and back afterwards; the result
+    lies where the model was). A text longer than CLIP's context is an error (``clip.tokenize``).
+    """
+    home = clip_model.ln_final.weight.device
+    work = torch.device(device) if device is not None else home
+    clip_model.to(work)
+    tokenized = clip.tokenize(list(texts), context_length=context_length(clip_model))  # [N, L]
+    step = chunk_size if chunk_size > 0 else len(texts)
+    no_prompt = torch.zeros(0, clip_model.ln_final.weight.shape[0], dtype=clip_model.dtype, device=work)
+    features = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(texts), step), desc=desc, leave=False, disable=len(texts) <= step):
+            tokens = tokenized[start:start + step].to(work)
+            prefix, suffix = split_prompt_embeddings(clip_model.token_embedding, tokens, 0, clip_model.dtype)
+            features.append(encode_prompted_text(clip_model, prefix, suffix, tokens, no_prompt))
+    clip_model.to(home)
+    return torch.cat(features).to(home)
 
 
 def check_image_size(cfg, clip_model: nn.Module) -> None:

@@ -31,7 +31,8 @@ from prompt_diffusion.clip_prompting import encode_image
 from prompt_diffusion.engine import ENGINE, TRAINER_REGISTRY, DataManager, build_transform
 
 from . import maple
-from ._multimodal import MultiModalTrainer, frozen_text_features
+from ._common import frozen_text_features
+from ._multimodal import MultiModalTrainer
 from .coprompt_constants import apply_dataset_overrides
 from .coprompt_descriptions import description_file, load_class_descriptions
 

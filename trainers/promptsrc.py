@@ -29,7 +29,8 @@ from prompt_diffusion.clip_prompting import encode_image
 from prompt_diffusion.engine import TRAINER_REGISTRY
 
 from . import ivlp
-from ._multimodal import MultiModalTrainer, frozen_text_features
+from ._common import frozen_text_features
+from ._multimodal import MultiModalTrainer
 from .imagenet_templates import IMAGENET_TEMPLATES
 
 # TRAINER.PROMPTSRC keys that configure the IVLP prompts

@@ -1,9 +1,8 @@
 """What the CoOp-family trainers share: class-prompt tokenisation, context initialisation, the text
 encoder over ``clip_prompting``, deep-prompt parameters with the upstream names, precision, and
-the trainer skeleton (frozen CLIP, one registered model, ``load_model`` that drops class buffers).
+the trainer skeleton (frozen CLIP, one registered model, checkpoint loading that drops class buffers).
 """
 import contextlib
-import os.path as osp
 from typing import List, Optional, Sequence, Tuple
 
 import clip
@@ -16,7 +15,7 @@ from tqdm import tqdm
 from prompt_diffusion.backbones import apply_precision, check_precision, load_clip_from_cfg
 from prompt_diffusion.clip_prompting import encode_prompted_text, encode_token_embeddings, split_prompt_embeddings
 from prompt_diffusion.engine import (
-    TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, load_checkpoint, load_pretrained_weights,
+    TrainerX, backward_and_update, build_lr_scheduler, build_optimizer, compute_accuracy, load_pretrained_weights,
 )
 
 _tokenizer = SimpleTokenizer()
@@ -266,33 +265,16 @@ class PromptedCLIPTrainer(TrainerX):
     def step_on_loss(self, loss: Tensor) -> None:
         """Backward and optimizer step (through the GradScaler under CUDA ``amp``); the learning
         rate steps after the last batch of an epoch, as upstream."""
-        if self.scaler is not None:
-            self.optim.zero_grad()
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
-        else:
-            self.model_backward_and_update(loss)
+        backward_and_update(self, loss, self.scaler)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 
-    def load_model(self, directory: str, epoch: Optional[int] = None):
-        """Load ``<directory>/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``), dropping the
-        class-dependent buffers (``token_prefix``, ``token_suffix``) so that a model trained on some
-        classes evaluates on others (base -> new, cross-dataset); ``strict=False`` as upstream."""
-        if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
-            return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
-            checkpoint = load_checkpoint(model_path)
-            state_dict = {key: value for key, value in checkpoint["state_dict"].items()
-                          if key.split(".")[-1] not in CLASS_BUFFERS}
-            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
-            self._models[name].load_state_dict(state_dict, strict=False)
+    def _load_state_dict(self, name: str, state_dict: dict, path: str) -> None:
+        """``load_model`` per model, as upstream: the class-dependent buffers (``token_prefix``,
+        ``token_suffix``) are dropped so that a model trained on some classes evaluates on others
+        (base -> new, cross-dataset); ``strict=False``."""
+        kept = {key: value for key, value in state_dict.items() if key.split(".")[-1] not in CLASS_BUFFERS}
+        self._models[name].load_state_dict(kept, strict=False)

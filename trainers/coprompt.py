@@ -28,7 +28,7 @@ from torchvision.transforms import RandAugment, ToTensor
 
 from prompt_diffusion.prompt_methods import coprompt_features
 from prompt_diffusion.clip_prompting import encode_image
-from prompt_diffusion.engine import ENGINE, TRAINER_REGISTRY, DataManager, build_transform
+from prompt_diffusion.engine import ENGINE, TRAINER_REGISTRY, build_transform
 
 from . import maple
 from ._common import frozen_text_features
@@ -176,15 +176,7 @@ class CoPrompt(MultiModalTrainer):
             return super().build_data_loader()
         print("RandAugment: torchvision's (the built-in engine has none of its own)")
         train_transform, test_transform = randaugment_transforms(self.cfg)
-        dm = DataManager(self.cfg, custom_tfm_train=train_transform, custom_tfm_test=test_transform)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
+        super().build_data_loader(custom_tfm_train=train_transform, custom_tfm_test=test_transform)
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         path = description_file(cfg.TRAINER.CoPrompt.DESCRIPTIONS_DIR, cfg.DATASET.NAME)

@@ -5,6 +5,7 @@ and an adapter must compute exactly the host's forward under per-sample prompts.
 call the functions here; they read the model by the upstream attribute names only
 (``prompt_learner.proj``, ``adapter_image`` ...), so they serve upstream models as well.
 
+- CoCoOp: ``MetaNet`` (image feature -> context shift; the wrapper's π network too);
 - MaPLe: ``coupled_visual_prompts`` (vision prompts from text prompts), ``maple_features``;
 - CoPrompt: ``residual_mlp`` (its feature MLPs, mixed in residually), ``coprompt_features``;
 - PromptSRC: ``promptsrc_loss_terms`` (cross-entropy plus self-regulation).
@@ -18,7 +19,22 @@ from torch import Tensor, nn
 
 from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text
 
-__all__ = ["coupled_visual_prompts", "maple_features", "residual_mlp", "coprompt_features", "promptsrc_loss_terms"]
+__all__ = [
+    "MetaNet", "coupled_visual_prompts", "maple_features", "residual_mlp", "coprompt_features", "promptsrc_loss_terms",
+]
+
+
+class MetaNet(nn.Sequential):
+    """CoCoOp's Meta-Net (``linear1`` -> ReLU -> ``linear2``, hidden width ``in_dim // 16``, upstream's
+    names and initialisation): CoCoOp's ``prompt_learner.meta_net``, and the prompt-diffusion
+    wrapper's π network for hosts that have none (CoOp, VPT, IVLP)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        hidden = max(in_dim // 16, 1)
+        super().__init__()
+        self.add_module("linear1", nn.Linear(in_dim, hidden))
+        self.add_module("relu", nn.ReLU(inplace=True))
+        self.add_module("linear2", nn.Linear(hidden, out_dim))
 
 
 def _project(layer: nn.Linear, prompt: Tensor) -> Tensor:

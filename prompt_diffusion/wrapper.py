@@ -47,6 +47,7 @@ from prompt_diffusion.engine import (
     compute_accuracy,
 )
 from prompt_diffusion.engine.checkpoint import checkpoint_file, load_state_dict_checked
+from prompt_diffusion.prompt_methods import MetaNet
 
 __all__ = ["DiffusionPromptWrapper", "MetaNet", "DenoiserModule", "AMEDModule"]
 
@@ -60,18 +61,6 @@ AMED_NAME = "pd_amed"
 NORM_MOMENTUM = 0.1
 # held-out images the residual gain is calibrated on after training (see pd_calibrate)
 CALIBRATION_IMAGES = 512
-
-
-class MetaNet(nn.Sequential):
-    """CoCoOp's Meta-Net (``linear1`` -> ReLU -> ``linear2``, hidden width ``in_dim // 16``): π for
-    hosts that have none (CoOp, VPT, IVLP)."""
-
-    def __init__(self, in_dim: int, out_dim: int):
-        hidden = max(in_dim // 16, 1)
-        super().__init__()
-        self.add_module("linear1", nn.Linear(in_dim, hidden))
-        self.add_module("relu", nn.ReLU(inplace=True))
-        self.add_module("linear2", nn.Linear(hidden, out_dim))
 
 
 class DenoiserModule(nn.Module):
@@ -270,9 +259,9 @@ class DiffusionPromptWrapper:
             with torch.no_grad():
                 out = host_net(torch.zeros(1, feature_dim, dtype=probe.dtype, device=probe.device))
             return host_net, int(out.shape[-1])
-        print(f"Prompt diffusion: π = a new Meta-Net ({feature_dim} -> {max(feature_dim // 16, 1)} -> "
-              f"{feature_dim}) on the frozen CLIP image feature, registered as {META_NET_NAME!r}")
         net = MetaNet(feature_dim, feature_dim).to(self.device)
+        print(f"Prompt diffusion: π = a new Meta-Net ({feature_dim} -> {net.linear1.out_features} -> "
+              f"{feature_dim}) on the frozen CLIP image feature, registered as {META_NET_NAME!r}")
         self._pd_register(META_NET_NAME, net)
         return net, feature_dim
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from yacs.config import CfgNode
 
 from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_for_trainer, detect_adapter
-from prompt_diffusion.config import _add_pd_keys, validate_pd_cfg
+from prompt_diffusion.config import add_pd_keys, extend_cfg, validate_pd_cfg
 from prompt_diffusion.diagnostics import diagnose, residual_batches
 from prompt_diffusion.diffusion.amed import AMEDPredictor, distill_amed
 from prompt_diffusion.diffusion.denoiser import PromptDenoiser, diffusion_loss
@@ -128,15 +128,7 @@ def _plain(value):
 
 def with_pd_keys(cfg: CfgNode) -> CfgNode:
     """``cfg`` itself when it has ``TRAINER.PD``, else a copy with the defaults added (same frozenness)."""
-    if "PD" in cfg.TRAINER:
-        return cfg
-    cfg = cfg.clone()
-    was_frozen = cfg.is_frozen()
-    cfg.defrost()
-    _add_pd_keys(cfg)
-    if was_frozen:
-        cfg.freeze()
-    return cfg
+    return cfg if "PD" in cfg.TRAINER else extend_cfg(cfg.clone(), [add_pd_keys])
 
 
 def _repeat(prompts: Prompts, times: int) -> Prompts:

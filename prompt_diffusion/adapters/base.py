@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prompt_diffusion.clip_prompting import encode_image
+from prompt_diffusion.config import DEFAULT_TEXT_CHUNK
 
 __all__ = [
     "PromptGroup",
@@ -246,10 +247,10 @@ def loss_of(output: Tensor, labels: Tensor) -> Tensor:
 
 
 def text_chunk(cfg) -> int:
-    """``MODEL.TEXT_CHUNK`` when the config has it (0: encode all sequences at once)."""
+    """``MODEL.TEXT_CHUNK`` (0: encode all sequences at once); its default when the config has none."""
     if cfg is not None and "MODEL" in cfg and "TEXT_CHUNK" in cfg.MODEL:
         return int(cfg.MODEL.TEXT_CHUNK)
-    return 0
+    return DEFAULT_TEXT_CHUNK
 
 
 def class_tokens(adapter: PromptAdapter) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from prompt_diffusion.adapters.base import PromptGroup, find_attribute
 from prompt_diffusion.clip_prompting import deep_prompts_of
+from prompt_diffusion.config import DEFAULT_DEEP_TOKENS
 
 __all__ = ["DEEP_TOKENS", "DeepPrompts", "deep_tokens"]
 
@@ -28,10 +29,10 @@ DEEP_TOKENS = ("vector", "layer")
 
 
 def deep_tokens(cfg) -> str:
-    """``TRAINER.PD.DEEP_TOKENS`` when the config has it, else ``vector``."""
+    """``TRAINER.PD.DEEP_TOKENS``; its default when the config has none."""
     if cfg is not None and "TRAINER" in cfg and "PD" in cfg.TRAINER and "DEEP_TOKENS" in cfg.TRAINER.PD:
         return cfg.TRAINER.PD.DEEP_TOKENS
-    return "vector"
+    return DEFAULT_DEEP_TOKENS
 
 
 class DeepPrompts:
@@ -39,7 +40,7 @@ class DeepPrompts:
     as one group tokenised per ``tokens`` (``vector`` or ``layer``, see the module docstring)."""
 
     def __init__(self, model: nn.Module, name: str, shallow_path: str, blocks_path: str, adapter: str,
-                 tokens: str = "vector"):
+                 tokens: str = DEFAULT_DEEP_TOKENS):
         if tokens not in DEEP_TOKENS:
             raise ValueError(f"{adapter}: deep prompt tokens {tokens!r} unknown; allowed: {list(DEEP_TOKENS)}")
         self.per_layer = tokens == "layer"

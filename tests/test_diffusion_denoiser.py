@@ -83,7 +83,7 @@ def test_state_round_trips_through_weights_only_load(tmp_path):
         other.load_state_dict(state)
 
 
-def test_diffusion_loss_returns_the_raw_prediction_with_its_graph():
+def test_loss_returns_the_raw_prediction_with_its_graph():
     model = tiny_denoiser()
     raw = {name: 5.0 + v for name, v in random_prompts(8).items()}
     center = centers_of(raw, 5.0)

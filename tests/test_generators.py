@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from prompt_diffusion.generators.registry import GENERATORS, build_generator, generator_config
-from test_wrapper import CLASSNAMES, build, first_batch, make_cfg, world  # noqa: F401  (world: a fixture)
+from test_wrapper import CLASSNAMES, build, first_batch, make_cfg, world  # noqa: F401,F811  (world: a fixture)
 
 GROUPS = [("text", 2, 4)]
 COND_DIM = 4

@@ -175,8 +175,8 @@ def test_bad_specs_name_the_problem_and_the_valid_choices(tmp_path):
     nfe += "variants: {name: nfe, key: TRAINER.PD.NFE, values: [5, 0], scope: eval}\n"
     with pytest.raises(SpecError, match=r"at nfe=0: .*TRAINER.PD.NFE"):
         validate_spec(load_spec(write_spec(tmp_path, nfe)))
-    with pytest.raises(SpecError, match="unknown experiment 'table4'; shipped: figure4, figure5, table1"):
-        load_spec("table4")
+    with pytest.raises(SpecError, match="unknown experiment 'table7'; shipped: figure4, figure5, table1"):
+        load_spec("table7")
     with pytest.raises(SpecError, match=r"methods \['VPT'\] not in the spec; it has \['CoCoOp'\]"):
         select(load_spec(write_spec(tmp_path, GOOD)), methods=["VPT"])
 

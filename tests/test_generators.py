@@ -7,8 +7,9 @@ mode. The measured statistic: ``s = (sample − A·π)·u / 2`` (modes at ±1, t
 fraction of samples with ``| |s| − 1 | < 0.5``.
 
 Through the wrapper (tiny CLIP, generated images): every generator trains, checkpoints, reloads
-in a fresh trainer and evaluates with exactly reproducible inference; every generator trains a
-step and samples on a two-group adapter (IVLP: text and vision prompts of different widths).
+in a fresh trainer and evaluates with exactly reproducible inference (CoCoOp); every generator
+trains a step and samples on the layouts of CoOp, VPT and IVLP (text and vision prompts of two
+widths).
 """
 import pytest
 import torch
@@ -113,11 +114,17 @@ def test_each_generator_trains_checkpoints_reloads_and_evaluates_reproducibly(ki
     assert logits[0].shape == (len(images), len(CLASSNAMES))
 
 
+# the layouts the other single-model hosts give a generator: CoOp one text group (π from the wrapper's
+# Meta-Net), VPT deep visual prompts, IVLP text and vision prompts of two widths
+HOST_GROUPS = {"CoOpPD": ["text"], "VPTPD": ["vision"], "IVLPPD": ["text", "vision"]}
+
+
 @pytest.mark.parametrize("kind", sorted(GENERATORS))
-def test_each_generator_serves_a_two_group_adapter(kind, world, tmp_path):
-    trainer = build(make_cfg(world, "IVLPPD", tmp_path / "run", ["TRAINER.PD.GENERATOR", kind,
-                                                                  "TRAINER.PD.SAMPLER", "dpmpp_2m"]))
-    assert [g[0] for g in trainer.pd_generator.layout.groups] == ["text", "vision"]
+@pytest.mark.parametrize("host", sorted(HOST_GROUPS))
+def test_each_generator_trains_a_step_and_samples_on_every_host_layout(host, kind, world, tmp_path):
+    trainer = build(make_cfg(world, host, tmp_path / "run", ["TRAINER.PD.GENERATOR", kind,
+                                                              "TRAINER.PD.SAMPLER", "dpmpp_2m"]))
+    assert [g[0] for g in trainer.pd_generator.layout.groups] == HOST_GROUPS[host]
     batch = next(iter(trainer.train_loader_x))
     trainer.set_model_mode("train")
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2

@@ -60,3 +60,18 @@ def test_adapters_and_shared_modules_import_no_trainer(path):
                         if name == "prompt_diffusion.trainers" or name.startswith("prompt_diffusion.trainers.")
                         or name == "trainers" or name.startswith("trainers.")})
     assert not offending, f"{path.relative_to(PACKAGE)} imports a reference trainer: {offending}"
+
+
+PURE_TORCH = sorted([*(PACKAGE / "diffusion").glob("*.py"), *(PACKAGE / "generators").glob("*.py")])
+# what the diffusion core and the generators may import besides the standard library
+PURE_TORCH_ALLOWED = ("torch", "numpy", "tqdm", "prompt_diffusion.diffusion", "prompt_diffusion.generators")
+
+
+@pytest.mark.parametrize("path", PURE_TORCH, ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_diffusion_and_generators_are_pure_torch(path):
+    """``diffusion/`` and ``generators/`` never import CLIP, Dassl, yacs or the rest of the plug-in."""
+    package = f"prompt_diffusion.{path.parent.name}"
+    third_party = sorted({name for name in imported_modules(path, package)
+                          if name.split(".")[0] in ("clip", "dassl", "yacs", "prompt_diffusion", "trainers")
+                          and not any(name == root or name.startswith(root + ".") for root in PURE_TORCH_ALLOWED)})
+    assert not third_party, f"{path.relative_to(PACKAGE)} imports {third_party}"

@@ -56,13 +56,21 @@ def lever_opts(spec: str) -> List:
     return [item for name in spec.split("+") for item in LEVERS[name]]
 
 
-def make_trainer(name: str, root: Path, clip_path: Path, batch: int, device: str, opts: Sequence = ()):
-    """``name`` (host or ``<host>PD``) with its host's paper config; AMED distilled for one batch."""
+def write_descriptions_for(root: Path, n_classes: int) -> None:
+    """CoPrompt's class descriptions for ``write_images``'s classes, in ``root/descriptions``."""
+    (root / "descriptions").mkdir(exist_ok=True)
+    write_descriptions(root / "descriptions", [f"class_{k}" for k in range(n_classes)])
+
+
+def make_trainer(name: str, root: Path, clip_path: Path, batch: int, device: str, opts: Sequence = (),
+                 prec: str = "fp32"):
+    """``name`` (host or ``<host>PD``) with its host's paper config at ``prec``; AMED distilled for
+    one batch; CoPrompt's descriptions from ``write_descriptions_for``."""
     config, node = PAPER_CONFIGS[name[:-2] if name.endswith("PD") else name]
     return make_timed_trainer(name, config, node, root, clip_path, batch, device, [
         "TRAINER.CoPrompt.DESCRIPTIONS_DIR", str(root / "descriptions"),
         "TRAINER.PD.AMED.DISTILL_ITERS", 1, "TRAINER.PD.AMED.BATCH", batch, *opts,
-    ])
+    ], prec)
 
 
 def compare(trainers: Dict[str, object], images: torch.Tensor, repeats: int, device: torch.device, batch: int) -> None:
@@ -112,8 +120,7 @@ def main() -> None:
         root = Path(tmp)
         per_class = -(-args.batch // args.classes)  # enough images for one batch, no more (π pass of AMED)
         clip_path = write_world(root, args.classes, per_class)
-        (root / "descriptions").mkdir()
-        write_descriptions(root / "descriptions", [f"class_{k}" for k in range(args.classes)])
+        write_descriptions_for(root, args.classes)
         for host in args.hosts:
             trainers = {host: make_trainer(host, root, clip_path, args.batch, args.device)}
             for spec, opts in levers.items():

@@ -78,6 +78,25 @@ def test_adapter_reproduces_the_host_and_keeps_samples_apart(name):
     assert not torch.allclose(changed[1], logits[1], atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["MaPLe", "CoPrompt"])
+def test_layer_tokens_hold_one_prompted_text_layer_each(name):
+    """``DEEP_TOKENS layer``: one denoiser token per prompted layer, ``[depth, n x 512]``; the
+    shared prompts in that layout still give the host's logits."""
+    model, cfg = tiny_model(name)
+    model.eval()
+    cfg.TRAINER.PD.DEEP_TOKENS = "layer"
+    adapter = ADAPTERS[name][0](model, cfg)
+    assert [tuple(g) for g in adapter.groups] == [("text", 3, 2 * TEXT_WIDTH)]
+    text = adapter.base_prompts()["text"]
+    learner = model.prompt_learner
+    assert torch.equal(text[0], learner.ctx.float().flatten())
+    assert torch.equal(text[2], learner.compound_prompts_text[1].float().flatten())
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        shared = {k: v.expand(2, -1, -1) for k, v in adapter.base_prompts().items()}
+        torch.testing.assert_close(adapter.logits(images, shared), model(images), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", sorted(ADAPTERS))
 def test_adapter_host_loss_is_the_method_loss(name):
     adapter_cls = ADAPTERS[name][0]

@@ -34,30 +34,41 @@ def deep_tokens(cfg) -> str:
 
 
 class DeepPrompts:
-    """The shallow prompt at ``shallow_path`` and the ``VPT_shallow`` prompts of ``blocks_path[1:]``,
-    as one group tokenised per ``tokens`` (``vector`` or ``layer``, see the module docstring)."""
+    """A shallow prompt ``[n, width]`` and one prompt per deeper layer (each ``[n, width]``) as one
+    group tokenised per ``tokens`` (``vector`` or ``layer``, see the module docstring).
 
-    def __init__(self, model: nn.Module, name: str, shallow_path: str, blocks_path: str, adapter: str,
-                 tokens: str = "vector"):
+    ``from_blocks`` finds them in the upstream VPT / IVLP layout; MaPLe passes its
+    ``prompt_learner.ctx`` and ``compound_prompts_text`` directly.
+    """
+
+    def __init__(self, name: str, shallow: Tensor, deep: Sequence[Tensor], adapter: str, tokens: str = "vector",
+                 where: str = "deep prompt"):
         if tokens not in DEEP_TOKENS:
             raise ValueError(f"{adapter}: deep prompt tokens {tokens!r} unknown; allowed: {list(DEEP_TOKENS)}")
         self.per_layer = tokens == "layer"
         self.name = name
-        self.shallow: Tensor = find_attribute(model, shallow_path, adapter)
-        blocks = find_attribute(model, blocks_path, adapter)
-        self.deep: List[Tensor] = []
-        for block in list(blocks)[1:]:  # layer 0 takes the shallow prompt
-            prompt = getattr(block, "VPT_shallow", None)
-            if not isinstance(prompt, Tensor):  # upstream sets VPT_shallow only on prompted layers
-                break
-            self.deep.append(prompt)
+        self.shallow = shallow
+        self.deep: List[Tensor] = list(deep)
         self.n_tokens, self.width = (int(s) for s in self.shallow.shape)
         for i, prompt in enumerate(self.deep, start=1):
             if tuple(prompt.shape) != (self.n_tokens, self.width):
                 raise ValueError(
-                    f"{adapter}: {blocks_path}[{i}].VPT_shallow has shape {tuple(prompt.shape)}, "
-                    f"expected {(self.n_tokens, self.width)} like {shallow_path}"
+                    f"{adapter}: {where} of layer {i} has shape {tuple(prompt.shape)}, "
+                    f"expected {(self.n_tokens, self.width)} like the shallow prompt"
                 )
+
+    @classmethod
+    def from_blocks(cls, model: nn.Module, name: str, shallow_path: str, blocks_path: str, adapter: str,
+                    tokens: str = "vector") -> "DeepPrompts":
+        """The shallow prompt at ``shallow_path`` and the ``VPT_shallow`` prompts of ``blocks_path[1:]``."""
+        shallow = find_attribute(model, shallow_path, adapter)
+        deep = []
+        for block in list(find_attribute(model, blocks_path, adapter))[1:]:  # layer 0 takes the shallow prompt
+            prompt = getattr(block, "VPT_shallow", None)
+            if not isinstance(prompt, Tensor):  # upstream sets VPT_shallow only on prompted layers
+                break
+            deep.append(prompt)
+        return cls(name, shallow, deep, adapter, tokens, where=f"{blocks_path}[i].VPT_shallow")
 
     @property
     def depth(self) -> int:
@@ -72,7 +83,8 @@ class DeepPrompts:
     def stacked(self) -> Tensor:
         """The shared prompts as one group (attached to the parameters): ``[depth * n, width]``
         (vector tokens) or ``[depth, n * width]`` (layer tokens)."""
-        layers = torch.stack([self.shallow, *self.deep])  # [depth, n, width]
+        # fp32 whatever the parameters' dtypes (MaPLe keeps ctx in CLIP's dtype, its deep prompts in fp32)
+        layers = torch.stack([prompt.float() for prompt in (self.shallow, *self.deep)])  # [depth, n, width]
         return layers.flatten(1) if self.per_layer else layers.flatten(0, 1)
 
     def split(self, prompts: Tensor) -> Tuple[Tensor, Sequence[Tensor]]:

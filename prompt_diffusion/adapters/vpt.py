@@ -23,8 +23,8 @@ class VisualPromptsMixin:
     """The vision group (``image_encoder.VPT`` + deep ``VPT_shallow``) and the prompt-free image feature."""
 
     def _visual_prompts(self) -> DeepPrompts:
-        return DeepPrompts(self.model, "vision", "image_encoder.VPT", "image_encoder.transformer.resblocks",
-                           type(self).__name__, deep_tokens(self.cfg))
+        return DeepPrompts.from_blocks(self.model, "vision", "image_encoder.VPT", "image_encoder.transformer.resblocks",
+                                       type(self).__name__, deep_tokens(self.cfg))
 
     def image_features(self, images: Tensor) -> Tensor:
         with torch.no_grad():

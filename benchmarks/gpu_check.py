@@ -200,6 +200,14 @@ def device_name(scale: Scale) -> str:
     return f"CPU, {torch.get_num_threads()} thread(s) (dry run: tiny models, not a measurement of the method)"
 
 
+def tests_verdict(rc: int, skipped: bool, scale: Scale) -> str:
+    if skipped:
+        return "not run (--skip-tests)"
+    if rc != 0:
+        return f"FAILED (pytest exit {rc})"
+    return "passed" if scale.device == "cuda" else "collected, and skipped without a GPU"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny scale on the CPU: checks the script end to end")
@@ -227,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ("Peak memory above the resident models", memory_table(world, scale)),
         ]
     print(f"\n## gpu_check: {time.strftime('%Y-%m-%d')}, {device_name(scale)}")
-    print(f"CUDA tests: {'skipped (--skip-tests)' if args.skip_tests else ('passed' if tests_rc == 0 else f'FAILED (pytest exit {tests_rc})')}")
+    print(f"CUDA tests: {tests_verdict(tests_rc, args.skip_tests, scale)}")
     for title, rows in sections:
         print(f"\n### {title}\n")
         print("\n".join(rows))

@@ -190,7 +190,6 @@ def memory_table(world: World, scale: Scale) -> List[str]:
         cells = [("n/a (CPU)" if value is None else f"{value:.2f}") for value in (infer, step)]
         rows.append(f"| {name} | {cells[0]} | {cells[1]} |")
         print(rows[-1], flush=True)
-        del trainer
     return rows
 
 

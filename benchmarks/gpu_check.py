@@ -34,13 +34,13 @@ import torch
 
 from bench_multimodal_pd import PAPER_CONFIGS as MULTIMODAL_CONFIGS
 from bench_multimodal_pd import make_trainer, write_descriptions_for
+from bench_pd_overhead import COCOOP_PAPER
 from bench_samplers import timings
 from trainer_timing import REPO, make_timed_trainer, write_images
 from prompt_diffusion.backbones import build_random_clip, build_tiny_clip, save_clip
 from prompt_diffusion.results import load_paper_table
 
 NFES = (1, 2, 3, 5, 10)
-COCOOP = ("CoCoOp/vit_b16_c4_ep50_batch4_ctxv1_pd_paper.yaml", "COCOOP")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class World:
         extra = list(self.scale.pd_opts) + (["INPUT.SIZE", (32, 32)] if self.scale.tiny else []) + list(opts)
         host = name[:-2] if name.endswith("PD") else name
         if host == "CoCoOp":
-            return make_timed_trainer(name, *COCOOP, self.folder(classes), self.clip_path, batch, self.scale.device, [
+            return make_timed_trainer(name, *COCOOP_PAPER, self.folder(classes), self.clip_path, batch, self.scale.device, [
                 "TRAINER.PD.AMED.DISTILL_ITERS", 1, "TRAINER.PD.AMED.BATCH", batch, *extra], self.scale.prec)
         return make_trainer(name, self.folder(classes), self.clip_path, batch, self.scale.device, extra,
                             self.scale.prec)

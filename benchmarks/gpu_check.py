@@ -17,9 +17,12 @@ paper's configs (``*_pd_paper.yaml``), default ``TRAINER.PD``; times are the fas
 
 ``--dry-run`` walks the same path on the CPU at tiny scale (a 12-layer tiny CLIP, K = 3 and 5,
 B = 2 and 4, a 2-layer denoiser, fp32, no memory column): it checks the script, not the GPU.
+``--cpu`` measures the real architecture on the CPU at a scale a CPU affords (K = 10 and 100, B = 4,
+fp32, DPM-Solver++(2M): the same NFE denoiser calls as AMED, without its distillation).
 
     python benchmarks/gpu_check.py                     # on a GPU
     python benchmarks/gpu_check.py --dry-run           # anywhere, about a minute
+    python benchmarks/gpu_check.py --cpu --skip-tests  # ViT-B/16 on 1 CPU thread, 10-20 minutes
 """
 import argparse
 import subprocess
@@ -58,6 +61,10 @@ class Scale:
 
 
 GPU = Scale(device="cuda", prec="fp16", classes=(100, 1000), batches=(4, 32), multimodal_classes=100, repeats=10)
+# the real architecture on a CPU, where no GPU is lent: fewer classes and rounds, DPM-Solver++(2M)
+# (the same NFE denoiser calls as AMED, without distilling a predictor over every training image)
+CPU = Scale(device="cpu", prec="fp32", classes=(10, 100), batches=(4,), multimodal_classes=10, repeats=2,
+            pd_opts=("TRAINER.PD.SAMPLER", "dpmpp_2m"))
 DRY = Scale(device="cpu", prec="fp32", classes=(3, 5), batches=(2, 4), multimodal_classes=3, repeats=2,
             pd_opts=("TRAINER.PD.DENOISER.LAYERS", 2, "TRAINER.PD.DENOISER.WIDTH", 64,
                      "TRAINER.PD.DENOISER.HEADS", 4), tiny=True)
@@ -196,7 +203,8 @@ def memory_table(world: World, scale: Scale) -> List[str]:
 def device_name(scale: Scale) -> str:
     if scale.device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"CPU, {torch.get_num_threads()} thread(s) (dry run: tiny models, not a measurement of the method)"
+    what = "dry run: tiny models, not a measurement of the method" if scale.tiny else "ViT-B/16 architecture"
+    return f"CPU, {torch.get_num_threads()} thread(s) ({what})"
 
 
 def tests_verdict(rc: int, skipped: bool, scale: Scale) -> str:
@@ -209,12 +217,15 @@ def tests_verdict(rc: int, skipped: bool, scale: Scale) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true", help="tiny scale on the CPU: checks the script end to end")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="tiny scale on the CPU: checks the script end to end")
+    mode.add_argument("--cpu", action="store_true",
+                      help="ViT-B/16 on the CPU (K 10 and 100, B 4, fp32, dpmpp_2m): the table where no GPU is lent")
     parser.add_argument("--skip-tests", action="store_true", help="the cost table only")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10 on a GPU, 2 dry)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (dry run)")
     args = parser.parse_args(argv)
-    scale = DRY if args.dry_run else GPU
+    scale = DRY if args.dry_run else CPU if args.cpu else GPU
     if args.repeats is not None:
         scale = Scale(**{**scale.__dict__, "repeats": args.repeats})
     if scale.device == "cuda" and not torch.cuda.is_available():

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from prompt_diffusion.adapters.base import PromptGroup, find_attribute
+from prompt_diffusion.clip_prompting import deep_prompts_of
+from prompt_diffusion.config import DEFAULT_DEEP_TOKENS
 
 __all__ = ["DEEP_TOKENS", "DeepPrompts", "deep_tokens"]
 
@@ -31,10 +33,10 @@ DEEP_TOKENS = ("vector", "layer")
 
 
 def deep_tokens(cfg) -> str:
-    """``TRAINER.PD.DEEP_TOKENS`` when the config has it, else the default, ``layer``."""
+    """``TRAINER.PD.DEEP_TOKENS``; its default (``layer``) when the config has none."""
     if cfg is not None and "TRAINER" in cfg and "PD" in cfg.TRAINER and "DEEP_TOKENS" in cfg.TRAINER.PD:
         return cfg.TRAINER.PD.DEEP_TOKENS
-    return "layer"
+    return DEFAULT_DEEP_TOKENS
 
 
 class DeepPrompts:
@@ -65,14 +67,9 @@ class DeepPrompts:
     def from_blocks(cls, model: nn.Module, name: str, shallow_path: str, blocks_path: str, adapter: str,
                     tokens: str) -> "DeepPrompts":
         """The shallow prompt at ``shallow_path`` and the ``VPT_shallow`` prompts of ``blocks_path[1:]``."""
-        shallow = find_attribute(model, shallow_path, adapter)
-        deep = []
-        for block in list(find_attribute(model, blocks_path, adapter))[1:]:  # layer 0 takes the shallow prompt
-            prompt = getattr(block, "VPT_shallow", None)
-            if not isinstance(prompt, Tensor):  # upstream sets VPT_shallow only on prompted layers
-                break
-            deep.append(prompt)
-        return cls(name, shallow, deep, adapter, tokens, where=f"{blocks_path}[i].VPT_shallow")
+        return cls(name, find_attribute(model, shallow_path, adapter),
+                   deep_prompts_of(find_attribute(model, blocks_path, adapter)), adapter, tokens,
+                   where=f"{blocks_path}[i].VPT_shallow")
 
     @property
     def depth(self) -> int:

@@ -3,13 +3,16 @@ PromptSRCPD and CoPromptPD against their hosts, side by side in one process, and
 
 ViT-B/16 architecture with random weights (timing only), fp32, B images per batch, K classes, the
 paper's settings (``*_pd_paper.yaml``: VPT 4 tokens at depth 12; MaPLe, PromptSRC, CoPrompt depth 9
-with 2 tokens per modality) and the default ``TRAINER.PD`` (denoiser 12 layers / 16 heads, NFE 5,
-AMED distilled for one batch, so the timed sampling is AMED's). The real trainers run
+with 2 tokens per modality) and the default ``TRAINER.PD`` (denoiser 12 layers / 16 heads / width
+512, one denoiser token per prompted layer (``DEEP_TOKENS layer``), NFE 5, AMED distilled for one
+batch, so the timed sampling is AMED's). The real trainers run
 ``model_inference`` on one batch of a generated K-class image folder; each PD inference is also
 split into its parts: π (the frozen prompt-free image pass + Meta-Net), sampling (NFE denoiser
 calls) and the logits under the per-sample prompts (prompted image pass, B x K text sequences).
 Rounds interleave every trainer of a host family, so load from other processes hits them alike;
-the fastest round counts.
+the fastest round counts. Each row also shows the process CPU time of its fastest round: on a
+machine loaded by other processes a single-threaded run's CPU time is the steadier measure of its
+work (the wall time includes waiting for a core).
 
 Levers (``--levers``; each a set of ``TRAINER.PD`` keys on top of the defaults, timed beside the
 defaults): ``layer`` = ``DEEP_TOKENS layer`` (one denoiser token per prompted layer),

@@ -12,8 +12,9 @@ prompt diffusion's cost table.
    and one training step (online overfitting, I = 5), above what the resident models hold.
 
 CLIP ViT-B/16 architecture with random weights (timing only), fp16 (``TRAINER.<host>.PREC``), the
-paper's configs (``*_pd_paper.yaml``), default ``TRAINER.PD``; times are the fastest of
-``--repeats`` interleaved rounds after a warm-up call (``bench_samplers.timings``).
+paper's configs (``*_pd_paper.yaml``), default ``TRAINER.PD``; times are those of the fastest of
+``--repeats`` interleaved rounds after a warm-up call (``bench_samplers.timings``): wall time on a
+GPU, process CPU time on a CPU (``timed_ms``).
 
 ``--dry-run`` walks the same path on the CPU at tiny scale (a 12-layer tiny CLIP, K = 3 and 5,
 B = 2 and 4, a 2-layer denoiser, fp32, no memory column): it checks the script, not the GPU.
@@ -111,6 +112,14 @@ class World:
                             self.scale.prec)
 
 
+def timed_ms(runs: dict, scale: Scale) -> dict:
+    """Milliseconds of each run (``bench_samplers.timings``, interleaved): wall time on a GPU; on a
+    CPU the process CPU time of the fastest round, the steadier measure of a single-threaded run's
+    work on a machine shared with other processes (its wall time includes waiting for a core)."""
+    best = timings(runs, scale.repeats, torch.device(scale.device))
+    return {key: 1000 * (wall if scale.device == "cuda" else cpu) for key, (wall, cpu) in best.items()}
+
+
 def random_images(trainer, batch: int) -> torch.Tensor:
     """``[batch, 3, H, W]`` normal pixels at the trainer's input size, on its device (timing only)."""
     size = tuple(trainer.cfg.INPUT.SIZE)
@@ -138,12 +147,11 @@ def nfe_table(world: World, scale: Scale, paper_extra_s: float) -> List[str]:
             trainer.set_model_mode("eval")
         for batch in scale.batches:
             images = random_images(trainers["host"], batch)
-            best = timings({key: inference(trainer, images) for key, trainer in trainers.items()}, scale.repeats,
-                           torch.device(scale.device))
-            per_image = {key: 1000 * wall / batch for key, (wall, _) in best.items()}
+            per_batch = timed_ms({key: inference(trainer, images) for key, trainer in trainers.items()}, scale)
+            per_image = {key: ms / batch for key, ms in per_batch.items()}
             cells = " | ".join(f"{per_image[n]:.2f} ({per_image[n] / per_image['host']:.2f}x)" for n in NFES)
             rows.append(f"| {classes} | {batch} | {per_image['host']:.2f} | {cells} | "
-                        f"+{per_image[5] - per_image['host']:.2f} ms/image, +{1000 * (best[5][0] - best['host'][0]):.1f} ms/batch |")
+                        f"+{per_image[5] - per_image['host']:.2f} ms/image, +{per_batch[5] - per_batch['host']:.1f} ms/batch |")
             print(rows[-1], flush=True)
         del trainers
     return rows
@@ -159,9 +167,8 @@ def multimodal_table(world: World, scale: Scale) -> List[str]:
             trainer.set_model_mode("eval")
         for batch in scale.batches:
             images = random_images(trainers[host], batch)
-            best = timings({name: inference(trainer, images) for name, trainer in trainers.items()}, scale.repeats,
-                           torch.device(scale.device))
-            host_ms, pd_ms = (1000 * best[name][0] / batch for name in (host, f"{host}PD"))
+            per_batch = timed_ms({name: inference(trainer, images) for name, trainer in trainers.items()}, scale)
+            host_ms, pd_ms = (per_batch[name] / batch for name in (host, f"{host}PD"))
             rows.append(f"| {host} | {batch} | {host_ms:.2f} | {pd_ms:.2f} | {pd_ms / host_ms:.2f}x |")
             print(rows[-1], flush=True)
         del trainers
@@ -236,7 +243,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tests_rc = 0 if args.skip_tests else run_cuda_tests()
     torch.manual_seed(0)
     paper_extra = float(load_paper_table("figure4").data["facts"]["extra_prediction_time_vs_host_s"])
-    print(f"\nCost table on {device_name(scale)}; PREC {scale.prec}; fastest of {scale.repeats} interleaved rounds")
+    measure = "wall time" if scale.device == "cuda" else "process CPU time"
+    print(f"\nCost table on {device_name(scale)}; PREC {scale.prec}; {measure} of the fastest of {scale.repeats} "
+          "interleaved rounds")
     with tempfile.TemporaryDirectory() as tmp:
         world = World(Path(tmp), scale)
         sections = [
@@ -244,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ("Multi-modal hosts vs their PD variants at NFE 5", multimodal_table(world, scale)),
             ("Peak memory above the resident models", memory_table(world, scale)),
         ]
-    print(f"\n## gpu_check: {time.strftime('%Y-%m-%d')}, {device_name(scale)}")
+    print(f"\n## gpu_check: {time.strftime('%Y-%m-%d')}, {device_name(scale)}; {measure}")
     print(f"CUDA tests: {tests_verdict(tests_rc, args.skip_tests, scale)}")
     for title, rows in sections:
         print(f"\n### {title}\n")

@@ -18,6 +18,7 @@ from prompt_diffusion.engine.checkpoint import (
     get_rng_state,
     load_checkpoint,
     load_state_dict_checked,
+    missing_model_message,
     resume_from_checkpoint,
     save_checkpoint,
 )
@@ -76,7 +77,7 @@ class SafeCheckpointsMixin:
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f"No model at {model_path}")
+                raise FileNotFoundError(missing_model_message(model_path, epoch))
             checkpoint = load_checkpoint(model_path)
             val_result = checkpoint.get("val_result")
             shown = "" if val_result is None else f", val_result={val_result:.1f}"

@@ -489,7 +489,7 @@ def _fmt(value: Optional[float], signed: bool = False) -> str:
 def _fmt_cell(cell: Cell) -> str:
     if cell.mean is None:
         return "—" if cell.complete else "incomplete"
-    std = cell.std if len(cell.values) >= 2 else None  # one seed has no spread to show
+    std = cell.std
     return _fmt(cell.mean) + (f" ± {std:.2f}" if std is not None else "")
 
 
@@ -681,11 +681,18 @@ def plot_sweep(table: ResultTable, x_key: str, path: Path, column: str = "averag
         handles, labels = handles + more_handles, labels + more_labels
     axis.legend(handles, labels, fontsize="small", loc="best")
     axis.set_title(table.title, fontsize="small")
-    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _save_figure(figure, path: Path) -> Path:
+    """Lay out, write as a 120-dpi PNG (creating the folder) and close ``figure``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
     return path
 
 
@@ -722,13 +729,8 @@ def plot_bars(table: ResultTable, path: Path, column: Optional[str] = None,
     name = dict(column_names or {}).get(column, column)
     errors_note = "error bars: population std over seeds" if len(table.seeds) >= 2 else "1 seed: no error bars"
     axis.set_title(f"{table.title}\n{name}; n = seeds per bar; {errors_note}", fontsize="small")
-    axis.legend(loc="upper center", ncol=len(metrics), fontsize="small", bbox_to_anchor=(0.5, 1.0))
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    axis.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.0, 1.0))
+    return _save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------- run dirs without a spec

@@ -630,7 +630,7 @@ def run_local(chains: Sequence[Chain], root: str, gpus: Optional[Sequence[str]] 
             slots.put({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **(env or {})} if jobs > 1
                       else dict(env or {}))
     failures: List[str] = []
-    with tqdm(total=total, desc="runs", unit="run") as progress:
+    with tqdm(total=total, desc="runs", unit="run", disable=None) as progress:
 
         def in_slot(chain: Chain) -> List[str]:
             slot_env = slots.get()

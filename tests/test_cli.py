@@ -66,10 +66,10 @@ def test_eval_only_without_an_epoch_names_the_saved_ones(tmp_path):
     (tmp_path / "prompt_learner").mkdir()
     for epoch in (10, 2, 5):
         (tmp_path / "prompt_learner" / f"model.pth.tar-{epoch}").write_bytes(b"")
-    message = missing_model_message(str(tmp_path / "prompt_learner" / "model-best.pth.tar"), None)
+    message = missing_model_message(str(tmp_path / "prompt_learner" / "model-best.pth.tar"))
     assert "no model-best.pth.tar" in message and "--load-epoch" in message and "epoch(s) 2, 5, 10" in message
-    assert "epoch(s) 2, 5, 10" in missing_model_message(str(tmp_path / "prompt_learner" / "model.pth.tar-3"), 3)
-    assert "does not exist" in missing_model_message(str(tmp_path / "nope" / "model-best.pth.tar"), None)
+    assert "epoch(s) 2, 5, 10" in missing_model_message(str(tmp_path / "prompt_learner" / "model.pth.tar-3"))
+    assert "does not exist" in missing_model_message(str(tmp_path / "nope" / "model-best.pth.tar"))
 
 
 def test_data_check_with_every_dataset_absent_fails(tmp_path, capsys):

@@ -113,12 +113,12 @@ def saved_epochs(directory: str) -> List[int]:
     return sorted(int(epoch) for epoch in found if epoch.isdigit())
 
 
-def missing_model_message(model_path: str, epoch: Optional[int]) -> str:
+def missing_model_message(model_path: str) -> str:
     """Why ``--eval-only`` found nothing at ``model_path``, and which epochs can be loaded instead."""
-    directory = osp.dirname(model_path)
+    directory, file_name = osp.split(model_path)
     epochs = saved_epochs(directory)
-    asked = "no model-best.pth.tar (saved only when validating; give --load-epoch N)" if epoch is None else (
-        f"no checkpoint of epoch {epoch}")
+    asked = ("no model-best.pth.tar (saved only when validating; give --load-epoch N)"
+             if file_name == "model-best.pth.tar" else f"no {file_name}")
     if epochs:
         return f"No model at {model_path}: {asked}; {directory} has epoch(s) {', '.join(map(str, epochs))}"
     where = directory if osp.isdir(directory) else f"{directory} does not exist"
@@ -183,6 +183,12 @@ def read_latest_checkpoint_name(fdir: str) -> str:
     """The file named in ``fdir/checkpoint`` (the latest checkpoint written there)."""
     with open(osp.join(fdir, "checkpoint"), "r") as f:
         return f.readlines()[0].strip("\n")
+
+
+def checkpoint_file(directory: str, name: str, epoch: Optional[int] = None) -> str:
+    """``<directory>/<name>/model-best.pth.tar``, or ``model.pth.tar-<epoch>`` for an ``epoch``:
+    the file ``load_model`` reads for the registered model ``name``."""
+    return osp.join(directory, name, "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}")
 
 
 def load_state_dict_checked(module: nn.Module, state_dict: dict, fpath: str) -> None:

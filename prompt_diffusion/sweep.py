@@ -38,6 +38,7 @@ Spec keys (``configs/experiments/table1.yaml`` is an example):
 import hashlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -601,6 +602,9 @@ def run_chain(chain: Chain, root: str, env: Optional[Dict[str, str]] = None,
         else:
             report(f"running {run.output_dir}")
         code, note = run_one(run, root, env, None if echo is None else (lambda line, run=run: echo(run, line)))
+        if code in (130, -signal.SIGINT):  # Ctrl-C reached the run too: the command line says so, once
+            failures.append(f"{run.output_dir}: interrupted")
+            break
         if progress is not None:
             progress.update(1)
         if code != 0:

@@ -4,7 +4,8 @@ The adapter answers the wrapper's questions about this layout (``PromptAdapter``
 ``prompt_diffusion/adapters/base.py``):
 
 - ``groups`` / ``base_prompts``: V is one group, "feature", of 1 token of width E (``ctx``);
-- ``image_features``: the frozen CLIP image feature, which π (the denoiser's condition) is made from;
+- ``image_features``: the frozen CLIP image feature, which π (the denoiser's condition) is made from
+  (inherited: the model's ``image_encoder`` without prompts, L2-normalised);
 - ``logits``: the logits under a per-sample prompt ``[B, 1, E]`` (sample b's logits depend only on
   its own prompt, so per-sample gradients come from one summed loss);
 - ``host_loss``: the host's own loss with its shared ``ctx`` (kept in training).
@@ -40,9 +41,6 @@ class FeaturePromptAdapter(PromptAdapter):
     @property
     def feature_dim(self) -> int:
         return int(self.find("text_features").shape[1])
-
-    def image_features(self, images: Tensor) -> Tensor:
-        return self.model.image_features(images)  # [B, E], frozen and normalised
 
     def logits(self, images: Tensor, prompts: Dict[str, Tensor], image_features: Optional[Tensor] = None) -> Tensor:
         self.check_prompts(prompts, images.shape[0])

@@ -157,3 +157,10 @@ def test_every_command_has_an_example_and_its_defaults_in_its_help(capsys):
         assert "``" not in text, command
         if command not in (["train"], ["data", "check"]):  # train's defaults come from the config files
             assert "(default:" in text, command
+
+
+def test_an_import_that_fails_names_itself(tmp_path, capsys):
+    assert cli.main(["train", "--import", str(tmp_path / "missing.py")]) == 1
+    assert f"--import {tmp_path / 'missing.py'}: no such file" in capsys.readouterr().err
+    assert cli.main(["train", "--import", "no_such_module_pd_test"]) == 1
+    assert "--import no_such_module_pd_test: no module named 'no_such_module_pd_test'" in capsys.readouterr().err

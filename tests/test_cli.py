@@ -41,6 +41,8 @@ def test_flags_after_the_opts_are_flags():
     assert (args.output_dir, args.seed, args.trainer) == ("out", -1, "CoOp")
     assert args.opts == ["OPTIM.LR", "0.01", "OPTIM.MAX_EPOCH", "3", "TRAIN.PRINT_FREQ", "-5"]
     assert cli.build_parser().parse_args(["train", "--", "OPTIM.LR", "0.1"]).opts == ["OPTIM.LR", "0.1"]
+    demo = cli.build_parser().parse_args(["demo", "TRAINER.PD.NFE", "3", "--seeds", "1", "2"])
+    assert (demo.opts, demo.seeds) == (["TRAINER.PD.NFE", "3"], [1, 2])
 
 
 def test_a_truncated_clip_file_is_refused_before_any_data_is_read(tmp_path, capsys):

@@ -12,3 +12,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or action.default in (None, "", False, [])):
             return text
         return text + " (default: %(default)s)"
+
+
+class OptsThenFlags(argparse.Action):
+    """The trailing ``KEY VALUE`` opts; a flag among them (``... OPTIM.LR 0.01 --output-dir X``) is
+    parsed as the flag it is, not swallowed into the opts."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        values = list(values or [])
+        if values[:1] == ["--"]:
+            values = values[1:]
+        end = 0
+        while end < len(values) and not values[end].startswith("--"):
+            end += 2  # a KEY and its VALUE (a value may look like anything, "-1" included)
+        setattr(namespace, self.dest, list(getattr(namespace, self.dest, None) or []) + values[:end])
+        if end < len(values):  # the flags, and any opts after them
+            parser.parse_args(values[end:], namespace)

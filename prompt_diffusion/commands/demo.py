@@ -17,7 +17,7 @@ import argparse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from prompt_diffusion.commands import HelpFormatter
+    from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
     from prompt_diffusion.demo import DEMO_METHODS, DemoSettings
 
     parser = subparsers.add_parser(
@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true",
                         help="show every console line of the runs, not only their progress (all of it is in "
                              "each run's console.txt and log.txt)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], action=OptsThenFlags,
                         help="KEY VALUE config options added to every run, e.g. TRAINER.PD.OVERFIT.ITERS 5")
     parser.set_defaults(func=run, _resume_hint="Run the same command again: finished runs are kept, the "
                                                "interrupted one resumes from its last checkpoint.")
@@ -51,13 +51,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from prompt_diffusion.demo import DemoSettings, main
 
-    opts = list(args.opts or [])
-    if opts and opts[0] == "--":
-        opts = opts[1:]
     settings = DemoSettings(
         out_dir=args.out, methods=tuple(args.methods), seeds=tuple(args.seeds), shots=args.shots,
         epochs=args.epochs, test_per_class=args.test_per_class, data_root=args.data_root,
-        zero_shot=not args.no_zero_shot, verbose=args.verbose, threads=args.threads, jobs=args.jobs, extra_opts=opts,
+        zero_shot=not args.no_zero_shot, verbose=args.verbose, threads=args.threads, jobs=args.jobs, extra_opts=list(args.opts),
     )
     main(settings)
     return 0

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model_dir:
         raise SystemExit("prompt-diffusion diagnose: --model-dir (a trained PD run) is required")
-    cfg = train.prepare(args)
+    cfg, _ = train.prepare(args)
     if cfg.SEED >= 0:
         engine.set_random_seed(cfg.SEED)
     trainer = engine.build_trainer(cfg)

@@ -21,12 +21,12 @@ import argparse
 import os
 import os.path as osp
 import traceback
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from yacs.config import CfgNode
 
-from prompt_diffusion.commands import HelpFormatter
+from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
 from prompt_diffusion.config import extend_cfg
 
 
@@ -41,22 +41,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.set_defaults(func=run, _resume_hint="Run the same command again to resume from the last checkpoint "
                                                "in --output-dir.")
     return parser
-
-
-class OptsThenFlags(argparse.Action):
-    """The trailing ``KEY VALUE`` opts; a flag among them (``... OPTIM.LR 0.01 --output-dir X``) is
-    parsed as the flag it is, not swallowed into the opts."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        values = list(values or [])
-        if values[:1] == ["--"]:
-            values = values[1:]
-        end = 0
-        while end < len(values) and not values[end].startswith("--"):
-            end += 2  # a KEY and its VALUE (a value may look like anything, "-1" included)
-        setattr(namespace, self.dest, list(getattr(namespace, self.dest, None) or []) + values[:end])
-        if end < len(values):  # the flags, and any opts after them
-            parser.parse_args(values[end:], namespace)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,10 +147,11 @@ def print_args(args: argparse.Namespace, cfg: CfgNode) -> None:
     print(cfg)
 
 
-def prepare(args: argparse.Namespace) -> CfgNode:
+def prepare(args: argparse.Namespace) -> Tuple[CfgNode, List[str]]:
     """What ``train`` and ``diagnose`` do before building a trainer, cheapest checks first: the
     registries (``--import``, plug-ins), the config, the data-loader workers (capped at the
-    available cores) and the CLIP weights file (before any data is rendered or read)."""
+    available cores) and the CLIP weights file (before any data is rendered or read). Returns the
+    frozen config and the lines the log should start with (plug-ins imported, workers capped)."""
     from prompt_diffusion.backbones import check_backbone_weights
     from prompt_diffusion.engine.checkpoint import UNSAFE_ENV
     from prompt_diffusion.engine.utils import cap_workers
@@ -180,20 +165,19 @@ def prepare(args: argparse.Namespace) -> CfgNode:
     cfg.defrost()
     capped = cap_workers(cfg)
     cfg.freeze()
-    args._notes = ([f"Imported plug-in modules: {', '.join(imported)}"] if imported else []) + (
-        [capped] if capped else [])
-    return cfg
+    notes = ([f"Imported plug-in modules: {', '.join(imported)}"] if imported else []) + ([capped] if capped else [])
+    return cfg, notes
 
 
 def run(args: argparse.Namespace) -> int:
     """Run CoOp's ``main``: config, seed, logger, trainer, then evaluate or train."""
     from prompt_diffusion import engine
 
-    cfg = prepare(args)
+    cfg, notes = prepare(args)
     logger = engine.setup_logger(cfg.OUTPUT_DIR)
     try:
         print(f"Engine: {engine.engine_description()}")
-        for note in args._notes:
+        for note in notes:
             print(note)
         if cfg.SEED >= 0:
             print(f"Setting fixed seed: {cfg.SEED}")

@@ -441,7 +441,7 @@ class DiffusionPromptWrapper:
         """π of every training image (one pass over ``train_loader_x``), ``[N, C]``."""
         self.set_model_mode("eval")
         conditions = []
-        for batch in tqdm(self.train_loader_x, desc="π of the training images", leave=False):
+        for batch in tqdm(self.train_loader_x, desc="π of the training images", leave=False, disable=None):
             images = self.parse_batch_train(batch)[0]
             conditions.append(self.pd_condition(self.pd_adapter.image_features(images)))
         return torch.cat(conditions)

@@ -148,7 +148,7 @@ def distill_amed(
     parameters = [p for p in predictor.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=lr)
     history: List[float] = []
-    for denoise, x_T in tqdm(batches, desc="distil AMED", disable=not progress):
+    for denoise, x_T in tqdm(batches, desc="distil AMED", disable=None if progress else True):
         model = SigmaDenoiser(denoise, schedule)
         x = initial_state(x_T, schedule)
         sigmas = schedule.sigma_grid(steps + 1, predictor.grid).to(device=x.device, dtype=x.dtype)

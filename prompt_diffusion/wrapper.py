@@ -108,25 +108,40 @@ class DenoiserModule(nn.Module):
 
 
 class AMEDModule(nn.Module):
-    """The registered ``pd_amed``: an ``AMEDPredictor`` and whether it has been distilled
+    """The registered ``pd_amed``: one ``AMEDPredictor`` per NFE of ``TRAINER.PD.AMED.NFES`` (its σ
+    grid depends on the NFE, so each budget has its own) and whether they have been distilled
     (a buffer, so the flag travels with the checkpoint)."""
 
-    def __init__(self, predictor: AMEDPredictor):
+    def __init__(self, predictors: Dict[int, AMEDPredictor]):
         super().__init__()
-        self.predictor = predictor
+        self.predictors = nn.ModuleDict({str(nfe): predictors[nfe] for nfe in sorted(predictors)})
         self.register_buffer("distilled_flag", torch.zeros((), dtype=torch.bool))
 
     @property
     def distilled(self) -> bool:
         return bool(self.distilled_flag)
 
+    @property
+    def nfes(self) -> List[int]:
+        return [int(nfe) for nfe in self.predictors]
+
+    def predictor(self, nfe: int) -> AMEDPredictor:
+        """The predictor distilled for ``nfe`` evaluations."""
+        return self.predictors[str(nfe)]
+
     def get_extra_state(self) -> dict:
-        return dict(self.predictor.config)
+        return {nfe: dict(predictor.config) for nfe, predictor in self.predictors.items()}
 
     def set_extra_state(self, state: dict) -> None:
-        if _plain(state) != _plain(self.predictor.config):
-            raise ValueError(f"the checkpoint's AMED predictor {state} differs from the one TRAINER.PD "
-                             f"builds {self.predictor.config} (NFE or denoiser width changed?)")
+        built = self.get_extra_state()
+        if set(state) != set(built):
+            raise ValueError(f"the checkpoint has AMED predictors for NFE {sorted(int(n) for n in state)}, "
+                             f"TRAINER.PD.AMED.NFES builds {self.nfes}: evaluate with the NFES the model was "
+                             "trained with (an NFE outside them needs a model trained with it listed)")
+        for nfe, config in state.items():
+            if _plain(config) != _plain(built[nfe]):
+                raise ValueError(f"the checkpoint's AMED predictor {config} differs from the one TRAINER.PD "
+                                 f"builds {built[nfe]} (denoiser width changed?)")
 
 
 def _plain(value):
@@ -287,8 +302,9 @@ class DiffusionPromptWrapper:
             print("Prompt diffusion: TRAINER.PD.AMED.DISTILL_ITERS is 0, so no AMED predictor: "
                   "sampling falls back to dpmpp_2m")
             return None
-        predictor = AMEDPredictor(feature_dim=pd.DENOISER.WIDTH, nfe=pd.NFE)
-        module = AMEDModule(predictor).to(self.device)
+        nfes = list(pd.AMED.NFES) or [pd.NFE]
+        module = AMEDModule({nfe: AMEDPredictor(feature_dim=pd.DENOISER.WIDTH, nfe=nfe) for nfe in nfes})
+        module = module.to(self.device)
         self._pd_register(AMED_NAME, module, trainable=False)
         return module
 
@@ -485,9 +501,10 @@ class DiffusionPromptWrapper:
             conditions.append(self.pd_condition(self.pd_adapter.image_features(images)))
         return torch.cat(conditions)
 
-    def pd_distill_amed(self) -> List[float]:
-        """Distil the AMED predictor from the teacher solver (``TRAINER.PD.AMED``) on the π of the
-        training images and fresh noise; returns the loss per distillation batch."""
+    def pd_distill_amed(self) -> Dict[int, List[float]]:
+        """Distil the AMED predictor of every NFE in ``TRAINER.PD.AMED.NFES`` from the teacher
+        solver on the π of the training images and fresh noise; returns the loss per distillation
+        batch, per NFE."""
         amed = self.cfg.TRAINER.PD.AMED
         conditions = self._pd_train_conditions()
         denoiser = self.pd_denoiser.denoiser
@@ -498,15 +515,18 @@ class DiffusionPromptWrapper:
                 noise = torch.randn(len(rows), denoiser.layout.numel).to(conditions.device)
                 yield denoiser.denoise_fn(conditions[rows.to(conditions.device)]), noise
 
-        print(f"Prompt diffusion: distilling the AMED predictor (NFE={self.cfg.TRAINER.PD.NFE}) from "
-              f"{amed.TEACHER} with {amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
         self.pd_amed.train()
-        history = distill_amed(self.pd_amed.predictor, batches(), self.pd_schedule, teacher=amed.TEACHER,
-                               inserted=amed.INSERTED, lr=amed.LR)
+        histories = {}
+        for nfe in self.pd_amed.nfes:
+            print(f"Prompt diffusion: distilling the AMED predictor (NFE={nfe}) from {amed.TEACHER} with "
+                  f"{amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
+            history = distill_amed(self.pd_amed.predictor(nfe), batches(), self.pd_schedule, teacher=amed.TEACHER,
+                                   inserted=amed.INSERTED, lr=amed.LR)
+            print(f"Prompt diffusion: AMED distillation loss (NFE={nfe}) {history[0]:.4g} -> {history[-1]:.4g}")
+            histories[nfe] = history
         self.pd_amed.eval()
         self.pd_amed.distilled_flag.fill_(True)
-        print(f"Prompt diffusion: AMED distillation loss {history[0]:.4g} -> {history[-1]:.4g}")
-        return history
+        return histories
 
     def _pd_resave(self, name: str) -> None:
         """Write the registered model ``name`` (the distilled AMED predictor, the calibrated
@@ -569,7 +589,7 @@ class DiffusionPromptWrapper:
         if sampler != "amed":
             return sampler, None
         if self.pd_amed is not None and self.pd_amed.distilled:
-            return "amed", self.pd_amed.predictor
+            return "amed", self.pd_amed.predictor(self.cfg.TRAINER.PD.NFE)
         if not getattr(self, "_pd_said_fallback", False):
             print("Prompt diffusion: no distilled AMED predictor, sampling with dpmpp_2m instead")
             self._pd_said_fallback = True

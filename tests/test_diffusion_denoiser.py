@@ -10,6 +10,7 @@ from prompt_diffusion.diffusion import (
     PromptLayout,
     diffusion_loss,
     distill_amed,
+    student_error,
 )
 
 GROUPS = [("text", 2, 8), ("vision", 3, 12)]
@@ -163,3 +164,23 @@ def test_amed_distils_on_the_denoiser_without_touching_its_gradients(conditional
     out = model.generate(conds, center, SCHEDULE, torch.randn(4, model.layout.numel), "amed", nfe=5,
                          amed_predictor=predictor)
     assert torch.isfinite(out["text"]).all()
+
+
+def test_amed_distillation_brings_the_student_closer_to_its_teacher_on_held_out_conditions(conditional_fit):
+    """The point of distillation: from the same noise, the student's sample moves towards the
+    teacher's (dpmpp_2m with inserted points) on conditions and noise it was not distilled on."""
+    model, conds, _, _, _, _ = conditional_fit
+    generator = torch.Generator().manual_seed(5)
+
+    def conditions(count):  # near the 4 trained conditions, as images of the same classes would be
+        return conds[torch.randint(4, (count,), generator=generator)] + 0.05 * torch.randn(count, COND_DIM,
+                                                                                         generator=generator)
+
+    held_out, noise = conditions(32), torch.randn(32, model.layout.numel, generator=generator)
+    predictor = AMEDPredictor(feature_dim=64, nfe=4)
+    before = student_error(predictor, model.denoise_fn(held_out), noise, SCHEDULE)
+    batches = [(model.denoise_fn(conditions(16)), torch.randn(16, model.layout.numel, generator=generator))
+               for _ in range(30)]
+    distill_amed(predictor, batches, SCHEDULE, progress=False)
+    after = student_error(predictor, model.denoise_fn(held_out), noise, SCHEDULE)
+    assert after < 0.5 * before, (before, after)

@@ -35,7 +35,7 @@ from yacs.config import CfgNode
 from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_for_trainer, detect_adapter
 from prompt_diffusion.config import _add_pd_keys, validate_pd_cfg
 from prompt_diffusion.diagnostics import diagnose, residual_batches
-from prompt_diffusion.diffusion.amed import AMEDPredictor, distill_amed, student_error
+from prompt_diffusion.diffusion.amed import AMEDPredictor, StudentCheck, distill_amed
 from prompt_diffusion.diffusion.denoiser import PromptDenoiser, diffusion_loss
 from prompt_diffusion.diffusion.overfit import overfit_prompts
 from prompt_diffusion.diffusion.schedule import NoiseSchedule
@@ -61,8 +61,10 @@ AMED_NAME = "pd_amed"
 NORM_MOMENTUM = 0.1
 # held-out images the residual gain is calibrated on after training (see pd_calibrate)
 CALIBRATION_IMAGES = 512
-# held-out images the AMED student is compared with its teacher on, before and after distillation
+# held-out images the AMED student is compared with its teacher on during distillation, and how
+# often (in batches); the predictor keeps the weights that came closest (see distill_amed)
 AMED_CHECK_IMAGES = 128
+AMED_CHECK_EVERY = 5
 
 
 class MetaNet(nn.Sequential):
@@ -509,9 +511,10 @@ class DiffusionPromptWrapper:
     def pd_distill_amed(self) -> Dict[int, List[float]]:
         """Distil the AMED predictor of every NFE in ``TRAINER.PD.AMED.NFES`` from the teacher
         solver on the π of the training images and fresh noise; returns the loss per distillation
-        batch, per NFE. The log gives, per NFE, the student's error against the teacher on held-out
-        (val) conditions before and after distillation: what distillation is for (the loss per
-        batch moves with each batch's random conditions and noise)."""
+        batch, per NFE. Each predictor keeps the weights whose student came closest to the teacher
+        on held-out (val) conditions (``distill_amed``'s check); the log gives that error before and
+        after distillation, what distillation is for (the loss per batch moves with each batch's
+        random conditions and noise)."""
         amed = self.cfg.TRAINER.PD.AMED
         conditions = self._pd_conditions(self.train_loader_x, training=True)
         denoiser = self.pd_denoiser.denoiser
@@ -520,10 +523,8 @@ class DiffusionPromptWrapper:
                             if held_out else conditions[:AMED_CHECK_IMAGES])
         check_noise = torch.randn(len(check_conditions), denoiser.layout.numel,  # own generator: the run's
                                   generator=torch.Generator().manual_seed(self.cfg.SEED)).to(conditions.device)
-
-        def check_error(nfe: int) -> float:
-            return student_error(self.pd_amed.predictor(nfe), denoiser.denoise_fn(check_conditions), check_noise,
-                                 self.pd_schedule, teacher=amed.TEACHER, inserted=amed.INSERTED)
+        check = StudentCheck(denoiser.denoise_fn(check_conditions), check_noise, self.pd_schedule,
+                             teacher=amed.TEACHER, inserted=amed.INSERTED)
 
         def batches():  # random training conditions and fresh noise (the run's seeded global RNG)
             for _ in range(amed.DISTILL_ITERS):
@@ -536,12 +537,14 @@ class DiffusionPromptWrapper:
         for nfe in self.pd_amed.nfes:
             print(f"Prompt diffusion: distilling the AMED predictor (NFE={nfe}) from {amed.TEACHER} with "
                   f"{amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
-            before = check_error(nfe)
-            history = distill_amed(self.pd_amed.predictor(nfe), batches(), self.pd_schedule, teacher=amed.TEACHER,
-                                   inserted=amed.INSERTED, lr=amed.LR)
+            predictor = self.pd_amed.predictor(nfe)
+            before = check(predictor)
+            history = distill_amed(predictor, batches(), self.pd_schedule, teacher=amed.TEACHER,
+                                   inserted=amed.INSERTED, lr=amed.LR, check=check, check_every=AMED_CHECK_EVERY)
             print(f"Prompt diffusion: AMED (NFE={nfe}) student-vs-teacher error on {len(check_conditions)} "
-                  f"{'held-out val' if held_out else 'training'} images {before:.4g} -> {check_error(nfe):.4g} "
-                  f"(distillation loss per batch {history[0]:.4g} -> {history[-1]:.4g})")
+                  f"{'held-out val' if held_out else 'training'} images {before:.4g} -> {check(predictor):.4g}, "
+                  f"the best of every {AMED_CHECK_EVERY} batches (distillation loss per batch "
+                  f"{history[0]:.4g} -> {history[-1]:.4g})")
             histories[nfe] = history
         self.pd_amed.eval()
         self.pd_amed.distilled_flag.fill_(True)

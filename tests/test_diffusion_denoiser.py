@@ -9,8 +9,8 @@ from prompt_diffusion.diffusion import (
     PromptDenoiser,
     PromptLayout,
     diffusion_loss,
+    StudentCheck,
     distill_amed,
-    student_error,
 )
 
 GROUPS = [("text", 2, 8), ("vision", 3, 12)]
@@ -177,10 +177,17 @@ def test_amed_distillation_brings_the_student_closer_to_its_teacher_on_held_out_
                                                                                          generator=generator)
 
     held_out, noise = conditions(32), torch.randn(32, model.layout.numel, generator=generator)
+    check = StudentCheck(model.denoise_fn(held_out), noise, SCHEDULE)
     predictor = AMEDPredictor(feature_dim=64, nfe=4)
-    before = student_error(predictor, model.denoise_fn(held_out), noise, SCHEDULE)
+    before = check(predictor)
     batches = [(model.denoise_fn(conditions(16)), torch.randn(16, model.layout.numel, generator=generator))
                for _ in range(30)]
     distill_amed(predictor, batches, SCHEDULE, progress=False)
-    after = student_error(predictor, model.denoise_fn(held_out), noise, SCHEDULE)
+    after = check(predictor)
     assert after < 0.5 * before, (before, after)
+    # with the check, the predictor keeps the weights closest to the teacher, the fresh ones included
+    checked = AMEDPredictor(feature_dim=64, nfe=4)
+    distill_amed(checked, batches[:7], SCHEDULE, lr=0.5, progress=False, check=check, check_every=3)
+    unchecked = AMEDPredictor(feature_dim=64, nfe=4)
+    distill_amed(unchecked, batches[:7], SCHEDULE, lr=0.5, progress=False)
+    assert check(checked) <= min(before, check(unchecked))

@@ -4,7 +4,7 @@ Spaces: raw prompts (what the prompt learner uses) -> ``PromptDenoiser.normalize
 prompts (where the denoiser, the loss and the samplers work) -> ``PromptLayout.flatten`` -> the
 flat ``[B, N]`` tensors the samplers integrate. See ``denoiser.py`` and ``samplers.py``.
 """
-from .amed import AMEDPredictor, distill_amed, student_error
+from .amed import AMEDPredictor, StudentCheck, distill_amed
 from .denoiser import PromptDenoiser, PromptLayout, diffusion_loss
 from .overfit import STEP_RULES, overfit_prompts
 from .samplers import SAMPLERS, SigmaDenoiser, sample, sampler_sigmas
@@ -20,9 +20,9 @@ __all__ = [
     "SCHEDULE_KINDS",
     "STEP_RULES",
     "SigmaDenoiser",
+    "StudentCheck",
     "diffusion_loss",
     "distill_amed",
-    "student_error",
     "overfit_prompts",
     "sample",
     "sampler_sigmas",

@@ -1,12 +1,15 @@
 """Model time per image of an evaluation, measured so that two identical evaluations agree.
 
 The ``* time_per_image_ms`` line (Figure 4 plots it against NFE) is the **median over batches of
-the wall time of ``model_inference`` per image** (CUDA synchronised). It includes the whole
-forward pass (for a PD trainer: frozen image features, π, the NFE denoiser calls, the prompted
-image and text encoders); it excludes data loading, the transfer to the device and the metrics.
-The first ``WARMUP_BATCHES`` batches are evaluated but not timed (lazy initialisation, allocator
-and cache warm-up); the median leaves out batches slowed by other processes. With fewer batches
-than that, all are timed.
+the time of ``model_inference`` per image**. It includes the whole forward pass (for a PD trainer:
+frozen image features, π, the NFE denoiser calls, the prompted image and text encoders); it
+excludes data loading, the transfer to the device and the metrics. On a GPU it is wall time (CUDA
+synchronised). On the CPU it is the process's CPU time: wall time there moves with whatever else
+runs on the machine (two identical evaluations on a loaded 2-core machine differed 6x), CPU time
+does not; with several torch threads it sums them, so it is a cost, comparable between runs with
+the same thread count. The first ``WARMUP_BATCHES`` batches are evaluated but not timed (lazy
+initialisation, allocator and cache warm-up); the median leaves out batches slowed by page faults
+or preemption. With no more batches than that, all are timed.
 """
 import statistics
 import time
@@ -27,12 +30,15 @@ class InferenceTimer:
         self.per_image.append(seconds / max(images, 1))
 
     def time(self, run, images: int):
-        """``run()`` timed (CUDA synchronised when its output is on a GPU); returns its output."""
-        started = time.perf_counter()
+        """``run()`` timed: wall time, CUDA synchronised, when its output is on a GPU, else the
+        process's CPU time; returns its output."""
+        wall, cpu = time.perf_counter(), time.process_time()
         output = run()
         if isinstance(output, torch.Tensor) and output.is_cuda:
             torch.cuda.synchronize(output.device)
-        self.record(time.perf_counter() - started, images)
+            self.record(time.perf_counter() - wall, images)
+        else:
+            self.record(time.process_time() - cpu, images)
         return output
 
     def milliseconds_per_image(self) -> float:

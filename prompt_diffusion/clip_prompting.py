@@ -34,7 +34,7 @@ Typical use (CoOp-style learner; ``token_embedding`` of the CLIP model, ``tokeni
     image = encode_image(clip_model.visual, images, shallow=vpt, deep=vpt_deep)  # [B, E]
     logits = prompted_logits(image, text, clip_model.logit_scale)                # [B, K]
 """
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,7 @@ __all__ = [
     "encode_prompted_text",
     "encode_image",
     "prompted_logits",
+    "deep_prompts_of",
 ]
 
 
@@ -337,3 +338,16 @@ def prompted_logits(image_features: Tensor, text_features: Tensor, logit_scale: 
     if text_features.dim() == 3:
         return scale * torch.einsum("be,bke->bk", image_features, text_features)
     return scale * image_features @ text_features.t()
+
+
+def deep_prompts_of(resblocks: Sequence[nn.Module]) -> List[Tensor]:
+    """The deep prompts stored on a transformer's blocks with the upstream forks' name: the
+    ``VPT_shallow`` tensors of blocks 1, 2, ... up to the first block without one (block 0 takes
+    the shallow prompt; the forks set ``VPT_shallow`` only on prompted layers)."""
+    prompts = []
+    for block in list(resblocks)[1:]:
+        prompt = getattr(block, "VPT_shallow", None)
+        if not isinstance(prompt, Tensor):
+            break
+        prompts.append(prompt)
+    return prompts

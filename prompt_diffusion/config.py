@@ -4,13 +4,28 @@
 wrapper read. Each family of keys has its own ``_add_*`` function below; ``extend_cfg`` calls them
 all. Adding a key that already exists is a no-op, so a user's own ``extend_cfg`` can run first.
 """
+from typing import Callable, Sequence
+
 from yacs.config import CfgNode as CN
+
+
+#: ``MODEL.TEXT_CHUNK``: text sequences encoded at once (0: all); adapters given no config use it too
+DEFAULT_TEXT_CHUNK = 1024
+#: ``TRAINER.PD.DEEP_TOKENS``: a denoiser token per prompt vector (see ``adapters.deep``)
+DEFAULT_DEEP_TOKENS = "vector"
 
 
 def _set_default(node: CN, key: str, value) -> None:
     """Set ``node.key = value`` unless the key exists (keeps a user's own extension)."""
     if key not in node:
         node[key] = value
+
+
+def _set_defaults(node: CN, name: str, values: dict) -> None:
+    """Give ``node`` a child node ``name`` (unless it exists) and set its ``values`` unless present."""
+    _set_default(node, name, CN())
+    for key, value in values.items():
+        _set_default(node[name], key, value)
 
 
 def _add_trainer_keys(cfg: CN) -> None:
@@ -21,7 +36,7 @@ def _add_trainer_keys(cfg: CN) -> None:
     ``MODEL.TEXT_CHUNK`` (text sequences encoded at once; 0: all) are the project's.
     """
     _set_default(cfg.MODEL.BACKBONE, "PATH", "")
-    _set_default(cfg.MODEL, "TEXT_CHUNK", 1024)
+    _set_default(cfg.MODEL, "TEXT_CHUNK", DEFAULT_TEXT_CHUNK)
     trainer_keys = {
         "COOP": {"N_CTX": 16, "CSC": False, "CTX_INIT": "", "PREC": "fp16", "CLASS_TOKEN_POSITION": "end"},
         "COCOOP": {"N_CTX": 16, "CTX_INIT": "", "PREC": "fp16"},
@@ -30,9 +45,7 @@ def _add_trainer_keys(cfg: CN) -> None:
         "VPT": {"N_CTX_VISION": 2, "CTX_INIT": "a photo of a", "PREC": "fp16", "PROMPT_DEPTH_VISION": 1},
     }
     for name, keys in trainer_keys.items():
-        _set_default(cfg.TRAINER, name, CN())
-        for key, value in keys.items():
-            _set_default(cfg.TRAINER[name], key, value)
+        _set_defaults(cfg.TRAINER, name, keys)
 
 
 def _add_dataset_keys(cfg: CN) -> None:
@@ -66,18 +79,14 @@ def _add_multimodal_trainer_keys(cfg: CN) -> None:
                                            "TRAINER.W", "OPTIM.MAX_EPOCH"]},
     }
     for name, keys in trainer_keys.items():
-        _set_default(cfg.TRAINER, name, CN())
-        for key, value in keys.items():
-            _set_default(cfg.TRAINER[name], key, value)
+        _set_defaults(cfg.TRAINER, name, keys)
     _set_default(cfg.TRAINER, "W", 8.0)  # CoPrompt's consistency-loss weight (upstream key)
     _set_default(cfg.TRAINER, "DISTILL", "cosine")  # CoPrompt's consistency loss: cosine | mse
 
 
-def _add_pd_keys(cfg: CN) -> None:
+def add_pd_keys(cfg: CN) -> None:
     """``TRAINER.PD``: the prompt-diffusion wrapper (paper §4-5 defaults); checked by ``validate_pd_cfg``."""
-    _set_default(cfg.TRAINER, "PD", CN())
-    pd = cfg.TRAINER.PD
-    defaults = {
+    _set_defaults(cfg.TRAINER, "PD", {
         "ENABLE": True,  # False: the wrapped trainer behaves exactly as its host
         "ADAPTER": "auto",  # auto: by host trainer class name, else by the model's layout
         "STEPS": 100,  # T, discrete diffusion steps (paper §5.1)
@@ -91,7 +100,7 @@ def _add_pd_keys(cfg: CN) -> None:
         # (through V_h; with a host loss on, that CE trains the generator only)
         "HOST_LOSS_WEIGHT": 1.0,
         "COND": "meta_net",  # meta_net: Meta-Net(frozen CLIP image feature) | image_feature: the feature itself
-        "DEEP_TOKENS": "vector",  # deep prompts (VPT, IVLP): a denoiser token per prompt vector | per layer
+        "DEEP_TOKENS": DEFAULT_DEEP_TOKENS,  # deep prompts (VPT, IVLP): a denoiser token per prompt vector | per layer
         "TEST_SAMPLES": 1,  # Monte-Carlo prompts per test image; logits averaged
         "NOISE_SEED": 0,  # inference noise of the i-th evaluated sample is seeded by (NOISE_SEED, i)
         # std of the inference start noise (temperature): 1 samples the learned distribution (the
@@ -101,25 +110,18 @@ def _add_pd_keys(cfg: CN) -> None:
         # after training, scale generated residuals by their least-squares fit to overfitted ones on
         # held-out images (0: the generator learned nothing useful -> the host's prompt); False: raw
         "CALIBRATE": True,
-    }
-    for key, value in defaults.items():
-        _set_default(pd, key, value)
-    _set_default(pd, "OVERFIT", CN())
-    overfit = {
+    })
+    pd = cfg.TRAINER.PD
+    _set_defaults(pd, "OVERFIT", {
         "ITERS": 5,  # I, per-sample gradient steps (paper Fig. 5)
         "LR": 0.005,  # step size of the per-sample gradient steps (the paper gives none)
         # sign: V - lr * sign(grad) | normalized: V - lr * grad / RMS(grad), per sample | sgd: V - lr * grad
         "STEP_RULE": "sign",
         "MODE": "online",  # online: every step | cached: per-sample V* reused between refreshes
         "REFRESH": 5,  # cached mode: epochs between recomputations of a sample's V*
-    }
-    for key, value in overfit.items():
-        _set_default(pd.OVERFIT, key, value)
-    _set_default(pd, "DENOISER", CN())
-    for key, value in {"LAYERS": 12, "HEADS": 16, "WIDTH": 512}.items():  # GPT-2 style (paper §5.1)
-        _set_default(pd.DENOISER, key, value)
-    _set_default(pd, "AMED", CN())
-    amed = {
+    })
+    _set_defaults(pd, "DENOISER", {"LAYERS": 12, "HEADS": 16, "WIDTH": 512})  # GPT-2 style (paper §5.1)
+    _set_defaults(pd, "AMED", {
         "DISTILL_ITERS": 200,  # predictor training batches after the main training (0: no AMED)
         "TEACHER": "dpmpp_2m",  # teacher solver: dpmpp_2m | dpm_solver_2 | ddim
         "INSERTED": 4,  # teacher points inserted in every student interval (upstream AMED: 4)
@@ -128,16 +130,13 @@ def _add_pd_keys(cfg: CN) -> None:
         # the NFEs a predictor is distilled for after training (each fixes its σ grid); [] = [NFE].
         # An evaluation at another NFE (Figure 4) needs it listed here when the model is trained
         "NFES": [],
-    }
-    for key, value in amed.items():
-        _set_default(pd.AMED, key, value)
+    })
 
 
+# choices the wrapper itself interprets; the others are read from where they are implemented
 _PD_CHOICES = {
     "OVERFIT.MODE": ("online", "cached"),
     "COND": ("meta_net", "image_feature"),
-    "DEEP_TOKENS": ("vector", "layer"),
-    "AMED.TEACHER": ("dpmpp_2m", "dpm_solver_2", "ddim"),
 }
 
 
@@ -151,12 +150,16 @@ def _pd_value(pd: CN, key: str):
 def validate_pd_cfg(cfg: CN) -> None:
     """Reject unknown or out-of-range ``TRAINER.PD`` values: ``ValueError`` naming the key and what is allowed."""
     from prompt_diffusion.adapters import registered_adapters
+    from prompt_diffusion.adapters.deep import DEEP_TOKENS
+    from prompt_diffusion.diffusion.amed import TEACHERS
     from prompt_diffusion.diffusion.overfit import STEP_RULES
     from prompt_diffusion.diffusion.samplers import SAMPLERS
     from prompt_diffusion.diffusion.schedule import SCHEDULE_KINDS
 
     pd = cfg.TRAINER.PD
     choices = dict(_PD_CHOICES)
+    choices["DEEP_TOKENS"] = DEEP_TOKENS
+    choices["AMED.TEACHER"] = tuple(TEACHERS)
     choices["SAMPLER"] = tuple(SAMPLERS)
     choices["SCHEDULE"] = tuple(SCHEDULE_KINDS)
     choices["ADAPTER"] = ("auto", *registered_adapters())
@@ -208,20 +211,19 @@ def _add_toy_dataset_keys(cfg: CN) -> None:
     """Keys of the toy-world datasets (``prompt_diffusion.data.toy_datasets``)."""
     if "DATASET" not in cfg:
         cfg.DATASET = CN()
-    _set_default(cfg.DATASET, "TOY", CN())
     # test images per class of every toy dataset (rendered once under DATASET.ROOT)
-    _set_default(cfg.DATASET.TOY, "TEST_PER_CLASS", 50)
+    _set_defaults(cfg.DATASET, "TOY", {"TEST_PER_CLASS": 50})
 
 
-EXTENDERS = [_add_trainer_keys, _add_dataset_keys, _add_multimodal_trainer_keys, _add_pd_keys]
-EXTENDERS.append(_add_toy_dataset_keys)
+EXTENDERS = (_add_trainer_keys, _add_dataset_keys, _add_multimodal_trainer_keys, add_pd_keys, _add_toy_dataset_keys)
 
 
-def extend_cfg(cfg: CN) -> CN:
-    """Add every project key (trainers, datasets, ``TRAINER.PD``) to ``cfg`` in place; returns it."""
+def extend_cfg(cfg: CN, extenders: Sequence[Callable[[CN], None]] = EXTENDERS) -> CN:
+    """Add every project key (trainers, datasets, ``TRAINER.PD``), or those of ``extenders``
+    only, to ``cfg`` in place (frozen or not); returns it."""
     was_frozen = cfg.is_frozen()
     cfg.defrost()
-    for add_keys in EXTENDERS:
+    for add_keys in extenders:
         add_keys(cfg)
     if was_frozen:
         cfg.freeze()

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from yacs.config import CfgNode
 
 from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_for_trainer, detect_adapter
-from prompt_diffusion.config import _add_pd_keys, validate_pd_cfg
+from prompt_diffusion.config import add_pd_keys, extend_cfg, validate_pd_cfg
 from prompt_diffusion.diagnostics import diagnose, residual_batches
 from prompt_diffusion.diffusion.amed import AMEDPredictor, StudentCheck, distill_amed
 from prompt_diffusion.diffusion.denoiser import PromptDenoiser, diffusion_loss
@@ -41,13 +41,13 @@ from prompt_diffusion.diffusion.overfit import overfit_prompts
 from prompt_diffusion.diffusion.schedule import NoiseSchedule
 from prompt_diffusion.engine import (
     TRAINER_REGISTRY,
+    backward_and_update,
     build_lr_scheduler,
     build_optimizer,
     compute_accuracy,
-    load_checkpoint,
-    save_checkpoint,
 )
-from prompt_diffusion.engine.checkpoint import load_state_dict_checked
+from prompt_diffusion.engine.checkpoint import checkpoint_file, load_state_dict_checked
+from prompt_diffusion.prompt_methods import MetaNet
 
 __all__ = ["DiffusionPromptWrapper", "MetaNet", "DenoiserModule", "AMEDModule"]
 
@@ -65,18 +65,6 @@ CALIBRATION_IMAGES = 512
 # often (in batches); the predictor keeps the weights that came closest (see distill_amed)
 AMED_CHECK_IMAGES = 128
 AMED_CHECK_EVERY = 5
-
-
-class MetaNet(nn.Sequential):
-    """CoCoOp's Meta-Net (``linear1`` -> ReLU -> ``linear2``, hidden width ``in_dim // 16``): π for
-    hosts that have none (CoOp, VPT, IVLP)."""
-
-    def __init__(self, in_dim: int, out_dim: int):
-        hidden = max(in_dim // 16, 1)
-        super().__init__()
-        self.add_module("linear1", nn.Linear(in_dim, hidden))
-        self.add_module("relu", nn.ReLU(inplace=True))
-        self.add_module("linear2", nn.Linear(hidden, out_dim))
 
 
 class DenoiserModule(nn.Module):
@@ -159,15 +147,7 @@ def _plain(value):
 
 def with_pd_keys(cfg: CfgNode) -> CfgNode:
     """``cfg`` itself when it has ``TRAINER.PD``, else a copy with the defaults added (same frozenness)."""
-    if "PD" in cfg.TRAINER:
-        return cfg
-    cfg = cfg.clone()
-    was_frozen = cfg.is_frozen()
-    cfg.defrost()
-    _add_pd_keys(cfg)
-    if was_frozen:
-        cfg.freeze()
-    return cfg
+    return cfg if "PD" in cfg.TRAINER else extend_cfg(cfg.clone(), [add_pd_keys])
 
 
 def _repeat(prompts: Prompts, times: int) -> Prompts:
@@ -290,9 +270,9 @@ class DiffusionPromptWrapper:
             with torch.no_grad():
                 out = host_net(torch.zeros(1, feature_dim, dtype=probe.dtype, device=probe.device))
             return host_net, int(out.shape[-1])
-        print(f"Prompt diffusion: π = a new Meta-Net ({feature_dim} -> {max(feature_dim // 16, 1)} -> "
-              f"{feature_dim}) on the frozen CLIP image feature, registered as {META_NET_NAME!r}")
         net = MetaNet(feature_dim, feature_dim).to(self.device)
+        print(f"Prompt diffusion: π = a new Meta-Net ({feature_dim} -> {net.linear1.out_features} -> "
+              f"{feature_dim}) on the frozen CLIP image feature, registered as {META_NET_NAME!r}")
         self._pd_register(META_NET_NAME, net)
         return net, feature_dim
 
@@ -439,7 +419,8 @@ class DiffusionPromptWrapper:
                 if loss_host is not None:
                     loss = loss + pd.HOST_LOSS_WEIGHT * loss_host
                     summary["loss_host"] = loss_host.item()
-        self._pd_backward_and_update(loss)
+        # every registered optimizer (host's and wrapper's); through the host's GradScaler when it has one
+        backward_and_update(self, loss, getattr(self, "scaler", None))
         summary["loss"] = loss.item()
         summary["acc"] = compute_accuracy(logits, labels)[0].item()
         if (self.batch_idx + 1) == self.num_batches:
@@ -554,33 +535,15 @@ class DiffusionPromptWrapper:
         """Write the registered model ``name`` (the distilled AMED predictor, the calibrated
         denoiser) over the last epoch's checkpoint (and the best one, when there is one), so
         ``--eval-only`` and the final test use it."""
-        directory = osp.join(self.output_dir, name)
-        state = {"state_dict": self._models[name].state_dict(), "epoch": self.epoch + 1, "optimizer": None,
-                 "scheduler": None, "val_result": None, "trainer": self.cfg.TRAINER.NAME or type(self).__name__}
-        names = [f"model.pth.tar-{self.epoch + 1}"]
-        if osp.exists(osp.join(directory, "model-best.pth.tar")):
-            names.append("model-best.pth.tar")
-        for model_name in names:
-            save_checkpoint(dict(state), directory, model_name=model_name)
+        files = [f"model.pth.tar-{self.epoch + 1}"]
+        if osp.exists(osp.join(self.output_dir, name, "model-best.pth.tar")):
+            files.append("model-best.pth.tar")
+        for model_name in files:
+            self.save_model(self.epoch, self.output_dir, model_name=model_name, names=[name])
 
     def _pd_autocast(self):
         """CUDA float16 autocast when the host trains with a ``GradScaler`` (``PREC amp``), else nothing."""
         return torch.autocast("cuda", dtype=torch.float16, enabled=getattr(self, "scaler", None) is not None)
-
-    def _pd_backward_and_update(self, loss: Tensor) -> None:
-        """One step of every registered optimizer (host's and wrapper's); through the host's
-        ``GradScaler`` when it has one (CoOp-family ``PREC amp`` on CUDA)."""
-        scaler = getattr(self, "scaler", None)
-        if scaler is None:
-            self.model_backward_and_update(loss)
-            return
-        self.model_zero_grad()
-        self.detect_anomaly(loss)
-        scaler.scale(loss).backward()
-        for name in self.get_model_names():
-            if self._optims[name] is not None:
-                scaler.step(self._optims[name])
-        scaler.update()
 
     # ------------------------------------------------------------------ inference
     def test(self, split: Optional[str] = None):
@@ -665,12 +628,13 @@ class DiffusionPromptWrapper:
             super().load_model(directory, epoch)
         if not directory:
             return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self._pd_names():
-            path = osp.join(directory, name, model_file)
-            if not osp.exists(path):
-                print(f"Prompt diffusion: no {name} checkpoint at {path}; {name} stays freshly initialised")
-                continue
-            checkpoint = load_checkpoint(path)
-            load_state_dict_checked(self._models[name], checkpoint["state_dict"], path)
-            print(f"Load {path} to {name} (epoch={checkpoint['epoch']})")
+            self._load_registered_model(name, checkpoint_file(directory, name, epoch), missing_ok=True)
+
+    def _load_state_dict(self, name: str, state_dict: dict, path: str) -> None:
+        """The wrapper's models load strictly (a checkpoint of another architecture names what
+        differs); the host's as the host loads them."""
+        if name in self._pd_names():
+            load_state_dict_checked(self._models[name], state_dict, path)
+        else:
+            super()._load_state_dict(name, state_dict, path)

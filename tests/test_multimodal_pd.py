@@ -13,7 +13,7 @@ from prompt_diffusion.adapters import (
 from prompt_diffusion.backbones import build_tiny_clip
 from prompt_diffusion.config import extend_cfg
 from prompt_diffusion.engine import build_trainer, get_cfg_default
-from prompt_diffusion.trainers import coprompt, maple, promptsrc
+from prompt_diffusion.trainers import coprompt, maple, pd_variants, promptsrc
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +45,10 @@ def tiny_model(name):
 
 
 ADAPTERS = {
-    "MaPLe": (MaPLeAdapter, maple.MaPLePD, [("text", 3 * 2, TEXT_WIDTH)]),
-    "PromptSRC": (PromptSRCAdapter, promptsrc.PromptSRCPD,
+    "MaPLe": (MaPLeAdapter, pd_variants.MaPLePD, [("text", 3 * 2, TEXT_WIDTH)]),
+    "PromptSRC": (PromptSRCAdapter, pd_variants.PromptSRCPD,
                   [("text", 3 * 4, TEXT_WIDTH), ("vision", 3 * 3, VISION_WIDTH)]),
-    "CoPrompt": (CoPromptAdapter, coprompt.CoPromptPD, [("text", 3 * 2, TEXT_WIDTH)]),
+    "CoPrompt": (CoPromptAdapter, pd_variants.CoPromptPD, [("text", 3 * 2, TEXT_WIDTH)]),
 }
 
 

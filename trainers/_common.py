@@ -1,21 +1,21 @@
 """What the CoOp-family trainers share: class-prompt tokenisation, context initialisation, the text
 encoder over ``clip_prompting``, deep-prompt parameters with the upstream names, precision, and
-the trainer skeleton (frozen CLIP, one registered model, ``load_model`` that drops class buffers).
+the trainer skeleton (frozen CLIP, one registered model, checkpoint loading that drops class buffers).
 """
 import contextlib
-import os.path as osp
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import clip
 import torch
 import torch.nn.functional as F
 from clip.simple_tokenizer import SimpleTokenizer
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from prompt_diffusion.backbones import apply_precision, check_precision, load_clip_from_cfg
 from prompt_diffusion.clip_prompting import encode_prompted_text, encode_token_embeddings, split_prompt_embeddings
 from prompt_diffusion.engine import (
-    TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, load_checkpoint, load_pretrained_weights,
+    TrainerX, backward_and_update, build_lr_scheduler, build_optimizer, compute_accuracy, load_pretrained_weights,
 )
 
 _tokenizer = SimpleTokenizer()
@@ -38,8 +38,13 @@ def tokenize_class_prompts(
     """
     names = [name.replace("_", " ") for name in classnames]
     name_lens = [len(_tokenizer.encode(name)) for name in names]
-    tokenized = clip.tokenize([f"{prompt_prefix} {name}." for name in names], context_length=length)
+    tokenized = clip.tokenize(class_prompt_texts(prompt_prefix, classnames), context_length=length)
     return tokenized, name_lens
+
+
+def class_prompt_texts(prompt_prefix: str, classnames: Sequence[str]) -> List[str]:
+    """``"<prefix> <class name>."`` per class, ``_`` in a class name read as a space (upstream's prompts)."""
+    return [f"{prompt_prefix} {name.replace('_', ' ')}." for name in classnames]
 
 
 def init_text_context(
@@ -65,6 +70,32 @@ def init_text_context(
     ctx_vectors = torch.empty(*shape_prefix, n_ctx, width, dtype=dtype)
     nn.init.normal_(ctx_vectors, std=0.02)
     return ctx_vectors, " ".join(["X"] * n_ctx), n_ctx
+
+
+def frozen_text_features(clip_model: nn.Module, texts: Sequence[str], chunk_size: int = 1024,
+                         device: Optional[torch.device] = None, desc: str = "frozen text features") -> Tensor:
+    """CLIP's own text features ``[N, E]`` (not normalised) of ``texts``, without gradient: the
+    frozen class features of ZeroshotCLIP and VPT, PromptSRC's template ensemble, CoPrompt's
+    class descriptions.
+
+    Encoded ``chunk_size`` texts at a time with exact EOT truncation (a progress bar over chunks),
+    on ``device`` when given (the model goes there for the encoding and back afterwards; the result
+    lies where the model was). A text longer than CLIP's context is an error (``clip.tokenize``).
+    """
+    home = clip_model.ln_final.weight.device
+    work = torch.device(device) if device is not None else home
+    clip_model.to(work)
+    tokenized = clip.tokenize(list(texts), context_length=context_length(clip_model))  # [N, L]
+    step = chunk_size if chunk_size > 0 else len(texts)
+    no_prompt = torch.zeros(0, clip_model.ln_final.weight.shape[0], dtype=clip_model.dtype, device=work)
+    features = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(texts), step), desc=desc, leave=False, disable=len(texts) <= step):
+            tokens = tokenized[start:start + step].to(work)
+            prefix, suffix = split_prompt_embeddings(clip_model.token_embedding, tokens, 0, clip_model.dtype)
+            features.append(encode_prompted_text(clip_model, prefix, suffix, tokens, no_prompt))
+    clip_model.to(home)
+    return torch.cat(features).to(home)
 
 
 def check_image_size(cfg, clip_model: nn.Module) -> None:
@@ -155,16 +186,6 @@ def attach_visual_prompts(visual: nn.Module, n_ctx: int, depth: int) -> None:
     attach_deep_prompts(visual.transformer.resblocks, depth, n_ctx, width)
 
 
-def deep_prompts_of(resblocks: Iterable[nn.Module]) -> List[Tensor]:
-    """The ``VPT_shallow`` parameters of blocks 1, 2, ... (stops at the first block without one)."""
-    prompts = []
-    for block in list(resblocks)[1:]:
-        if not hasattr(block, "VPT_shallow"):
-            break
-        prompts.append(block.VPT_shallow)
-    return prompts
-
-
 def autocast_context(prec: str, device: torch.device):
     """``amp``: autocast (float16 on CUDA, bfloat16 on CPU); otherwise a no-op context."""
     if prec != "amp":
@@ -244,33 +265,16 @@ class PromptedCLIPTrainer(TrainerX):
     def step_on_loss(self, loss: Tensor) -> None:
         """Backward and optimizer step (through the GradScaler under CUDA ``amp``); the learning
         rate steps after the last batch of an epoch, as upstream."""
-        if self.scaler is not None:
-            self.optim.zero_grad()
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
-        else:
-            self.model_backward_and_update(loss)
+        backward_and_update(self, loss, self.scaler)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 
-    def load_model(self, directory: str, epoch: Optional[int] = None):
-        """Load ``<directory>/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``), dropping the
-        class-dependent buffers (``token_prefix``, ``token_suffix``) so that a model trained on some
-        classes evaluates on others (base -> new, cross-dataset); ``strict=False`` as upstream."""
-        if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
-            return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
-            checkpoint = load_checkpoint(model_path)
-            state_dict = {key: value for key, value in checkpoint["state_dict"].items()
-                          if key.split(".")[-1] not in CLASS_BUFFERS}
-            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
-            self._models[name].load_state_dict(state_dict, strict=False)
+    def _load_state_dict(self, name: str, state_dict: dict, path: str) -> None:
+        """``load_model`` per model, as upstream: the class-dependent buffers (``token_prefix``,
+        ``token_suffix``) are dropped so that a model trained on some classes evaluates on others
+        (base -> new, cross-dataset); ``strict=False``."""
+        kept = {key: value for key, value in state_dict.items() if key.split(".")[-1] not in CLASS_BUFFERS}
+        self._models[name].load_state_dict(kept, strict=False)

@@ -6,13 +6,13 @@ sequences. Here they go through ``clip_prompting.encode_prompted_text`` (exact E
 ``MODEL.TEXT_CHUNK`` chunking) instead of upstream's per-image loop over full 77-token prompts.
 Names, shapes, initialisation and checkpoint layout as KaiyangZhou/CoOp ``trainers/cocoop.py``.
 """
-from collections import OrderedDict
 from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
 from prompt_diffusion.clip_prompting import encode_image, prompted_logits
 from prompt_diffusion.engine import TRAINER_REGISTRY
+from prompt_diffusion.prompt_methods import MetaNet
 
 from ._common import (
     PromptedCLIPTrainer, TextPromptedCLIP, check_image_size, init_text_context, register_class_prompts,
@@ -31,11 +31,7 @@ class PromptLearner(nn.Module):
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx_vectors)  # [n_ctx, D]
         vis_dim, ctx_dim = clip_model.visual.output_dim, clip_model.ln_final.weight.shape[0]
-        self.meta_net = nn.Sequential(OrderedDict([
-            ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
-            ("relu", nn.ReLU(inplace=True)),
-            ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
-        ]))
+        self.meta_net = MetaNet(vis_dim, ctx_dim)  # vis_dim -> vis_dim // 16 -> ctx_dim
         if node.PREC == "fp16":
             self.meta_net.half()
         register_class_prompts(self, clip_model, prompt_prefix, classnames, n_ctx)

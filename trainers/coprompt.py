@@ -1,9 +1,11 @@
 """CoPrompt: consistency-guided prompt learning (Roy & Etemad, ICLR 2024; ShuvenduRoy/CoPrompt
 ``trainers/coprompt.py``).
 
-MaPLe's prompts (``TRAINER.CoPrompt``: ``N_CTX``, ``CTX_INIT``, ``PROMPT_DEPTH``) plus two residual
-feature adapters (``adapter_image``, ``adapter_text``: 512 -> 128 -> 512, no bias, ReLU; mixed in with
-0.1 and 0.2 at training and inference). The loss adds to the cross-entropy, with weight
+MaPLe's prompts (``TRAINER.CoPrompt``: ``N_CTX``, ``CTX_INIT``, ``PROMPT_DEPTH``) plus two feature
+MLPs mixed residually into the features (``FeatureMLP``, 512 -> 128 -> 512, no bias, ReLU; with
+0.1 and 0.2 at training and inference). Upstream calls them "adapters": their attribute names
+``adapter_image`` / ``adapter_text`` / ``image_adapter_m`` / ``text_adapter_m`` are upstream's, so
+state dicts match upstream checkpoints (in this project an "adapter" is a ``PromptAdapter``). The loss adds to the cross-entropy, with weight
 ``TRAINER.W``, the consistency with frozen CLIP: of the class text features with the frozen
 features of one randomly drawn LLM description per class (the same draw for all classes, each
 step), and of the image features with the frozen image features of a second augmented view of the
@@ -24,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import RandAugment, ToTensor
 
-from prompt_diffusion.adapters.coprompt import coprompt_features
+from prompt_diffusion.prompt_methods import coprompt_features
 from prompt_diffusion.clip_prompting import encode_image
-from prompt_diffusion.engine import ENGINE, TRAINER_REGISTRY, DataManager, build_transform
-from prompt_diffusion.wrapper import DiffusionPromptWrapper
+from prompt_diffusion.engine import ENGINE, TRAINER_REGISTRY, build_transform
 
 from . import maple
-from ._multimodal import MultiModalTrainer, frozen_text_features
+from ._common import frozen_text_features
+from ._multimodal import MultiModalTrainer
 from .coprompt_constants import apply_dataset_overrides
 from .coprompt_descriptions import description_file, load_class_descriptions
 
@@ -42,8 +44,9 @@ def check_distill(cfg) -> None:
         raise ValueError(f"TRAINER.DISTILL={cfg.TRAINER.DISTILL!r}: must be one of {DISTILL_CHOICES}")
 
 
-class Adapter(nn.Module):
-    """CoPrompt's feature adapter: ``c -> c / reduction -> c``, no bias, ReLU after each layer."""
+class FeatureMLP(nn.Module):
+    """CoPrompt's feature MLP (upstream ``Adapter``): ``c -> c / reduction -> c``, no bias, ReLU after
+    each layer; its state-dict keys (``fc.0.weight``, ``fc.2.weight``) are upstream's."""
 
     def __init__(self, c_in: int, reduction: int = 4):
         super().__init__()
@@ -70,7 +73,7 @@ def description_features(clip_model: nn.Module, descriptions: List[List[str]], c
 
 
 class CustomCLIP(maple.CustomCLIP):
-    """MaPLe's prompted CLIP with CoPrompt's adapters and consistency losses.
+    """MaPLe's prompted CLIP with CoPrompt's feature MLPs and consistency losses.
 
     ``forward(image1, image2, label)`` returns the loss while the prompt learner trains;
     ``forward(image)`` the logits ``[B, K]`` otherwise. ``descriptions``: the frozen description
@@ -88,8 +91,8 @@ class CustomCLIP(maple.CustomCLIP):
         self.distill_criteria = cfg.TRAINER.DISTILL
         self.lambd = cfg.TRAINER.W
         embed_dim = clip_model.text_projection.shape[1]
-        self.adapter_image = Adapter(embed_dim, 4).to(clip_model.dtype)
-        self.adapter_text = Adapter(embed_dim, 4).to(clip_model.dtype)
+        self.adapter_image = FeatureMLP(embed_dim, 4).to(clip_model.dtype)
+        self.adapter_text = FeatureMLP(embed_dim, 4).to(clip_model.dtype)
         self.image_adapter_m = 0.1
         self.text_adapter_m = 0.2
 
@@ -156,7 +159,7 @@ class CoPrompt(MultiModalTrainer):
 
     PREC_NODE = "CoPrompt"
     MODEL_NAME = "MultiModalPromptLearner"
-    TRAINABLE = ("prompt_learner", "adapter")
+    TRAINABLE = ("prompt_learner", "adapter")  # the feature MLPs' upstream names: adapter_image, adapter_text
 
     def __init__(self, cfg):
         super().__init__(with_dataset_overrides(cfg))
@@ -173,15 +176,7 @@ class CoPrompt(MultiModalTrainer):
             return super().build_data_loader()
         print("RandAugment: torchvision's (the built-in engine has none of its own)")
         train_transform, test_transform = randaugment_transforms(self.cfg)
-        dm = DataManager(self.cfg, custom_tfm_train=train_transform, custom_tfm_test=test_transform)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
+        super().build_data_loader(custom_tfm_train=train_transform, custom_tfm_test=test_transform)
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         path = description_file(cfg.TRAINER.CoPrompt.DESCRIPTIONS_DIR, cfg.DATASET.NAME)
@@ -202,6 +197,3 @@ class CoPrompt(MultiModalTrainer):
     def loss_terms(self, batch: dict) -> Dict[str, Tensor]:
         image1, label, image2 = self.parse_batch_train(batch)
         return self.model.loss_terms(image1, image2, label)
-
-
-CoPromptPD = DiffusionPromptWrapper.register(CoPrompt)

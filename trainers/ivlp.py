@@ -6,16 +6,16 @@ Text: ``prompt_learner.ctx`` ``[N_CTX_TEXT, 512]`` after SOS and independent dee
 Vision: ``image_encoder.VPT`` ``[N_CTX_VISION, 768]`` after CLS + patches and
 ``image_encoder.transformer.resblocks.<i>.VPT_shallow`` for layers ``1..PROMPT_DEPTH_VISION-1``.
 """
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from prompt_diffusion.clip_prompting import encode_image, prompted_logits
+from prompt_diffusion.clip_prompting import deep_prompts_of, encode_image, prompted_logits
 from prompt_diffusion.engine import TRAINER_REGISTRY
 
 from ._common import (
     PromptedCLIPTrainer, TextPromptedCLIP, attach_deep_prompts, attach_visual_prompts, check_image_size,
-    deep_prompts_of, init_text_context, register_class_prompts,
+    init_text_context, register_class_prompts,
 )
 
 
@@ -50,14 +50,18 @@ class CustomCLIP(TextPromptedCLIP):
         if node.PROMPT_DEPTH_VISION > 0:
             attach_visual_prompts(clip_model.visual, node.N_CTX_VISION, node.PROMPT_DEPTH_VISION)
 
-    def forward(self, image: Tensor, label: Optional[Tensor] = None) -> Tensor:
-        """Logits ``[B, K]``; the cross-entropy loss instead while the prompt learner trains."""
-        visual, learner = self.image_encoder, self.prompt_learner
+    def features(self, image: Tensor) -> Tuple[Tensor, Tensor]:
+        """Prompted image ``[B, E]`` and class text ``[K, E]`` features (not normalised)."""
+        visual = self.image_encoder
         image_features = encode_image(visual, image, getattr(visual, "VPT", None),
                                       deep_prompts_of(visual.transformer.resblocks))
         text_features = self.prompted_text_features(
-            learner.ctx, deep_prompts_of(self.text_encoder.transformer.resblocks))  # [K, E]
-        logits = prompted_logits(image_features, text_features, self.logit_scale)
+            self.prompt_learner.ctx, deep_prompts_of(self.text_encoder.transformer.resblocks))
+        return image_features, text_features
+
+    def forward(self, image: Tensor, label: Optional[Tensor] = None) -> Tensor:
+        """Logits ``[B, K]``; the cross-entropy loss instead while the prompt learner trains."""
+        logits = prompted_logits(*self.features(image), self.logit_scale)
         return self.loss_or_logits(logits, label)
 
 

@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.maple import maple_features
-from prompt_diffusion.clip_prompting import prompted_logits, split_prompt_embeddings
+from prompt_diffusion.prompt_methods import maple_features
+from prompt_diffusion.clip_prompting import prompted_logits
 from prompt_diffusion.engine import TRAINER_REGISTRY
-from prompt_diffusion.wrapper import DiffusionPromptWrapper
 
-from ._common import TextEncoder, check_image_size, init_text_context, tokenize_class_prompts
+from ._common import TextEncoder, check_image_size, init_text_context, register_class_prompts
 from ._multimodal import MultiModalTrainer
 
 
@@ -55,16 +54,9 @@ class MultiModalPromptLearner(nn.Module):
         single_layer = nn.Linear(text_width, visual_width)
         self.compound_prompt_projections = nn.ModuleList([copy.deepcopy(single_layer) for _ in range(depth - 1)])
 
-        tokenized, name_lens = tokenize_class_prompts(prompt_prefix, classnames)
-        prefix, suffix = split_prompt_embeddings(clip_model.token_embedding, tokenized, n_ctx, clip_model.dtype)
-        # computed from the current class names; load_model() ignores the saved ones
-        self.register_buffer("token_prefix", prefix)  # [K, 1, 512]: SOS
-        self.register_buffer("token_suffix", suffix)  # [K, 77 - 1 - n_ctx, 512]: rest of the prompt, EOT
-        self.n_cls = len(classnames)
-        self.n_ctx = n_ctx
+        # token_prefix [K, 1, 512] (SOS), token_suffix [K, 77 - 1 - n_ctx, 512], tokenized_prompts [K, 77]
+        register_class_prompts(self, clip_model, prompt_prefix, classnames, n_ctx)
         self.compound_prompts_depth = depth
-        self.tokenized_prompts = tokenized  # [K, 77]
-        self.name_lens = name_lens
 
     def text_prompts(self) -> Tuple[Tensor, List[Tensor]]:
         """The shared text prompt ``[n, 512]`` and the deep text prompts of layers ``1..depth-1``."""
@@ -115,6 +107,3 @@ class MaPLe(MultiModalTrainer):
     def loss_terms(self, batch: dict) -> Dict[str, Tensor]:
         image, label = self.parse_batch_train(batch)
         return self.model.loss_terms(image, label)
-
-
-MaPLePD = DiffusionPromptWrapper.register(MaPLe)

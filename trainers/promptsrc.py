@@ -3,7 +3,7 @@ muzairkhattak/PromptSRC ``trainers/promptsrc.py``).
 
 Prompts: IVLP's (``TRAINER.PROMPTSRC``: ``N_CTX_TEXT`` + ``N_CTX_VISION`` tokens, depths
 ``PROMPT_DEPTH_TEXT`` / ``PROMPT_DEPTH_VISION``), with upstream's parameter names. Self-regulation
-(``prompt_diffusion.adapters.promptsrc.promptsrc_loss_terms``): L1 to the frozen text features
+(``prompt_diffusion.prompt_methods.promptsrc_loss_terms``): L1 to the frozen text features
 averaged over the 60 ImageNet templates (``TEXT_LOSS_WEIGHT``), L1 to the frozen image features
 (``IMAGE_LOSS_WEIGHT``), KL(zero-shot ‖ prompted) with weight 1. Gaussian prompt aggregation
 (GPA): after epoch ``e`` (1-based) the trainable tensors are added with weight ``N(e; GPA_MEAN,
@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.promptsrc import promptsrc_loss_terms
-from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text
+from prompt_diffusion.prompt_methods import promptsrc_loss_terms
+from prompt_diffusion.clip_prompting import encode_image
 from prompt_diffusion.engine import TRAINER_REGISTRY
-from prompt_diffusion.wrapper import DiffusionPromptWrapper
 
 from . import ivlp
-from ._common import deep_prompts_of
-from ._multimodal import MultiModalTrainer, frozen_text_features
+from ._common import frozen_text_features
+from ._multimodal import MultiModalTrainer
 from .imagenet_templates import IMAGENET_TEMPLATES
 
 # TRAINER.PROMPTSRC keys that configure the IVLP prompts
@@ -89,14 +88,8 @@ class CustomCLIP(ivlp.CustomCLIP):
         self.n_cls = len(classnames)
 
     def prompted_features(self, image: Tensor) -> Tuple[Tensor, Tensor]:
-        """L2-normalised prompted image ``[B, E]`` and class text ``[K, E]`` features."""
-        visual, learner = self.image_encoder, self.prompt_learner
-        image_features = encode_image(visual, image, visual.VPT if hasattr(visual, "VPT") else None,
-                                      deep_prompts_of(visual.transformer.resblocks))
-        text_features = encode_prompted_text(
-            self.text_encoder, learner.token_prefix, learner.token_suffix, self.tokenized_prompts, learner.ctx,
-            deep_prompts_of(self.text_encoder.transformer.resblocks), chunk_size=self.text_encoder.chunk_size,
-        )
+        """L2-normalised prompted image ``[B, E]`` and class text ``[K, E]`` features (IVLP's)."""
+        image_features, text_features = self.features(image)
         return (image_features / image_features.norm(dim=-1, keepdim=True),
                 text_features / text_features.norm(dim=-1, keepdim=True))
 
@@ -199,6 +192,3 @@ class PromptSRC(MultiModalTrainer):
             for name, aggregate in self.model.gpa.items():
                 aggregate.copy_to(trainable_tensors(self._models[name]))
         super().after_epoch()
-
-
-PromptSRCPD = DiffusionPromptWrapper.register(PromptSRC)

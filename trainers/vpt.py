@@ -7,17 +7,14 @@ Learned visual tokens appended after CLS + patches (``image_encoder.VPT`` ``[n, 
 """
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from prompt_diffusion.clip_prompting import (
-    encode_image, encode_prompted_text, prompted_logits, split_prompt_embeddings,
-)
+from prompt_diffusion.clip_prompting import deep_prompts_of, encode_image, prompted_logits
 from prompt_diffusion.engine import TRAINER_REGISTRY
 
 from ._common import (
-    PromptedCLIPTrainer, TextEncoder, attach_visual_prompts, check_image_size, context_length, deep_prompts_of,
-    tokenize_class_prompts,
+    PromptedCLIPTrainer, TextEncoder, attach_visual_prompts, check_image_size, class_prompt_texts,
+    frozen_text_features,
 )
 
 HAND_CRAFTED_PREFIX = "a photo of a"
@@ -28,12 +25,8 @@ class FixedEmbeddings(nn.Module):
 
     def __init__(self, classnames: Sequence[str], clip_model: nn.Module, chunk_size: int = 0):
         super().__init__()
-        tokenized, _ = tokenize_class_prompts(HAND_CRAFTED_PREFIX, classnames, context_length(clip_model))
-        prefix, suffix = split_prompt_embeddings(clip_model.token_embedding, tokenized, 0, clip_model.dtype)
-        width = clip_model.ln_final.weight.shape[0]
-        with torch.no_grad():
-            features = encode_prompted_text(clip_model, prefix, suffix, tokenized,
-                                            prefix.new_zeros(0, width), chunk_size=chunk_size)  # [K, E]
+        features = frozen_text_features(clip_model, class_prompt_texts(HAND_CRAFTED_PREFIX, classnames), chunk_size,
+                                        desc="VPT class features")  # [K, E]
         self.register_buffer("fixed_embeddings", features, persistent=False)
 
     def return_fixed_embeddings(self) -> Tensor:

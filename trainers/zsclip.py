@@ -3,13 +3,14 @@ the baseline row of the tables. Nothing is trained; class text features are comp
 """
 from typing import Sequence
 
-import clip
 import torch
 from torch import Tensor, nn
 
 from prompt_diffusion.backbones import apply_precision, load_clip_from_cfg
-from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text, prompted_logits, split_prompt_embeddings
+from prompt_diffusion.clip_prompting import encode_image, prompted_logits
 from prompt_diffusion.engine import TRAINER_REGISTRY, TrainerX
+
+from ._common import frozen_text_features
 
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a photo of a {}, a type of pet.",
@@ -45,11 +46,7 @@ def zeroshot_template(dataset_name: str, dataset=None) -> str:
 def class_text_features(clip_model: nn.Module, template: str, classnames: Sequence[str], chunk_size: int = 0) -> Tensor:
     """Normalised text features ``[K, E]`` of ``template.format(<class name>)`` (``_`` -> space)."""
     texts = [template.format(name.replace("_", " ")) for name in classnames]
-    tokenized = clip.tokenize(texts, context_length=clip_model.positional_embedding.shape[0])  # [K, L]
-    prefix, suffix = split_prompt_embeddings(clip_model.token_embedding, tokenized, 0, clip_model.dtype)
-    with torch.no_grad():
-        features = encode_prompted_text(clip_model, prefix, suffix, tokenized,
-                                        prefix.new_zeros(0, prefix.shape[-1]), chunk_size=chunk_size)
+    features = frozen_text_features(clip_model, texts, chunk_size, desc="zero-shot class features")
     return features / features.norm(dim=-1, keepdim=True)
 
 

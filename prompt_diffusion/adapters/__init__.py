@@ -10,12 +10,15 @@ from prompt_diffusion.adapters.base import (
     PromptLayoutError,
     adapter_by_name,
     adapter_for_trainer,
+    class_tokens,
     detect_adapter,
     find_attribute,
     has_attribute,
     images_and_labels,
+    loss_of,
     register_adapter,
     registered_adapters,
+    text_chunk,
 )
 from prompt_diffusion.adapters.cocoop import CoCoOpAdapter
 from prompt_diffusion.adapters.coop import CoOpAdapter
@@ -39,10 +42,13 @@ __all__ = [
     "PromptLayoutError",
     "adapter_by_name",
     "adapter_for_trainer",
+    "class_tokens",
     "detect_adapter",
     "find_attribute",
     "has_attribute",
     "images_and_labels",
+    "loss_of",
     "register_adapter",
     "registered_adapters",
+    "text_chunk",
 ]

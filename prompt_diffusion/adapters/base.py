@@ -16,6 +16,9 @@ Adapters find their parts by the upstream attribute names (``prompt_learner.ctx`
 adapter serves this repository's trainers and the trainers of the upstream repositories. A model
 without those names fails with a ``PromptLayoutError`` that names what is missing.
 
+The helpers a new adapter needs are here too: ``images_and_labels`` (of a parsed batch),
+``loss_of`` (a host forward's loss), ``text_chunk`` (``MODEL.TEXT_CHUNK``), ``class_tokens``.
+
 Subclass, declare ``required_attributes`` (what layout detection looks for) and register:
 
     @register_adapter("MaPLe")
@@ -26,7 +29,12 @@ Subclass, declare ``required_attributes`` (what layout detection looks for) and 
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple, Type
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from prompt_diffusion.clip_prompting import encode_image
+from prompt_diffusion.config import DEFAULT_TEXT_CHUNK
 
 __all__ = [
     "PromptGroup",
@@ -36,6 +44,9 @@ __all__ = [
     "find_attribute",
     "has_attribute",
     "images_and_labels",
+    "loss_of",
+    "text_chunk",
+    "class_tokens",
     "register_adapter",
     "registered_adapters",
     "adapter_by_name",
@@ -175,12 +186,15 @@ class PromptAdapter(ABC):
     def feature_dim(self) -> int:
         """Width of ``image_features`` (CLIP's embedding width)."""
 
-    @abstractmethod
     def image_features(self, images: Tensor) -> Tensor:
-        """The frozen CLIP image feature, L2-normalised, without any prompt: ``[B, feature_dim]``.
+        """The frozen CLIP image feature, L2-normalised, without any prompt: ``[B, feature_dim]``:
+        the host's ``image_encoder`` run without prompts (every upstream layout has one).
 
         Computed once per batch under ``torch.no_grad``; ``logits`` reuses it when the image side
         carries no prompts (CoOp, CoCoOp)."""
+        with torch.no_grad():
+            features = encode_image(self.find("image_encoder"), images)  # [B, E], no prompts
+        return features / features.norm(dim=-1, keepdim=True)
 
     def meta_net(self) -> Optional[nn.Module]:
         """The host's own image-feature network (CoCoOp's ``prompt_learner.meta_net``), or ``None``.
@@ -223,6 +237,28 @@ class PromptAdapter(ABC):
                     f"{type(self).__name__}: prompts[{group.name!r}] has shape {shape}, "
                     f"expected {(batch_size, group.n_tokens, group.width)}"
                 )
+
+
+# ---------------------------------------------------------------------- helpers for adapters
+def loss_of(output: Tensor, labels: Tensor) -> Tensor:
+    """A host forward's training loss: the output itself when it is a scalar (CoCoOp, IVLP return
+    their loss in training mode), else the cross-entropy of the logits ``[B, K]``."""
+    return output if output.dim() == 0 else F.cross_entropy(output, labels)
+
+
+def text_chunk(cfg) -> int:
+    """``MODEL.TEXT_CHUNK`` (0: encode all sequences at once); its default when the config has none."""
+    if cfg is not None and "MODEL" in cfg and "TEXT_CHUNK" in cfg.MODEL:
+        return int(cfg.MODEL.TEXT_CHUNK)
+    return DEFAULT_TEXT_CHUNK
+
+
+def class_tokens(adapter: PromptAdapter) -> Tensor:
+    """The class prompts' token ids ``[K, L]``: ``tokenized_prompts`` of the model (upstream
+    ``CustomCLIP``) or of its ``prompt_learner``."""
+    if hasattr(adapter.model, "tokenized_prompts"):
+        return adapter.model.tokenized_prompts
+    return adapter.find("prompt_learner.tokenized_prompts")
 
 
 # ---------------------------------------------------------------------- lookup

@@ -10,8 +10,8 @@ from typing import Dict, Optional
 
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.base import ParsedBatch, images_and_labels, register_adapter
-from prompt_diffusion.adapters.coop import TextContextAdapter, loss_of
+from prompt_diffusion.adapters.base import ParsedBatch, images_and_labels, loss_of, register_adapter
+from prompt_diffusion.adapters.coop import TextContextAdapter
 
 __all__ = ["CoCoOpAdapter"]
 

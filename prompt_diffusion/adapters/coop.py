@@ -7,37 +7,15 @@ frozen image feature computed once per batch serves both ``π`` and the logits.
 """
 from typing import Dict, List, Optional
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prompt_diffusion.adapters.base import (
-    ParsedBatch, PromptAdapter, PromptGroup, PromptLayoutError, images_and_labels, register_adapter,
+    ParsedBatch, PromptAdapter, PromptGroup, PromptLayoutError, class_tokens, images_and_labels, loss_of,
+    register_adapter, text_chunk,
 )
-from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text, prompted_logits
+from prompt_diffusion.clip_prompting import encode_prompted_text, prompted_logits
 
-__all__ = ["CoOpAdapter", "TextContextAdapter", "class_tokens", "loss_of", "text_chunk"]
-
-
-def loss_of(output: Tensor, labels: Tensor) -> Tensor:
-    """A host forward's training loss: the output itself when it is a scalar (CoCoOp, IVLP return
-    their loss in training mode), else the cross-entropy of the logits ``[B, K]``."""
-    return output if output.dim() == 0 else F.cross_entropy(output, labels)
-
-
-def text_chunk(cfg) -> int:
-    """``MODEL.TEXT_CHUNK`` when the config has it (0: encode all sequences at once)."""
-    if cfg is not None and "MODEL" in cfg and "TEXT_CHUNK" in cfg.MODEL:
-        return int(cfg.MODEL.TEXT_CHUNK)
-    return 0
-
-
-def class_tokens(adapter: PromptAdapter) -> Tensor:
-    """The class prompts' token ids ``[K, L]``: ``tokenized_prompts`` of the model (upstream
-    ``CustomCLIP``) or of its ``prompt_learner``."""
-    if hasattr(adapter.model, "tokenized_prompts"):
-        return adapter.model.tokenized_prompts
-    return adapter.find("prompt_learner.tokenized_prompts")
+__all__ = ["CoOpAdapter", "TextContextAdapter"]
 
 
 class TextContextAdapter(PromptAdapter):
@@ -80,11 +58,6 @@ class TextContextAdapter(PromptAdapter):
     @property
     def feature_dim(self) -> int:
         return int(self.find("text_encoder.text_projection").shape[1])
-
-    def image_features(self, images: Tensor) -> Tensor:
-        with torch.no_grad():
-            features = encode_image(self.find("image_encoder"), images)  # [B, E]
-        return features / features.norm(dim=-1, keepdim=True)
 
     def logits(self, images: Tensor, prompts: Dict[str, Tensor], image_features: Optional[Tensor] = None) -> Tensor:
         self.check_prompts(prompts, images.shape[0])

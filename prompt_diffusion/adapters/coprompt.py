@@ -1,9 +1,10 @@
 """CoPrompt adapter: ``V`` as MaPLe's (text ``[depth x n, 512]``, vision prompts through the learned
-projections), with CoPrompt's residual feature adapters on the logits path; the host loss is
+projections), with CoPrompt's feature MLPs (mixed in residually) on the logits path; the host loss is
 CoPrompt's cross-entropy plus its consistency losses.
 
 Upstream layout (ShuvenduRoy/CoPrompt ``trainers/coprompt.py``): MaPLe's ``prompt_learner`` plus
-``adapter_image`` / ``adapter_text`` (512 -> 128 -> 512 MLPs) mixed into the features with the
+``adapter_image`` / ``adapter_text`` (512 -> 128 -> 512 feature MLPs; upstream's names, not
+prompt adapters) mixed into the features with the
 ratios ``image_adapter_m`` (0.1) and ``text_adapter_m`` (0.2), at training and at inference.
 While training, ``CustomCLIP.forward(image1, image2, label)`` returns the loss; ``image2`` is a
 second augmentation of the batch, the third entry of the parsed batch ``(image1, label, image2)``
@@ -11,28 +12,13 @@ that the CoPrompt trainer's ``parse_batch_train`` returns and the host loss rece
 """
 from typing import Optional, Sequence, Tuple
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from prompt_diffusion.adapters.base import ParsedBatch, images_and_labels, register_adapter
-from prompt_diffusion.adapters.maple import MaPLeAdapter, maple_features
+from prompt_diffusion.adapters.maple import MaPLeAdapter
+from prompt_diffusion.prompt_methods import coprompt_features
 
-__all__ = ["CoPromptAdapter", "coprompt_features", "residual_adapt"]
-
-
-def residual_adapt(features: Tensor, adapter: nn.Module, ratio: float) -> Tensor:
-    """``ratio * adapter(features) + (1 - ratio) * features`` (CoPrompt's residual feature adapter)."""
-    adapted = adapter(features.to(next(adapter.parameters()).dtype)).to(features.dtype)
-    return ratio * adapted + (1 - ratio) * features
-
-
-def coprompt_features(
-    model: nn.Module, images: Tensor, ctx: Tensor, deep_text: Sequence[Tensor], chunk_size: int = 0
-) -> Tuple[Tensor, Tensor]:
-    """CoPrompt's image ``[B, E]`` and text ``[K, E]`` / ``[B, K, E]`` features: MaPLe's prompted
-    features through the residual adapters (not normalised)."""
-    image, text = maple_features(model, images, ctx, deep_text, chunk_size)
-    return (residual_adapt(image, model.adapter_image, model.image_adapter_m),
-            residual_adapt(text, model.adapter_text, model.text_adapter_m))
+__all__ = ["CoPromptAdapter"]
 
 
 @register_adapter("CoPrompt")

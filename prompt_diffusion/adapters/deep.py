@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from prompt_diffusion.adapters.base import PromptGroup, find_attribute
+from prompt_diffusion.clip_prompting import deep_prompts_of
+from prompt_diffusion.config import DEFAULT_DEEP_TOKENS
 
 __all__ = ["DEEP_TOKENS", "DeepPrompts", "deep_tokens"]
 
@@ -27,10 +29,10 @@ DEEP_TOKENS = ("vector", "layer")
 
 
 def deep_tokens(cfg) -> str:
-    """``TRAINER.PD.DEEP_TOKENS`` when the config has it, else ``vector``."""
+    """``TRAINER.PD.DEEP_TOKENS``; its default when the config has none."""
     if cfg is not None and "TRAINER" in cfg and "PD" in cfg.TRAINER and "DEEP_TOKENS" in cfg.TRAINER.PD:
         return cfg.TRAINER.PD.DEEP_TOKENS
-    return "vector"
+    return DEFAULT_DEEP_TOKENS
 
 
 class DeepPrompts:
@@ -38,19 +40,13 @@ class DeepPrompts:
     as one group tokenised per ``tokens`` (``vector`` or ``layer``, see the module docstring)."""
 
     def __init__(self, model: nn.Module, name: str, shallow_path: str, blocks_path: str, adapter: str,
-                 tokens: str = "vector"):
+                 tokens: str = DEFAULT_DEEP_TOKENS):
         if tokens not in DEEP_TOKENS:
             raise ValueError(f"{adapter}: deep prompt tokens {tokens!r} unknown; allowed: {list(DEEP_TOKENS)}")
         self.per_layer = tokens == "layer"
         self.name = name
         self.shallow: Tensor = find_attribute(model, shallow_path, adapter)
-        blocks = find_attribute(model, blocks_path, adapter)
-        self.deep: List[Tensor] = []
-        for block in list(blocks)[1:]:  # layer 0 takes the shallow prompt
-            prompt = getattr(block, "VPT_shallow", None)
-            if not isinstance(prompt, Tensor):  # upstream sets VPT_shallow only on prompted layers
-                break
-            self.deep.append(prompt)
+        self.deep: List[Tensor] = deep_prompts_of(find_attribute(model, blocks_path, adapter))
         self.n_tokens, self.width = (int(s) for s in self.shallow.shape)
         for i, prompt in enumerate(self.deep, start=1):
             if tuple(prompt.shape) != (self.n_tokens, self.width):

@@ -10,8 +10,10 @@ from typing import Dict, List, Optional
 
 from torch import Tensor
 
-from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, register_adapter
-from prompt_diffusion.adapters.coop import CoOpAdapter, class_tokens, loss_of, text_chunk
+from prompt_diffusion.adapters.base import (
+    ParsedBatch, PromptAdapter, PromptGroup, class_tokens, images_and_labels, loss_of, register_adapter, text_chunk,
+)
+from prompt_diffusion.adapters.coop import CoOpAdapter
 from prompt_diffusion.adapters.deep import DeepPrompts, deep_tokens
 from prompt_diffusion.adapters.vpt import VisualPromptsMixin
 from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text, prompted_logits
@@ -27,7 +29,6 @@ class IVLPAdapter(VisualPromptsMixin, PromptAdapter):
         super().__init__(model, cfg)
         self.text = DeepPrompts(model, "text", "prompt_learner.ctx", "text_encoder.transformer.resblocks",
                                 type(self).__name__, deep_tokens(cfg))
-        self.visual = self._visual_prompts() if hasattr(self.find("image_encoder"), "VPT") else None
         self.chunk_size = text_chunk(cfg)
 
     @property

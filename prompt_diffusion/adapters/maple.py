@@ -8,61 +8,21 @@ and ``prompt_learner.compound_prompt_projections[i](compound_prompts_text[i])`` 
 The diffused group stacks the text tokens ``[ctx; deep_1; ...; deep_{depth-1}]``; a per-sample
 text prompt gives per-sample vision prompts through the same projections.
 
-``maple_features`` is MaPLe's prompted forward; the MaPLe and CoPrompt trainers use it too.
+MaPLe's prompted forward is ``prompt_methods.maple_features``, which the MaPLe and CoPrompt trainers use too.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, register_adapter
-from prompt_diffusion.adapters.coop import loss_of, text_chunk
+from prompt_diffusion.adapters.base import (
+    ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, loss_of, register_adapter, text_chunk,
+)
 from prompt_diffusion.adapters.vpt import VisualPromptsMixin
-from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text, prompted_logits
+from prompt_diffusion.clip_prompting import prompted_logits
+from prompt_diffusion.prompt_methods import maple_features
 
-__all__ = ["MaPLeAdapter", "coupled_visual_prompts", "maple_features"]
-
-
-def _project(layer: nn.Linear, prompt: Tensor) -> Tensor:
-    """``layer(prompt)`` in the layer's dtype (the text prompts may be fp32 while the layer is fp16)."""
-    return layer(prompt.to(layer.weight.dtype))
-
-
-def coupled_visual_prompts(learner: nn.Module, ctx: Tensor, deep_text: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-    """MaPLe's vision prompts from its text prompts: ``proj(ctx)`` and ``compound_prompt_projections[i](deep_i)``.
-
-    ``ctx`` and each deep prompt are ``[n, 512]`` (shared) or ``[B, n, 512]`` (per sample); the
-    results have the same leading shape with the vision width (768).
-    """
-    shallow = _project(learner.proj, ctx)
-    deep = [_project(layer, prompt) for layer, prompt in zip(learner.compound_prompt_projections, deep_text)]
-    return shallow, deep
-
-
-def maple_features(
-    model: nn.Module, images: Tensor, ctx: Tensor, deep_text: Sequence[Tensor], chunk_size: int = 0
-) -> Tuple[Tensor, Tensor]:
-    """MaPLe's prompted image and class text features (not normalised).
-
-    Args:
-        model: a MaPLe-layout ``CustomCLIP`` (``prompt_learner``, ``image_encoder``, ``text_encoder``,
-            ``tokenized_prompts``).
-        images: ``[B, 3, H, W]``.
-        ctx: text prompt ``[n, D]`` shared or ``[B, n, D]`` per sample.
-        deep_text: deep text prompts of layers ``1..depth-1``, each shaped like ``ctx``.
-        chunk_size: text sequences encoded at once (``MODEL.TEXT_CHUNK``; 0: all).
-
-    Returns:
-        image features ``[B, E]``; text features ``[K, E]`` (shared) or ``[B, K, E]`` (per sample).
-    """
-    learner = model.prompt_learner
-    shallow_visual, deep_visual = coupled_visual_prompts(learner, ctx, deep_text)
-    image_features = encode_image(model.image_encoder, images, shallow_visual, deep_visual)
-    text_features = encode_prompted_text(
-        model.text_encoder, learner.token_prefix, learner.token_suffix, model.tokenized_prompts, ctx, deep_text,
-        chunk_size=chunk_size,
-    )
-    return image_features, text_features
+__all__ = ["MaPLeAdapter"]
 
 
 @register_adapter("MaPLe")

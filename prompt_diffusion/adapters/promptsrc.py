@@ -5,37 +5,17 @@ Upstream layout (muzairkhattak/PromptSRC ``trainers/promptsrc.py``): IVLP's prom
 text-feature ensemble ``prompt_learner.fixed_embeddings`` ``[K, 512]``. While the prompt learner
 trains, ``CustomCLIP.forward(image, label)`` returns ``(ce, text_features, fixed_embeddings,
 zero_shot_image_features, image_features, zero_shot_logits, logits)`` and the trainer combines
-them (``promptsrc_loss_terms``, which the PromptSRC trainer uses too).
+them (``prompt_methods.promptsrc_loss_terms``, which the PromptSRC trainer uses too).
 """
-from typing import Dict, Optional, Sequence
+from typing import Optional
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from prompt_diffusion.adapters.base import ParsedBatch, images_and_labels, register_adapter
 from prompt_diffusion.adapters.ivlp import IVLPAdapter
+from prompt_diffusion.prompt_methods import promptsrc_loss_terms
 
-__all__ = ["PromptSRCAdapter", "promptsrc_loss_terms"]
-
-
-def promptsrc_loss_terms(outputs: Sequence[Tensor], text_weight: float, image_weight: float) -> Dict[str, Tensor]:
-    """PromptSRC's loss terms from its training forward's outputs (computed in fp32).
-
-    - ``loss_ce``: cross-entropy of the prompted logits;
-    - ``loss_scl_text``: ``text_weight`` x L1 between the prompted text features and the frozen
-      template ensemble (both L2-normalised);
-    - ``loss_scl_image``: ``image_weight`` x L1 between the prompted and the frozen image features;
-    - ``loss_scl_logits``: KL(zero-shot ‖ prompted) over the classes, summed and divided by the number
-      of logits ``B x K`` (upstream's normalisation), weight 1.
-    """
-    loss_ce, text, fixed_text, zs_image, image, zs_logits, logits = outputs
-    return {
-        "loss_ce": loss_ce,
-        "loss_scl_text": F.l1_loss(text.float(), fixed_text.float()) * text_weight,
-        "loss_scl_image": F.l1_loss(image.float(), zs_image.float()) * image_weight,
-        "loss_scl_logits": F.kl_div(F.log_softmax(logits.float(), dim=1), F.log_softmax(zs_logits.float(), dim=1),
-                                    reduction="sum", log_target=True) / logits.numel(),
-    }
+__all__ = ["PromptSRCAdapter"]
 
 
 @register_adapter("PromptSRC")

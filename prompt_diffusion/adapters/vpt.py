@@ -8,11 +8,9 @@ The visual prompts change the image pass, so ``π`` needs one extra frozen, prom
 """
 from typing import Dict, List, Optional
 
-import torch
 from torch import Tensor
 
-from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, register_adapter
-from prompt_diffusion.adapters.coop import loss_of
+from prompt_diffusion.adapters.base import ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, loss_of, register_adapter
 from prompt_diffusion.adapters.deep import DeepPrompts, deep_tokens
 from prompt_diffusion.clip_prompting import encode_image, prompted_logits
 
@@ -20,16 +18,18 @@ __all__ = ["VPTAdapter", "VisualPromptsMixin"]
 
 
 class VisualPromptsMixin:
-    """The vision group (``image_encoder.VPT`` + deep ``VPT_shallow``) and the prompt-free image feature."""
+    """Adapters of hosts whose image side is CLIP's ViT, possibly with visual prompts (VPT, IVLP,
+    MaPLe): ``feature_dim`` from ``image_encoder.proj``, and ``visual``, the visual prompt group
+    (``image_encoder.VPT`` + deep ``VPT_shallow``, see ``DeepPrompts``), or ``None`` when the image
+    encoder carries no ``VPT`` (MaPLe's vision prompts follow from its text prompts; IVLP with
+    ``PROMPT_DEPTH_VISION`` 0)."""
 
-    def _visual_prompts(self) -> DeepPrompts:
-        return DeepPrompts(self.model, "vision", "image_encoder.VPT", "image_encoder.transformer.resblocks",
-                           type(self).__name__, deep_tokens(self.cfg))
-
-    def image_features(self, images: Tensor) -> Tensor:
-        with torch.no_grad():
-            features = encode_image(self.find("image_encoder"), images)  # [B, E], no prompts
-        return features / features.norm(dim=-1, keepdim=True)
+    def __init__(self, model, cfg=None):
+        super().__init__(model, cfg)
+        self.visual: Optional[DeepPrompts] = None
+        if hasattr(self.find("image_encoder"), "VPT"):
+            self.visual = DeepPrompts(self.model, "vision", "image_encoder.VPT", "image_encoder.transformer.resblocks",
+                                      type(self).__name__, deep_tokens(self.cfg))
 
     @property
     def feature_dim(self) -> int:
@@ -44,10 +44,6 @@ class VisualPromptsMixin:
 @register_adapter("VPT")
 class VPTAdapter(VisualPromptsMixin, PromptAdapter):
     required_attributes = ("image_encoder.VPT", "embeddings.return_fixed_embeddings", "logit_scale")
-
-    def __init__(self, model, cfg=None):
-        super().__init__(model, cfg)
-        self.visual = self._visual_prompts()
 
     @property
     def groups(self) -> List[PromptGroup]:

@@ -22,7 +22,8 @@ from .samplers import (Denoise, SigmaDenoiser, amed, amed_layout, amed_step, ddi
 from .denoiser import FrequencyEmbedding, module_from_state
 from .schedule import GRID_KINDS, NoiseSchedule
 
-_TEACHERS = {"ddim": ddim, "dpm_solver_2": dpm_solver_2, "dpmpp_2m": dpmpp_2m}
+# the teacher solvers of the distillation: the allowed TRAINER.PD.AMED.TEACHER values
+TEACHERS = {"ddim": ddim, "dpm_solver_2": dpm_solver_2, "dpmpp_2m": dpmpp_2m}
 
 
 class AMEDPredictor(nn.Module):
@@ -115,7 +116,7 @@ def teacher_trajectory(
         if (i + 1) % stride == 0 and (i + 1) // stride < len(student_sigmas) - 1:
             states.append(state)
 
-    final = _TEACHERS[teacher](model, x, sigmas, callback=keep)
+    final = TEACHERS[teacher](model, x, sigmas, callback=keep)
     return states + [final]
 
 
@@ -178,8 +179,8 @@ def distill_amed(
         The mean (over the K steps) squared error per batch, for logging.
     Only the predictor's parameters receive gradients (the denoiser's ``.grad`` stay untouched).
     """
-    if teacher not in _TEACHERS:
-        raise ValueError(f"unknown AMED teacher {teacher!r}; allowed: {', '.join(_TEACHERS)}")
+    if teacher not in TEACHERS:
+        raise ValueError(f"unknown AMED teacher {teacher!r}; allowed: {', '.join(TEACHERS)}")
     steps, afs = amed_layout(predictor.nfe)
     parameters = [p for p in predictor.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=lr)

@@ -3,9 +3,10 @@
 ``PD_ENGINE=auto|dassl|builtin`` (default ``auto``: Dassl when it imports). With Dassl, Dassl's own
 objects are handed on (its registries, so trainers and datasets registered either way meet), with
 the fixes of ``dassl_bridge``. Always from this package (both engines): ``build_lr_scheduler``,
-the checkpoint functions, ``compute_accuracy``, ``setup_logger`` and the file/seed helpers. ``ENGINE`` is ``"dassl"`` or ``"builtin"``;
+the checkpoint functions, ``backward_and_update``, ``compute_accuracy``, ``setup_logger`` and the file/seed helpers. ``ENGINE`` is ``"dassl"`` or ``"builtin"``;
 ``engine_description()`` is the line the train command logs.
 """
+from prompt_diffusion.engine.amp import backward_and_update
 from prompt_diffusion.engine.checkpoint import (
     load_checkpoint,
     load_pretrained_weights,
@@ -89,7 +90,7 @@ __all__ = [
     "Datum", "DatasetBase", "DataManager", "DatasetWrapper", "build_data_loader", "build_dataset",
     "build_sampler", "build_transform", "INTERPOLATION_MODES", "build_evaluator",
     "get_cfg_default", "clean_cfg", "build_optimizer", "build_lr_scheduler",
-    "save_checkpoint", "load_checkpoint", "resume_from_checkpoint", "load_pretrained_weights",
+    "save_checkpoint", "load_checkpoint", "resume_from_checkpoint", "load_pretrained_weights", "backward_and_update",
     "count_num_param", "setup_logger", "set_random_seed", "compute_accuracy",
     "MetricMeter", "AverageMeter",
     "mkdir_if_missing", "check_isfile", "read_json", "write_json", "read_image", "listdir_nohidden",

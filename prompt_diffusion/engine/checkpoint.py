@@ -165,6 +165,12 @@ def read_latest_checkpoint_name(fdir: str) -> str:
         return f.readlines()[0].strip("\n")
 
 
+def checkpoint_file(directory: str, name: str, epoch: Optional[int] = None) -> str:
+    """``<directory>/<name>/model-best.pth.tar``, or ``model.pth.tar-<epoch>`` for an ``epoch``:
+    the file ``load_model`` reads for the registered model ``name``."""
+    return osp.join(directory, name, "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}")
+
+
 def load_state_dict_checked(module: nn.Module, state_dict: dict, fpath: str) -> None:
     """``module.load_state_dict`` whose error names the checkpoint file."""
     try:

@@ -27,8 +27,9 @@ from prompt_diffusion.engine.safe_trainer import SafeCheckpointsMixin
 from prompt_diffusion.engine.trainer import SimpleTrainer as BuiltinSimpleTrainer
 
 _PATCHED_MARK = "_prompt_diffusion_fixes"
-FIXED_TRAINER_METHODS = ("save_model", "resume_model_if_exist", "load_model", "detect_anomaly",
-                         "check_loss_summary", "_anomaly_message", "_trainer_name")
+FIXED_TRAINER_METHODS = ("save_model", "resume_model_if_exist", "load_model", "_load_registered_model",
+                         "_load_state_dict", "detect_anomaly", "check_loss_summary", "_anomaly_message",
+                         "_trainer_name")
 
 
 def _solarize_add(img: Image.Image, addition: int = 0, threshold: int = 128) -> Image.Image:

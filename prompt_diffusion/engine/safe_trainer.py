@@ -5,16 +5,18 @@ trainers by the Dassl bridge, so both engines save, resume and load the same way
 - ``save_model`` writes only plain data (no scheduler objects), atomically, plus the trainer name
   and the random states;
 - ``resume_model_if_exist`` refuses another trainer's checkpoints and restores the random states;
-- ``load_model`` loads ``weights_only`` and does not format a missing ``val_result``;
+- ``load_model`` loads ``weights_only`` and does not format a missing ``val_result``; trainers adapt it
+  per model through ``_load_state_dict`` (e.g. to skip class-dependent buffers);
 - ``detect_anomaly`` names the epoch, the batch and the last finite loss.
 """
 import math
 import os.path as osp
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from prompt_diffusion.engine.checkpoint import (
+    checkpoint_file,
     get_rng_state,
     load_checkpoint,
     load_state_dict_checked,
@@ -30,10 +32,12 @@ class SafeCheckpointsMixin:
         return self.cfg.TRAINER.NAME or type(self).__name__
 
     def save_model(self, epoch: int, directory: str, is_best: bool = False,
-                   val_result: Optional[float] = None, model_name: str = "") -> None:
-        """Save every registered model to ``directory/<name>/`` as finished epoch ``epoch + 1``."""
+                   val_result: Optional[float] = None, model_name: str = "",
+                   names: Optional[Sequence[str]] = None) -> None:
+        """Save every registered model (or those in ``names``) to ``directory/<name>/`` as
+        finished epoch ``epoch + 1``."""
         rng_state = get_rng_state()
-        for name in self.get_model_names():
+        for name in self.get_model_names(names):
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint(
                 {
@@ -72,16 +76,27 @@ class SafeCheckpointsMixin:
             print("Note that load_model() is skipped as no pretrained model is given "
                   "(ignore this if it's done on purpose)")
             return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise FileNotFoundError(f"No model at {model_path}")
-            checkpoint = load_checkpoint(model_path)
-            val_result = checkpoint.get("val_result")
-            shown = "" if val_result is None else f", val_result={val_result:.1f}"
-            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}{shown})")
-            load_state_dict_checked(self._models[name], checkpoint["state_dict"], model_path)
+            self._load_registered_model(name, checkpoint_file(directory, name, epoch))
+
+    def _load_registered_model(self, name: str, path: str, missing_ok: bool = False) -> None:
+        """Load the weights at ``path`` into the registered model ``name`` (``_load_state_dict``);
+        a missing file is an error, or with ``missing_ok`` a line in the log."""
+        if not osp.exists(path):
+            if missing_ok:
+                print(f"Note: no {name} checkpoint at {path}; {name} stays freshly initialised")
+                return
+            raise FileNotFoundError(f"No model at {path}")
+        checkpoint = load_checkpoint(path)
+        val_result = checkpoint.get("val_result")
+        shown = "" if val_result is None else f", val_result={val_result:.1f}"
+        print(f"Load {path} to {name} (epoch={checkpoint['epoch']}{shown})")
+        self._load_state_dict(name, checkpoint["state_dict"], path)
+
+    def _load_state_dict(self, name: str, state_dict: dict, path: str) -> None:
+        """Load a checkpoint's ``state_dict`` into the registered model ``name``: strictly, naming
+        the differing keys (trainers override this to skip keys they recompute)."""
+        load_state_dict_checked(self._models[name], state_dict, path)
 
     def _anomaly_message(self, what: str) -> str:
         epoch = getattr(self, "epoch", 0)

@@ -186,9 +186,10 @@ class SimpleTrainer(TrainerBase):
     def check_cfg(self, cfg: CfgNode) -> None:
         """Check trainer-specific settings (e.g. a required sampler); raise on bad ones."""
 
-    def build_data_loader(self) -> None:
-        """Create ``dm``, the loaders and ``num_classes``, ``num_source_domains``, ``lab2cname``."""
-        dm = DataManager(self.cfg)
+    def build_data_loader(self, custom_tfm_train=None, custom_tfm_test=None) -> None:
+        """Create ``dm``, the loaders and ``num_classes``, ``num_source_domains``, ``lab2cname``
+        (with the given train / test transforms instead of the configured ones, when given)."""
+        dm = DataManager(self.cfg, custom_tfm_train=custom_tfm_train, custom_tfm_test=custom_tfm_test)
         self.train_loader_x = dm.train_loader_x
         self.train_loader_u = dm.train_loader_u  # optional, can be None
         self.val_loader = dm.val_loader  # optional, can be None

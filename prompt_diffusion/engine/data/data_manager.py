@@ -10,7 +10,7 @@ import torchvision.transforms as T
 from torch.utils.data import Dataset as TorchDataset
 from yacs.config import CfgNode
 
-from prompt_diffusion.engine.data.samplers import build_sampler
+from prompt_diffusion.engine.data.batch_samplers import build_sampler
 from prompt_diffusion.engine.data.transforms import INTERPOLATION_MODES, build_transform
 from prompt_diffusion.engine.registry import DATASET_REGISTRY, check_availability
 from prompt_diffusion.engine.utils import read_image

@@ -1,0 +1,62 @@
+"""Dependencies point one way: the reference trainers never import the plug-in, and the plug-in's
+adapters know the trainers by attribute names only.
+
+A reference trainer (``trainers/<method>.py``, installed as ``prompt_diffusion.trainers``) must be
+readable and usable without prompt diffusion; only ``pd_variants.py`` registers the ``<Name>PD``
+variants. The adapters and the modules both sides share (``clip_prompting``, ``prompt_methods``)
+import no trainer. Checked on the parsed import statements, so an import inside a function counts too.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINERS = ROOT / "trainers"
+PACKAGE = ROOT / "prompt_diffusion"
+# the plug-in's modules (adapters, wrapper) and what imports them (the package __init__ via pd_variants)
+PLUG_IN = ("prompt_diffusion.adapters", "prompt_diffusion.wrapper")
+REGISTERS_PD_VARIANTS = {"__init__.py", "pd_variants.py"}
+
+
+def imported_modules(path: Path, package: str = "prompt_diffusion.trainers"):
+    """Absolute names of every module ``path`` imports (relative imports resolved in ``package``)."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            yield module
+            yield from (f"{module}.{alias.name}" for alias in node.names)
+
+
+def test_the_method_modules_are_all_checked():
+    names = {path.name for path in TRAINERS.glob("*.py")}
+    assert {"coop.py", "cocoop.py", "vpt.py", "ivlp.py", "maple.py", "promptsrc.py", "coprompt.py",
+            "zsclip.py"} <= names
+
+
+@pytest.mark.parametrize("path", sorted(p for p in TRAINERS.glob("*.py") if p.name not in REGISTERS_PD_VARIANTS),
+                         ids=lambda p: p.name)
+def test_reference_trainer_does_not_import_the_plug_in(path):
+    offending = sorted({name for name in imported_modules(path)
+                        if any(name == root or name.startswith(root + ".") for root in PLUG_IN)
+                        or name == "prompt_diffusion.trainers.pd_variants"})
+    assert not offending, f"trainers/{path.name} imports the plug-in: {offending}"
+
+
+def test_import_parser_sees_the_plug_in_where_it_is_imported():
+    """The check can fail: pd_variants registers the PD variants through the wrapper."""
+    assert "prompt_diffusion.wrapper.DiffusionPromptWrapper" in set(imported_modules(TRAINERS / "pd_variants.py"))
+
+
+SHARED_BY_BOTH = sorted([*(PACKAGE / "adapters").glob("*.py"), PACKAGE / "clip_prompting.py", PACKAGE / "prompt_methods.py"])
+
+
+@pytest.mark.parametrize("path", SHARED_BY_BOTH, ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_adapters_and_shared_modules_import_no_trainer(path):
+    offending = sorted({name for name in imported_modules(path, "prompt_diffusion.adapters")
+                        if name == "prompt_diffusion.trainers" or name.startswith("prompt_diffusion.trainers.")
+                        or name == "trainers" or name.startswith("trainers.")})
+    assert not offending, f"{path.relative_to(PACKAGE)} imports a reference trainer: {offending}"

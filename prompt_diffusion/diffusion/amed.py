@@ -185,8 +185,7 @@ def distill_amed(
     parameters = [p for p in predictor.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=lr)
     history: List[float] = []
-    best = None if check is None else (check(predictor), {k: v.detach().clone()
-                                                           for k, v in predictor.state_dict().items()})
+    best = None if check is None else _keep_best(predictor, check, (float("inf"), {}))  # the fresh weights
     for denoise, x_T in tqdm(batches, desc="distil AMED", disable=not progress):
         model = SigmaDenoiser(denoise, schedule)
         x, sigmas = _student_start(predictor, x_T, schedule)

@@ -1,73 +1,141 @@
-"""Prompt diffusion on the multi-modal trainers: MaPLePD vs MaPLe and PromptSRCPD vs PromptSRC, side
-by side in one run, inference and training step.
+"""Prompt diffusion's cost on the hosts with visual or multi-modal prompts: VPTPD, MaPLePD,
+PromptSRCPD and CoPromptPD against their hosts, side by side in one process, and where the time goes.
 
 ViT-B/16 architecture with random weights (timing only), fp32, B images per batch, K classes, the
-upstream default configs (MaPLe ``vit_b16_c2_ep5_batch4_2ctx``, PromptSRC ``vit_b16_c2_ep20_batch4_4+4ctx``)
-and the default ``TRAINER.PD`` (denoiser 12 layers / 16 heads / width 512, NFE 5, I=5 online
-overfitting; sampler ``dpmpp_2m``, which makes the same NFE denoiser calls as AMED without its
-distillation phase). The real trainers run: ``model_inference`` and ``forward_backward`` on a batch
-of a generated K-class image folder. The PD inference is also split into its parts: the frozen
-prompt-free image pass for π, the NFE-step sampling, and the logits under the per-sample prompts
-(B x K text sequences, EOT-truncated).
+paper's settings (``*_pd_paper.yaml``: VPT 4 tokens at depth 12; MaPLe, PromptSRC, CoPrompt depth 9
+with 2 tokens per modality) and the default ``TRAINER.PD`` (denoiser 12 layers / 16 heads / width
+512, one denoiser token per prompted layer (``DEEP_TOKENS layer``), NFE 5, AMED distilled for one
+batch, so the timed sampling is AMED's). The real trainers run
+``model_inference`` on one batch of a generated K-class image folder; each PD inference is also
+split into its parts: π (the frozen prompt-free image pass + Meta-Net), sampling (NFE denoiser
+calls) and the logits under the per-sample prompts (prompted image pass, B x K text sequences).
+Rounds interleave every trainer of a host family, so load from other processes hits them alike;
+the fastest round counts. Each row also shows the process CPU time of its fastest round: on a
+machine loaded by other processes a single-threaded run's CPU time is the steadier measure of its
+work (the wall time includes waiting for a core).
 
-    python benchmarks/bench_multimodal_pd.py                  # CPU, 2 threads, B=4, K=10
-    python benchmarks/bench_multimodal_pd.py --device cuda --repeats 10
+Levers (``--levers``; each a set of ``TRAINER.PD`` keys on top of the defaults, timed beside the
+defaults): ``layer`` = ``DEEP_TOKENS layer`` (one denoiser token per prompted layer),
+``vector`` = ``DEEP_TOKENS vector``, ``w256`` / ``w384`` / ``w512`` = ``DENOISER.WIDTH``.
+Combine with ``+`` (``layer+w256``).
+
+    python benchmarks/bench_multimodal_pd.py                                  # CPU, 1 thread, B=4, K=10
+    python benchmarks/bench_multimodal_pd.py --hosts VPT --levers vector layer layer+w256
+    python benchmarks/bench_multimodal_pd.py --device cuda --repeats 10 --train-repeats 3
 """
 import tempfile
 from pathlib import Path
+from typing import Dict, List, Sequence
 
 import torch
 
 from bench_samplers import timings  # interleaved rounds, fastest wall / CPU time (this folder is on sys.path)
 from trainer_timing import inference_runs, make_timed_trainer, timing_parser, write_world
+from multimodal_setup import write_descriptions  # noqa: E402  (tests/ is on sys.path via trainer_timing)
 
-HOSTS = {
-    "MaPLe": ("MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", "MAPLE"),
-    "PromptSRC": ("PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml", "PROMPTSRC"),
+# host -> (its paper config under configs/trainers, the node of its PREC key)
+PAPER_CONFIGS = {
+    "VPT": ("VPT/vit_b16_c4_ep50_batch32_4_pd_paper.yaml", "VPT"),
+    "MaPLe": ("MaPLe/vit_b16_c2_ep50_batch32_2ctx_pd_paper.yaml", "MAPLE"),
+    "PromptSRC": ("PromptSRC/vit_b16_c2_ep50_batch32_2+2ctx_pd_paper.yaml", "PROMPTSRC"),
+    "CoPrompt": ("CoPrompt/coprompt_ep50_batch32_pd_paper.yaml", "CoPrompt"),
+}
+LEVERS = {
+    "layer": ["TRAINER.PD.DEEP_TOKENS", "layer"],
+    "vector": ["TRAINER.PD.DEEP_TOKENS", "vector"],
+    "w256": ["TRAINER.PD.DENOISER.WIDTH", 256],
+    "w384": ["TRAINER.PD.DENOISER.WIDTH", 384],
+    "w512": ["TRAINER.PD.DENOISER.WIDTH", 512],
 }
 
 
-def make_trainer(name: str, root: Path, clip_path: Path, batch: int, device: str):
-    """The upstream default config of ``name``'s host, sampler ``dpmpp_2m``."""
-    config, node = HOSTS[name.replace("PD", "")]
-    return make_timed_trainer(name, config, node, root, clip_path, batch, device, ["TRAINER.PD.SAMPLER", "dpmpp_2m"])
+def lever_opts(spec: str) -> List:
+    """``"layer+w256"`` -> the ``[key, value, ...]`` of each named lever; ``"default"`` -> []."""
+    if spec == "default":
+        return []
+    unknown = [name for name in spec.split("+") if name not in LEVERS]
+    if unknown:
+        raise SystemExit(f"unknown lever(s) {unknown}; choose from {sorted(LEVERS)} (joined with '+') or 'default'")
+    return [item for name in spec.split("+") for item in LEVERS[name]]
 
 
-def compare(host: str, trainers: dict, batches: dict, repeats: int, train_repeats: int) -> None:
-    """Time host and PD side by side (interleaved rounds) and print seconds and PD/host ratios."""
-    device = torch.device(trainers[host].device)
+def write_descriptions_for(root: Path, n_classes: int) -> None:
+    """CoPrompt's class descriptions for ``write_images``'s classes, in ``root/descriptions``."""
+    (root / "descriptions").mkdir(exist_ok=True)
+    write_descriptions(root / "descriptions", [f"class_{k}" for k in range(n_classes)])
+
+
+def make_trainer(name: str, root: Path, clip_path: Path, batch: int, device: str, opts: Sequence = (),
+                 prec: str = "fp32"):
+    """``name`` (host or ``<host>PD``) with its host's paper config at ``prec``; AMED distilled for
+    one batch; CoPrompt's descriptions from ``write_descriptions_for``."""
+    config, node = PAPER_CONFIGS[name[:-2] if name.endswith("PD") else name]
+    return make_timed_trainer(name, config, node, root, clip_path, batch, device, [
+        "TRAINER.CoPrompt.DESCRIPTIONS_DIR", str(root / "descriptions"),
+        "TRAINER.PD.AMED.DISTILL_ITERS", 1, "TRAINER.PD.AMED.BATCH", batch, *opts,
+    ], prec)
+
+
+def compare(trainers: Dict[str, object], images: torch.Tensor, repeats: int, device: torch.device, batch: int) -> None:
+    """Inference of every trainer and the parts of every PD one in interleaved rounds; ms per batch
+    and per image, and each row's ratio to the host's inference (the first trainer)."""
     runs = {}
     with torch.no_grad():
-        for name, trainer in trainers.items():
+        for label, trainer in trainers.items():
             trainer.set_model_mode("eval")
-            runs.update(inference_runs(trainer, trainer.parse_batch_test(batches[name])[0], prefix=f"{name} "))
-        results = timings(runs, repeats, device)
+            runs.update({(label, key): run for key, run in inference_runs(trainer, images).items()})
+        best = timings(runs, repeats, device)
+    host = next(iter(trainers))
+    base = best[(host, "inference")][0]
+    for (label, key), (wall, cpu) in best.items():
+        print(f"  {label:28s} {key:36s} {1000 * wall:9.1f} ms/batch {1000 * wall / batch:8.1f} ms/image "
+              f"(CPU {1000 * cpu:9.1f} ms)  {wall / base:5.2f}x {host}", flush=True)
+
+
+def compare_training(trainers: Dict[str, object], batch: dict, repeats: int, device: torch.device) -> None:
+    """One training step of every trainer in interleaved rounds, with its ratio to the host's."""
     for trainer in trainers.values():
         trainer.set_model_mode("train")
-    results.update(timings({f"{name} training step": (lambda t=trainer, b=batches[name]: t.forward_backward(b))
-                            for name, trainer in trainers.items()}, train_repeats, device))
-    print(f"\n{host} vs {host}PD: fastest wall / process-CPU seconds per batch (PD/host ratio of wall)")
-    for key, (wall, cpu) in results.items():
-        base = results.get(key.replace(f"{host}PD", host)) if key.startswith(f"{host}PD ") else None
-        ratio = f"  {wall / base[0]:.2f}x" if base else ""
-        print(f"{key:50s} {wall:9.3f} {cpu:9.3f}{ratio}", flush=True)
+    best = timings({label: (lambda t=trainer: t.forward_backward(batch)) for label, trainer in trainers.items()},
+                   repeats, device)
+    host = next(iter(trainers))
+    for label, (wall, cpu) in best.items():
+        print(f"  {label:28s} {'training step':36s} {1000 * wall:9.1f} ms/batch "
+              f"(CPU {1000 * cpu:9.1f} ms)  {wall / best[host][0]:5.2f}x {host}", flush=True)
 
 
 def main() -> None:
-    args = timing_parser(__doc__, repeats=3, train_repeats=1).parse_args()
+    parser = timing_parser(__doc__, repeats=3, train_repeats=0)
+    parser.set_defaults(threads=1)
+    parser.add_argument("--hosts", nargs="+", default=list(PAPER_CONFIGS), choices=list(PAPER_CONFIGS))
+    parser.add_argument("--levers", nargs="+", default=["default"],
+                        help="PD settings timed side by side: 'default' or levers joined with '+' "
+                             f"({', '.join(sorted(LEVERS))})")
+    args = parser.parse_args()
+    levers = {spec: lever_opts(spec) for spec in args.levers}
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"ViT-B/16 (random weights), fp32, {args.device}, {args.threads} threads, B={args.batch}, "
-          f"K={args.classes}; fastest of {args.repeats} (inference) / {args.train_repeats} (training step) rounds")
+    device = torch.device(args.device)
+    print(f"ViT-B/16 (random weights), fp32, {args.device}, {args.threads} thread(s), B={args.batch}, "
+          f"K={args.classes}, paper configs, NFE 5 (AMED); fastest of {args.repeats} interleaved rounds "
+          "after a warm-up call")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        clip_path = write_world(root, args.classes, args.batch)
-        for host in HOSTS:
-            trainers = {name: make_trainer(name, root, clip_path, args.batch, args.device)
-                        for name in (host, f"{host}PD")}
-            batches = {name: next(iter(trainer.train_loader_x)) for name, trainer in trainers.items()}
-            compare(host, trainers, batches, args.repeats, args.train_repeats)
-            del trainers, batches
+        per_class = -(-args.batch // args.classes)  # enough images for one batch, no more (π pass of AMED)
+        clip_path = write_world(root, args.classes, per_class)
+        write_descriptions_for(root, args.classes)
+        for host in args.hosts:
+            trainers = {host: make_trainer(host, root, clip_path, args.batch, args.device)}
+            for spec, opts in levers.items():
+                trainers[f"{host}PD {spec}"] = make_trainer(f"{host}PD", root, clip_path, args.batch, args.device,
+                                                            opts)
+            images = trainers[host].parse_batch_test(next(iter(trainers[host].test_loader)))[0]
+            print(f"\nInference, {host} family")
+            compare(trainers, images, args.repeats, device, args.batch)
+            if args.train_repeats > 0:
+                print(f"\nTraining step, {host} family")
+                compare_training(trainers, next(iter(trainers[host].train_loader_x)), args.train_repeats, device)
+            del trainers
 
 
 if __name__ == "__main__":

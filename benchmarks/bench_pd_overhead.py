@@ -1,17 +1,18 @@
-"""What prompt diffusion costs on top of its host: CoCoOpPD vs CoCoOp and VPTPD vs VPT, side by side.
+"""What prompt diffusion costs on top of CoCoOp: CoCoOpPD vs CoCoOp, side by side.
 
 ViT-B/16 architecture with random weights (timing only), fp32, B images per batch, K classes, the
-paper's settings (``*_pd_paper.yaml``: 4 prompt tokens; VPT depth 12) and the default ``TRAINER.PD``
+paper's settings (``CoCoOp/*_pd_paper.yaml``: 4 prompt tokens) and the default ``TRAINER.PD``
 (denoiser 12 layers / 16 heads / width 512, NFE 5, AMED sampler distilled for one batch, so the timed
 sampling is AMED's). The real trainers run ``model_inference`` and ``forward_backward`` on one batch
 of a generated K-class image folder:
 
-- inference: CoCoOpPD vs CoCoOp (target <= 1.10x), VPTPD vs VPT (target <= 2.2x: VPTPD needs a
-  frozen prompt-free image pass for π on top of the prompted one), VPTPD also with
-  ``TRAINER.PD.DEEP_TOKENS layer`` (12 denoiser tokens instead of 48); the PD inference also split
-  into π, sampling (NFE denoiser calls) and the logits under the per-sample prompts;
+- inference: CoCoOpPD vs CoCoOp (target <= 1.10x), the PD inference also split into π, sampling
+  (NFE denoiser calls) and the logits under the per-sample prompts;
 - training step: CoCoOp vs CoCoOpPD with I per-sample overfitting steps online (every step) and
   cached (``OVERFIT.MODE cached``: V* reused; timed on cache hits).
+
+The hosts with visual or multi-modal prompts (VPT, MaPLe, PromptSRC, CoPrompt) are in
+``bench_multimodal_pd.py``.
 
     python benchmarks/bench_pd_overhead.py                     # CPU, 2 threads, B=4, K=10
     python benchmarks/bench_pd_overhead.py --device cuda --repeats 20 --train-repeats 5
@@ -26,16 +27,13 @@ import torch
 from bench_samplers import timings  # interleaved rounds, fastest wall/CPU time per run
 from trainer_timing import inference_runs, make_timed_trainer, timing_parser, write_world
 
-PAPER_CONFIGS = {
-    "CoCoOp": ("CoCoOp/vit_b16_c4_ep50_batch4_ctxv1_pd_paper.yaml", "COCOOP"),
-    "VPT": ("VPT/vit_b16_c4_ep50_batch32_4_pd_paper.yaml", "VPT"),
-}
+COCOOP_PAPER = ("CoCoOp/vit_b16_c4_ep50_batch4_ctxv1_pd_paper.yaml", "COCOOP")
 
 
 def make_trainer(name: str, root: Path, clip_path: Path, args: argparse.Namespace, opts=()):
-    """The paper's config of ``name``'s host; I overfitting steps, AMED distilled for one batch."""
-    config, node = PAPER_CONFIGS[name[:-2] if name.endswith("PD") else name]
-    return make_timed_trainer(name, config, node, root, clip_path, args.batch, args.device, [
+    """CoCoOp's paper config for ``name`` (CoCoOp or CoCoOpPD); I overfitting steps, AMED distilled
+    for one batch."""
+    return make_timed_trainer(name, *COCOOP_PAPER, root, clip_path, args.batch, args.device, [
         "TRAINER.PD.OVERFIT.ITERS", args.iters, "TRAINER.PD.AMED.DISTILL_ITERS", 1,
         "TRAINER.PD.AMED.BATCH", args.batch, *opts,
     ])
@@ -57,7 +55,6 @@ def compare(trainers: Dict[str, object], make_runs, repeats: int, device: torch.
 def main() -> None:
     parser = timing_parser(__doc__, repeats=5, train_repeats=2)
     parser.add_argument("--iters", type=int, default=5, help="per-sample overfitting steps I")
-    parser.add_argument("--hosts", nargs="+", default=list(PAPER_CONFIGS), choices=list(PAPER_CONFIGS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -69,30 +66,21 @@ def main() -> None:
         per_class = -(-args.batch // args.classes)  # enough images for one batch, no more (π pass of AMED)
         clip_path = write_world(root, args.classes, per_class)
 
-        for host in args.hosts:
-            trainers = {name: make_trainer(name, root, clip_path, args) for name in (host, f"{host}PD")}
-            if host == "VPT":  # one denoiser token per prompted layer: 12 tokens instead of 48
-                trainers["VPTPD layer tokens"] = make_trainer(
-                    "VPTPD", root, clip_path, args, ["TRAINER.PD.DEEP_TOKENS", "layer"])
-            batch = next(iter(trainers[host].train_loader_x))
-            images = trainers[host].parse_batch_test(batch)[0]
-            for trainer in trainers.values():
-                trainer.set_model_mode("eval")
-            print(f"\nInference, {host} family (best of {args.repeats} interleaved rounds)")
-            with torch.no_grad():
-                compare(trainers, lambda trainer: inference_runs(trainer, images), args.repeats, device, args.batch)
-            if host == "CoCoOp":
-                trainers["CoCoOpPD cached"] = make_trainer(
-                    "CoCoOpPD", root, clip_path, args, ["TRAINER.PD.OVERFIT.MODE", "cached"])
-                trainers[f"CoCoOpPD online I={args.iters}"] = trainers.pop("CoCoOpPD")
-                for trainer in trainers.values():
-                    trainer.set_model_mode("train")
-                print(f"\nTraining step, {host} family (best of {args.train_repeats} interleaved rounds; "
-                      "the warm-up step fills the cache)")
-                compare(trainers, lambda trainer: {"training step": lambda: trainer.forward_backward(batch)},
-                        args.train_repeats, device, args.batch)
-            del trainers
-
+        trainers = {name: make_trainer(name, root, clip_path, args) for name in ("CoCoOp", "CoCoOpPD")}
+        batch = next(iter(trainers["CoCoOp"].train_loader_x))
+        images = trainers["CoCoOp"].parse_batch_test(batch)[0]
+        for trainer in trainers.values():
+            trainer.set_model_mode("eval")
+        print(f"\nInference (best of {args.repeats} interleaved rounds)")
+        with torch.no_grad():
+            compare(trainers, lambda trainer: inference_runs(trainer, images), args.repeats, device, args.batch)
+        trainers["CoCoOpPD cached"] = make_trainer("CoCoOpPD", root, clip_path, args, ["TRAINER.PD.OVERFIT.MODE", "cached"])
+        trainers[f"CoCoOpPD online I={args.iters}"] = trainers.pop("CoCoOpPD")
+        for trainer in trainers.values():
+            trainer.set_model_mode("train")
+        print(f"\nTraining step (best of {args.train_repeats} interleaved rounds; the warm-up step fills the cache)")
+        compare(trainers, lambda trainer: {"training step": lambda: trainer.forward_backward(batch)},
+                args.train_repeats, device, args.batch)
 
 if __name__ == "__main__":
     main()

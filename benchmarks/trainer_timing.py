@@ -34,20 +34,25 @@ def timing_parser(description: str, repeats: int, train_repeats: int) -> argpars
     return parser
 
 
+def write_images(root: Path, n_classes: int, per_class: int, size: int = 224) -> None:
+    """``root/images/class_<k>/*.png`` (``TinyImageFolder``; the loaders resize to ``INPUT.SIZE``)."""
+    make_image_folder(root / "images", [f"class_{k}" for k in range(n_classes)], per_class, size=size)
+
+
 def write_world(root: Path, n_classes: int, per_class: int) -> Path:
-    """``root/images/class_<k>/*.png`` (224 px, ``TinyImageFolder``) and a random-weight ViT-B/16
-    CLIP file (timing only); returns the CLIP file's path."""
-    make_image_folder(root / "images", [f"class_{k}" for k in range(n_classes)], per_class, size=224)
+    """``write_images`` (224 px) and a random-weight ViT-B/16 CLIP file (timing only); returns the
+    CLIP file's path."""
+    write_images(root, n_classes, per_class)
     clip_path = root / "vit_b16_random.pt"
     save_clip(build_random_clip("ViT-B/16"), clip_path)
     return clip_path
 
 
 def make_timed_trainer(name: str, config_file: str, prec_node: str, root: Path, clip_path: Path, batch: int,
-                       device: str, opts: Sequence = ()):
-    """Trainer ``name`` (a host or its PD variant) with ``configs/trainers/<config_file>``, fp32
-    (``TRAINER.<prec_node>.PREC``), on ``write_world``'s folder: ``batch`` images per batch, no
-    workers, normalisation only; ``opts`` (``[key, value, ...]``) merge last.
+                       device: str, opts: Sequence = (), prec: str = "fp32"):
+    """Trainer ``name`` (a host or its PD variant) with ``configs/trainers/<config_file>`` at
+    precision ``prec`` (``TRAINER.<prec_node>.PREC``), on ``write_images``'s folder: ``batch`` images
+    per batch, no workers, normalisation only; ``opts`` (``[key, value, ...]``) merge last.
 
     The trainer never reaches an epoch's last batch, so ``forward_backward`` takes no scheduler
     step; with sampler ``amed`` the predictor is distilled on one batch, so sampling runs AMED.
@@ -55,7 +60,7 @@ def make_timed_trainer(name: str, config_file: str, prec_node: str, root: Path, 
     cfg = extend_cfg(get_cfg_default())
     cfg.merge_from_file(str(CONFIGS / config_file))
     cfg.merge_from_list([
-        "TRAINER.NAME", name, f"TRAINER.{prec_node}.PREC", "fp32", "MODEL.BACKBONE.PATH", str(clip_path),
+        "TRAINER.NAME", name, f"TRAINER.{prec_node}.PREC", prec, "MODEL.BACKBONE.PATH", str(clip_path),
         "DATASET.NAME", register_tiny_folder_dataset(), "DATASET.ROOT", str(root / "images"),
         "OUTPUT_DIR", str(root / name), "INPUT.TRANSFORMS", ["normalize"], "DATALOADER.NUM_WORKERS", 0,
         "DATALOADER.TRAIN_X.BATCH_SIZE", batch, "DATALOADER.TEST.BATCH_SIZE", batch,

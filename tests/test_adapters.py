@@ -54,8 +54,8 @@ def images():
 HOSTS = {
     "CoOp": (coop, CoOpAdapter, [("text", 4, TEXT_WIDTH)]),
     "CoCoOp": (cocoop, CoCoOpAdapter, [("text", 4, TEXT_WIDTH)]),
-    "VPT": (vpt, VPTAdapter, [("vision", 2 * 2, VISION_WIDTH)]),  # depth x n vectors
-    "IVLP": (ivlp, IVLPAdapter, [("text", 2 * 2, TEXT_WIDTH), ("vision", 2 * 3, VISION_WIDTH)]),
+    "VPT": (vpt, VPTAdapter, [("vision", 2, 2 * VISION_WIDTH)]),  # one token per layer: depth x (n x width)
+    "IVLP": (ivlp, IVLPAdapter, [("text", 2, 2 * TEXT_WIDTH), ("vision", 2, 3 * VISION_WIDTH)]),
 }
 
 
@@ -100,15 +100,22 @@ def test_host_prompts_give_the_host_logits(host, images):
         assert all(torch.equal(v[0], v[1]) for v in center.values())
 
 
-def test_layer_tokens_hold_one_prompted_layer_each(images):
-    cfg = tiny_cfg()
-    cfg.TRAINER.PD.DEEP_TOKENS = "layer"
-    model, cfg = build(ivlp, cfg)
-    adapter = IVLPAdapter(model, cfg)
-    assert [tuple(g) for g in adapter.groups] == [("text", 2, 2 * TEXT_WIDTH), ("vision", 2, 3 * VISION_WIDTH)]
-    vision = adapter.base_prompts()["vision"]
+def test_layer_tokens_hold_one_prompted_layer_each():
+    model, cfg = build(ivlp)  # the default, DEEP_TOKENS layer
+    vision = IVLPAdapter(model, cfg).base_prompts()["vision"]
     assert torch.equal(vision[0], model.image_encoder.VPT.flatten())
     assert torch.equal(vision[1], model.image_encoder.transformer.resblocks[1].VPT_shallow.flatten())
+
+
+def test_vector_tokens_hold_one_prompt_vector_each(images):
+    cfg = tiny_cfg()
+    cfg.TRAINER.PD.DEEP_TOKENS = "vector"
+    model, cfg = build(ivlp, cfg)
+    adapter = IVLPAdapter(model, cfg)
+    assert [tuple(g) for g in adapter.groups] == [("text", 2 * 2, TEXT_WIDTH), ("vision", 2 * 3, VISION_WIDTH)]
+    vision = adapter.base_prompts()["vision"]
+    assert torch.equal(vision[:3], model.image_encoder.VPT)
+    assert torch.equal(vision[3:], model.image_encoder.transformer.resblocks[1].VPT_shallow)
     with torch.no_grad():
         got = adapter.logits(images, batched(adapter.base_prompts(), len(images)))
         torch.testing.assert_close(got, model(images), rtol=1e-5, atol=1e-5)

@@ -124,3 +124,23 @@ def test_bad_requests_name_what_is_allowed(noise):
         sample(denoiser, noise, SCHEDULE, "amed", 7, amed_predictor=AMEDPredictor(1, nfe=5))
     with pytest.raises(ValueError, match="nfe must be"):
         sample(denoiser, noise, SCHEDULE, "ddim", 0)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sampling_steps_read_no_scalar_back(sampler):
+    """Inside the sampling loop no value is read back from a tensor (``.item()``, ``bool(t)``: on
+    CUDA each is a host-device synchronisation): the profiler records no ``_local_scalar_dense``
+    at NFE 5 or 10 (the grid's zeros are read once, as a list)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from prompt_diffusion.diffusion import PromptDenoiser
+
+    denoiser = PromptDenoiser([("text", 2, 8)], cond_dim=4, layers=1, heads=2, width=8).eval()
+    cond = torch.randn(3, 4)
+    for nfe in (5, 10):
+        predictor = AMEDPredictor(feature_dim=8, nfe=nfe) if sampler == "amed" else None
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = sample(denoiser.denoise_fn(cond), torch.randn(3, 16), SCHEDULE, sampler, nfe,
+                         torch.Generator().manual_seed(0), predictor)
+        reads = [e.key for e in prof.events() if e.name in ("aten::_local_scalar_dense", "aten::item")]
+        assert out.shape == (3, 16) and reads == [], f"{sampler} NFE {nfe}: {len(reads)} scalar reads"

@@ -44,11 +44,11 @@ def tiny_model(name):
     return coprompt.CustomCLIP(cfg, CLASSNAMES, clip_model, descriptions), cfg
 
 
-ADAPTERS = {
-    "MaPLe": (MaPLeAdapter, pd_variants.MaPLePD, [("text", 3 * 2, TEXT_WIDTH)]),
+ADAPTERS = {  # one denoiser token per prompted layer (DEEP_TOKENS layer): depth x (n x width)
+    "MaPLe": (MaPLeAdapter, pd_variants.MaPLePD, [("text", 3, 2 * TEXT_WIDTH)]),
     "PromptSRC": (PromptSRCAdapter, pd_variants.PromptSRCPD,
-                  [("text", 3 * 4, TEXT_WIDTH), ("vision", 3 * 3, VISION_WIDTH)]),
-    "CoPrompt": (CoPromptAdapter, pd_variants.CoPromptPD, [("text", 3 * 2, TEXT_WIDTH)]),
+                  [("text", 3, 4 * TEXT_WIDTH), ("vision", 3, 3 * VISION_WIDTH)]),
+    "CoPrompt": (CoPromptAdapter, pd_variants.CoPromptPD, [("text", 3, 2 * TEXT_WIDTH)]),
 }
 
 
@@ -76,6 +76,28 @@ def test_adapter_reproduces_the_host_and_keeps_samples_apart(name):
         changed = adapter.logits(images, moved)
     assert torch.allclose(changed[0], logits[0], atol=1e-5)
     assert not torch.allclose(changed[1], logits[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["MaPLe", "CoPrompt"])
+@pytest.mark.parametrize("tokens", ["layer", "vector"])
+def test_text_prompt_tokens_follow_the_upstream_layers(name, tokens):
+    """``DEEP_TOKENS layer`` (default): one denoiser token per prompted layer, ``[depth, n x 512]``;
+    ``vector``: one per prompt vector, ``[depth x n, 512]``. Either way the shared prompts give the
+    host's logits."""
+    model, cfg = tiny_model(name)
+    model.eval()
+    cfg.TRAINER.PD.DEEP_TOKENS = tokens
+    adapter = ADAPTERS[name][0](model, cfg)
+    learner = model.prompt_learner
+    layers = [learner.ctx.float(), *(p.float() for p in learner.compound_prompts_text)]  # 3 x [2, 64]
+    expected = torch.stack([p.flatten() for p in layers]) if tokens == "layer" else torch.cat(layers)
+    text = adapter.base_prompts()["text"]
+    assert [tuple(g) for g in adapter.groups] == [("text", *expected.shape)]
+    assert torch.equal(text, expected)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        shared = {k: v.expand(2, -1, -1) for k, v in adapter.base_prompts().items()}
+        torch.testing.assert_close(adapter.logits(images, shared), model(images), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(ADAPTERS))

@@ -27,8 +27,8 @@ class IVLPAdapter(VisualPromptsMixin, PromptAdapter):
 
     def __init__(self, model, cfg=None):
         super().__init__(model, cfg)
-        self.text = DeepPrompts(model, "text", "prompt_learner.ctx", "text_encoder.transformer.resblocks",
-                                type(self).__name__, deep_tokens(cfg))
+        self.text = DeepPrompts.from_blocks(model, "text", "prompt_learner.ctx", "text_encoder.transformer.resblocks",
+                                            type(self).__name__, deep_tokens(cfg))
         self.chunk_size = text_chunk(cfg)
 
     @property

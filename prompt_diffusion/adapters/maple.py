@@ -1,4 +1,5 @@
-"""MaPLe adapter: ``V`` is the text side, ``[depth x n, 512]``; the vision prompts follow from it.
+"""MaPLe adapter: ``V`` is the text side, ``[depth x n, 512]`` (or ``[depth, n x 512]`` with
+``TRAINER.PD.DEEP_TOKENS layer``, see ``adapters/deep.py``); the vision prompts follow from it.
 
 Upstream layout (muzairkhattak/multimodal-prompt-learning ``trainers/maple.py``): the text prompt
 ``prompt_learner.ctx`` ``[n, 512]`` after SOS and the deep text prompts
@@ -12,12 +13,12 @@ MaPLe's prompted forward is ``prompt_methods.maple_features``, which the MaPLe a
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from prompt_diffusion.adapters.base import (
     ParsedBatch, PromptAdapter, PromptGroup, images_and_labels, loss_of, register_adapter, text_chunk,
 )
+from prompt_diffusion.adapters.deep import DeepPrompts, deep_tokens
 from prompt_diffusion.adapters.vpt import VisualPromptsMixin
 from prompt_diffusion.clip_prompting import prompted_logits
 from prompt_diffusion.prompt_methods import maple_features
@@ -45,23 +46,16 @@ class MaPLeAdapter(VisualPromptsMixin, PromptAdapter):
     def __init__(self, model: nn.Module, cfg=None):
         super().__init__(model, cfg)
         learner = self.find("prompt_learner")
-        self.n_ctx, self.width = (int(s) for s in learner.ctx.shape)
-        self.depth = 1 + len(learner.compound_prompts_text)
+        self.text = DeepPrompts("text", learner.ctx, learner.compound_prompts_text, type(self).__name__,
+                                deep_tokens(cfg), where="prompt_learner.compound_prompts_text[i - 1]")
         self.chunk_size = text_chunk(cfg)
 
     @property
     def groups(self) -> List[PromptGroup]:
-        return [PromptGroup("text", self.depth * self.n_ctx, self.width)]
+        return [self.text.group]
 
     def base_prompts(self) -> Dict[str, Tensor]:
-        learner = self.find("prompt_learner")
-        # ctx is in CLIP's dtype, the deep prompts in fp32 (as upstream): stack them in fp32
-        return {"text": torch.cat([learner.ctx.float(), *(p.float() for p in learner.compound_prompts_text)])}
-
-    def split(self, text: Tensor) -> Tuple[Tensor, List[Tensor]]:
-        """Per-sample group ``[B, depth x n, D]`` -> ``ctx`` ``[B, n, D]`` and ``depth - 1`` deep prompts."""
-        layers = text.split(self.n_ctx, dim=1)
-        return layers[0], list(layers[1:])
+        return {"text": self.text.stacked()}
 
     def features(self, images: Tensor, ctx: Tensor, deep_text: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
         """Prompted image ``[B, E]`` and text ``[B, K, E]`` features under per-sample prompts."""
@@ -69,7 +63,7 @@ class MaPLeAdapter(VisualPromptsMixin, PromptAdapter):
 
     def logits(self, images: Tensor, prompts: Dict[str, Tensor], image_features: Optional[Tensor] = None) -> Tensor:
         self.check_prompts(prompts, images.shape[0])
-        ctx, deep_text = self.split(prompts["text"])
+        ctx, deep_text = self.text.split(prompts["text"])
         image, text = self.features(images, ctx, deep_text)
         return prompted_logits(image, text, self.find("logit_scale"))
 

@@ -28,8 +28,9 @@ class VisualPromptsMixin:
         super().__init__(model, cfg)
         self.visual: Optional[DeepPrompts] = None
         if hasattr(self.find("image_encoder"), "VPT"):
-            self.visual = DeepPrompts(self.model, "vision", "image_encoder.VPT", "image_encoder.transformer.resblocks",
-                                      type(self).__name__, deep_tokens(self.cfg))
+            self.visual = DeepPrompts.from_blocks(self.model, "vision", "image_encoder.VPT",
+                                                  "image_encoder.transformer.resblocks", type(self).__name__,
+                                                  deep_tokens(self.cfg))
 
     @property
     def feature_dim(self) -> int:

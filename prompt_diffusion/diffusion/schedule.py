@@ -66,6 +66,7 @@ class NoiseSchedule:
         betas = _betas(self.steps, kind)
         self.alpha_bar = torch.cumprod(1.0 - betas, dim=0)  # [T] float64
         self.log_alpha = 0.5 * torch.log(self.alpha_bar)  # [T] float64, strictly decreasing
+        self._device_tables: Dict[torch.device, Tensor] = {}  # log_alpha per device (no copy per call)
         self.sigma_min = float(self.sigma(torch.tensor(0.0, dtype=torch.float64)))
         self.sigma_max = float(self.sigma(torch.tensor(float(self.steps - 1), dtype=torch.float64)))
 
@@ -86,22 +87,31 @@ class NoiseSchedule:
                 f"[{low:.6g}, {high:.6g}]"
             )
 
-    def log_alpha_at(self, t: Tensor) -> Tensor:
+    def _table(self, device: torch.device) -> Tensor:
+        """``log_alpha`` on ``device``, copied there once."""
+        if device not in self._device_tables:
+            self._device_tables[device] = self.log_alpha.to(device)
+        return self._device_tables[device]
+
+    def log_alpha_at(self, t: Tensor, check: bool = True) -> Tensor:
         """``0.5·log ᾱ(t)`` for fractional timesteps ``t`` (any shape), piecewise linear in t.
 
         Computed in float64 and returned in float64; differentiable with respect to ``t``.
+        ``check=False`` skips the range check (reading the range back is a host-device
+        synchronisation on CUDA): for timesteps in range by construction; outside values clamp.
         """
         t64 = torch.as_tensor(t).to(torch.float64)
-        self._check_timesteps(t64)
+        if check:
+            self._check_timesteps(t64)
         t64 = t64.clamp(0.0, self.steps - 1)
-        table = self.log_alpha.to(t64.device)
+        table = self._table(t64.device)
         left = t64.detach().floor().long().clamp(max=self.steps - 2)
         weight = t64 - left.to(torch.float64)
         return torch.lerp(table[left], table[left + 1], weight)
 
-    def alpha_bar_at(self, t: Tensor) -> Tensor:
-        """ᾱ(t) for fractional timesteps (float64)."""
-        return torch.exp(2.0 * self.log_alpha_at(t))
+    def alpha_bar_at(self, t: Tensor, check: bool = True) -> Tensor:
+        """ᾱ(t) for fractional timesteps (float64); ``check`` as in :meth:`log_alpha_at`."""
+        return torch.exp(2.0 * self.log_alpha_at(t, check))
 
     def sigma(self, t: Tensor) -> Tensor:
         """σ(t) = sqrt((1 − ᾱ(t)) / ᾱ(t)) for fractional timesteps ``t`` in [0, T−1].
@@ -113,23 +123,26 @@ class NoiseSchedule:
         sigma = torch.sqrt(torch.expm1(-2.0 * log_alpha))
         return sigma.to(t.dtype) if t.is_floating_point() else sigma
 
-    def timestep(self, sigma: Tensor) -> Tensor:
+    def timestep(self, sigma: Tensor, check: bool = True) -> Tensor:
         """The fractional timestep t with σ(t) = ``sigma``: the inverse of :meth:`sigma`.
 
         ``sigma`` must lie in [sigma_min, sigma_max]. Differentiable with respect to ``sigma``
         (the AMED distillation back-propagates through it). Returns the dtype of ``sigma``.
+        ``check=False`` skips the range check (a host-device synchronisation on CUDA): the
+        samplers' σ lie on or between the points of a grid inside the range by construction.
         """
         sigma = torch.as_tensor(sigma)
         s64 = sigma.to(torch.float64)
-        low, high = s64.min().item(), s64.max().item()
-        if low < self.sigma_min * (1 - _RANGE_TOLERANCE) or high > self.sigma_max * (1 + _RANGE_TOLERANCE):
-            raise ValueError(
-                f"sigma must lie in [{self.sigma_min:.6g}, {self.sigma_max:.6g}] (σ range of "
-                f"{self!r}), got values in [{low:.6g}, {high:.6g}]"
-            )
+        if check:
+            low, high = s64.min().item(), s64.max().item()
+            if low < self.sigma_min * (1 - _RANGE_TOLERANCE) or high > self.sigma_max * (1 + _RANGE_TOLERANCE):
+                raise ValueError(
+                    f"sigma must lie in [{self.sigma_min:.6g}, {self.sigma_max:.6g}] (σ range of "
+                    f"{self!r}), got values in [{low:.6g}, {high:.6g}]"
+                )
         # log α = -0.5·log(1 + σ²); the table is decreasing, so search the negated table
         log_alpha = -0.5 * torch.log1p(s64 * s64)
-        table = self.log_alpha.to(s64.device)
+        table = self._table(s64.device)
         neg_table = -table
         right = torch.searchsorted(neg_table, (-log_alpha).detach().contiguous()).clamp(1, self.steps - 1)
         left = right - 1

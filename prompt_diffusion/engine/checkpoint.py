@@ -106,7 +106,13 @@ def _corrupt_error(fpath: str, error: Exception) -> RuntimeError:
 
 
 def load_checkpoint(fpath: str, allow_unsafe: Optional[bool] = None) -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)`` onto the CPU (GPU if available).
+    """Load a checkpoint with ``torch.load(weights_only=True)`` onto the CPU, wherever it was saved.
+
+    The loaded tensors then go where the model is: ``load_state_dict`` copies into the model's
+    parameters (on its device), an optimizer's ``load_state_dict`` moves its state to its
+    parameters. So a checkpoint written on a GPU loads on a CPU-only machine or on another GPU index,
+    and one written on a CPU loads into a model on a GPU. (Dassl maps onto the GPU when one is
+    present, which fails for a checkpoint written on ``cuda:1`` read on a one-GPU machine.)
 
     A file holding pickled objects (e.g. an upstream CoOp checkpoint with a scheduler object)
     loads only when ``allow_unsafe`` is True (default: env ``PD_ALLOW_UNSAFE_CHECKPOINTS=1``);
@@ -116,7 +122,7 @@ def load_checkpoint(fpath: str, allow_unsafe: Optional[bool] = None) -> dict:
         raise ValueError("File path is None")
     if not osp.exists(fpath):
         raise FileNotFoundError(f'File is not found at "{fpath}"')
-    map_location = None if torch.cuda.is_available() else "cpu"
+    map_location = "cpu"
     try:
         return torch.load(fpath, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -155,8 +161,9 @@ def set_rng_state(state: dict) -> None:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
     np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # the GPUs this machine has (a run may move)
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)
 
 
 def read_latest_checkpoint_name(fdir: str) -> str:

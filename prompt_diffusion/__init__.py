@@ -3,9 +3,25 @@
 ``prompt_diffusion.diffusion`` is pure torch. Names that pull in CLIP or the engine
 (``DiffusionPromptWrapper``) are imported lazily, so ``import prompt_diffusion`` stays light.
 """
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+def _import_pkg_resources_quietly() -> None:
+    """openai-clip runs ``from pkg_resources import packaging``, and setuptools (>= 80.9) warns at
+    that import that pkg_resources is deprecated: a warning about clip's packaging that our users
+    can do nothing about. Import it first with that one warning silenced; every other warning stays."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        try:
+            import pkg_resources  # noqa: F401
+        except ImportError:  # no setuptools: clip's own import will say so
+            pass
+
+
+_import_pkg_resources_quietly()
 
 _LAZY = {"DiffusionPromptWrapper": "prompt_diffusion.wrapper"}
 

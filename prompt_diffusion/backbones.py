@@ -10,6 +10,7 @@ weights, ``fp32`` and ``amp`` run a float32 model (``amp`` under autocast).
 """
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, Union
 
@@ -193,7 +194,7 @@ def load_clip(name: str, path: str = "") -> CLIP:
         from prompt_diffusion.toy_clip import load_toy_state_dict
 
         return _build_from_state_dict(load_toy_state_dict())
-    return load_clip_file(clip_weights_path(name, path))
+    return load_clip_file(checked_weights_path(name, path))
 
 
 def load_clip_from_cfg(cfg) -> CLIP:
@@ -217,3 +218,36 @@ def apply_precision(model: CLIP, prec: str, device: Union[str, torch.device], ke
     else:
         model.float()
     return model
+
+
+def check_clip_file(path: Path, key: str) -> None:
+    """Refuse a weights file that is not a torch archive (garbage, truncated, an HTML error page)
+    with an error naming the file and the config key; cheap: the zip directory is read, not the weights."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("data.pkl") for name in archive.namelist()):
+                return
+        raise ValueError(f"{key} {path}: a zip archive but not a torch/TorchScript file (no data.pkl); "
+                         "expected a CLIP checkpoint (e.g. ViT-B-16.pt from the OpenAI CLIP repository)")
+    try:  # the pre-1.6 torch format is not a zip
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's message would advise weights_only=False: never
+        raise ValueError(f"{key} {path}: not a CLIP checkpoint: the file is truncated, corrupt or not a torch "
+                         f"file ({type(error).__name__}); download it again or point {key} at a good copy"
+                         ) from None
+
+
+def check_backbone_weights(cfg) -> None:
+    """Check the CLIP weights of ``cfg`` before anything slow runs: the file exists and is a torch
+    archive. Only for CLIP backbones (a name of the ``clip`` package, or ``MODEL.BACKBONE.PATH``);
+    the shipped ``toy`` CLIP needs no file."""
+    name, path = cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH
+    if path or name in _MODELS:
+        checked_weights_path(name, path)
+
+
+def checked_weights_path(name: str, path: str = "") -> Path:
+    """``clip_weights_path`` of a file that ``check_clip_file`` accepts."""
+    resolved = clip_weights_path(name, path)
+    check_clip_file(resolved, "MODEL.BACKBONE.PATH" if path else f"MODEL.BACKBONE.NAME {name}:")
+    return resolved

@@ -146,7 +146,8 @@ def residual_batches(trainer, data_loader: Iterable, max_images: Optional[int] =
     adapter = trainer.pd_adapter
     trainer.pd_reset_noise()
     seen = 0
-    for batch in tqdm(data_loader, desc="prompt diffusion residuals", leave=False, disable=not progress):
+    # disable=None: tqdm's "off when stderr is no terminal" (log files get no bar redraws)
+    for batch in tqdm(data_loader, desc="prompt diffusion residuals", leave=False, disable=None if progress else True):
         if max_images is not None and seen >= max_images:
             break
         images, labels = parse(batch)[:2]

@@ -681,12 +681,56 @@ def plot_sweep(table: ResultTable, x_key: str, path: Path, column: str = "averag
         handles, labels = handles + more_handles, labels + more_labels
     axis.legend(handles, labels, fontsize="small", loc="best")
     axis.set_title(table.title, fontsize="small")
-    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _save_figure(figure, path: Path) -> Path:
+    """Lay out, write as a 120-dpi PNG (creating the folder) and close ``figure``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
     return path
+
+
+def plot_bars(table: ResultTable, path: Path, column: Optional[str] = None,
+              column_names: Optional[Mapping[str, str]] = None) -> Path:
+    """Grouped bar chart of one column of a base-to-new table: Base, New and H per row, each bar
+    labelled with its value and the number of seeds it averages. The y-axis starts at 0, so a
+    1-point difference looks like one; error bars (population std over seeds) only where a bar
+    averages >= 2 seeds. H is computed from the mean Base and New, so it has no error bar."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    column = column or table.columns[0]
+    metrics = [m for m in ("base", "new", "hm") if m in table.metrics]
+    if not metrics:
+        raise ValueError(f"plot_bars needs a base-to-new table (metrics base/new/hm), got {table.metrics}")
+    figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(table.rows), 3.8))
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        cells = [row.cells[column][metric] for row in table.rows]
+        means = [float("nan") if c.mean is None else c.mean for c in cells]
+        seeds = [len(table.seeds) - len(c.missing) - len(c.incomplete) if c.derived is not None else len(c.values)
+                 for c in cells]
+        errors = [c.std if c.std is not None and len(c.values) >= 2 else 0.0 for c in cells]
+        positions = [x + (i - (len(metrics) - 1) / 2) * width for x in range(len(table.rows))]
+        bars = axis.bar(positions, means, width, label=METRIC_NAMES.get(metric, metric),
+                        yerr=errors if any(errors) else None, capsize=3)
+        axis.bar_label(bars, labels=[f"{m:.1f}\nn={n}" for m, n in zip(means, seeds)], fontsize=7, padding=2)
+    axis.set_xticks(range(len(table.rows)), [row.label for row in table.rows])
+    axis.set_ylim(0.0, 115.0)  # from 0: bar heights compare honestly; the top leaves room for the labels
+    axis.set_yticks(range(0, 101, 20))
+    axis.set_ylabel("accuracy (%)")
+    name = dict(column_names or {}).get(column, column)
+    errors_note = "error bars: population std over seeds" if len(table.seeds) >= 2 else "1 seed: no error bars"
+    axis.set_title(f"{table.title}\n{name}; n = seeds per bar; {errors_note}", fontsize="small")
+    axis.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.0, 1.0))
+    return _save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------- run dirs without a spec

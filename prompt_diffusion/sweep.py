@@ -20,7 +20,8 @@ Spec keys (``configs/experiments/table1.yaml`` is an example):
 - ``protocol`` (``base2new`` | ``cross_dataset``), ``seeds``, ``shots`` (16), ``title``, ``paper``
   (a ``data/paper_results`` id shown beside the results).
 - ``methods``: ``name: <Host>/<config>`` (the trainer is ``name``; configs live in
-  ``configs/trainers``) or ``name: {trainer, config, opts, load_epoch, label}``.
+  ``configs/trainers``) or ``name: {trainer, config, opts, load_epoch, label, host, train}``;
+  ``train: false`` for a method with nothing to train (zero-shot CLIP): its runs only evaluate.
 - ``datasets`` (base2new) or ``source`` + ``targets`` (cross_dataset): dataset config names.
 - ``domains`` (base2new): test-only datasets with the same classes (domain shift, e.g.
   ``toy_world_sketch``); each trained model is also evaluated on their base and new halves, and
@@ -37,6 +38,7 @@ Spec keys (``configs/experiments/table1.yaml`` is an example):
 import hashlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +61,8 @@ VARIANT_SCOPES = ("train", "eval")
 
 _SPEC_KEYS = {"name", "title", "paper", "protocol", "seeds", "shots", "methods", "datasets", "domains", "source",
               "targets", "opts", "variants", "extra_metrics", "plot", "column_names"}
-_METHOD_KEYS = {"trainer", "config", "opts", "load_epoch", "label", "host"}
+_METHOD_KEYS = {"trainer", "config", "opts", "load_epoch", "label", "host", "train"}
+TRAIN_PHASES = ("train_base", "train")
 _VARIANT_KEYS = {"name", "key", "values", "scope", "methods"}
 _PLOT_KEYS = {"x", "metric", "column", "time_metric"}
 
@@ -80,6 +83,7 @@ class Method:
     load_epoch: Optional[int] = None
     label: Optional[str] = None
     host: Optional[str] = None
+    train: bool = True  # False: nothing to train (zero-shot), every run is an evaluation
 
 
 @dataclass
@@ -200,7 +204,7 @@ def load_spec(name_or_path: str) -> Spec:
         methods.append(Method(name=str(name), trainer=str(entry.get("trainer", name)), config=str(entry["config"]),
                               opts=_opts(f"{where}: methods.{name}.opts", entry.get("opts")),
                               load_epoch=entry.get("load_epoch"), label=entry.get("label"),
-                              host=entry.get("host")))
+                              host=entry.get("host"), train=bool(entry.get("train", True))))
     spec = Spec(
         name=str(data.get("name", path.stem)), path=path, title=str(data.get("title", path.stem)),
         protocol=data["protocol"], seeds=_as_list(f"{where}: seeds", data["seeds"], int),
@@ -254,10 +258,13 @@ def trainer_config_names() -> List[str]:
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml"))
 
 
-def registered_trainers() -> List[str]:
-    """Trainer names in the registry once this repo's trainers are imported."""
-    import prompt_diffusion.trainers  # noqa: F401  (registers the trainers and their PD variants)
+def registered_trainers(imports: Sequence[str] = ()) -> List[str]:
+    """Trainer names in the registry once this repo's trainers, the installed plug-ins and
+    ``imports`` (``--import`` modules) are imported."""
     from prompt_diffusion.engine import TRAINER_REGISTRY
+    from prompt_diffusion.plugins import load_plugins
+
+    load_plugins(imports)
 
     return sorted(TRAINER_REGISTRY.registered_names())
 
@@ -318,12 +325,13 @@ class Run:
     phase: str  # train_base | test_new | test_base | train | test
     output_dir: Path
     opts: Tuple[str, ...]
-    model_dir: Optional[Path] = None
+    model_dir: Optional[Path] = None  # the trained model an evaluation loads (None: nothing to load)
     load_epoch: Optional[int] = None
+    imports: Tuple[str, ...] = ()  # --import modules (trainers defined outside this package)
 
     @property
     def training(self) -> bool:
-        return self.model_dir is None
+        return self.phase in TRAIN_PHASES
 
     @property
     def row(self) -> RowKey:
@@ -334,8 +342,11 @@ class Run:
         args = ["train", "--root", root, "--seed", str(self.seed), "--trainer", self.trainer,
                 "--dataset-config-file", _show_path(CONFIGS_DIR / "datasets" / f"{self.dataset}.yaml"),
                 "--config-file", _show_path(self.config_file), "--output-dir", str(self.output_dir)]
+        args += [part for module in self.imports for part in ("--import", module)]
+        if self.model_dir is not None:
+            args += ["--model-dir", str(self.model_dir), "--load-epoch", str(self.load_epoch)]
         if not self.training:
-            args += ["--model-dir", str(self.model_dir), "--load-epoch", str(self.load_epoch), "--eval-only"]
+            args.append("--eval-only")
         return args + list(self.opts)
 
     def command(self, root: str) -> str:
@@ -425,12 +436,15 @@ def _evaluations(spec: Spec, dataset: str, eval_value: Optional[Any]) -> List[Tu
     return ([("test", dataset, [])] if eval_value is not None else []) + evaluations
 
 
-def expand(spec: Spec, output_root: Path) -> List[Chain]:
+def expand(spec: Spec, output_root: Path, imports: Sequence[str] = ()) -> List[Chain]:
     """All chains of a spec, method by method (in the spec's order), then swept value, dataset, seed.
 
     Run dirs: ``<output_root>/<base2new|xd>/<phase>/<dataset>/shots_<S>/<trainer>/<config>[_<opts
-    hash>][_<setting><value>]/seed<N>``, as the upstream scripts lay them out.
+    hash>][_<setting><value>]/seed<N>``, as the upstream scripts lay them out. A method with
+    ``train: false`` gets a ``test_base`` (``test`` for cross_dataset) run in place of its training
+    run. ``imports``: ``--import`` modules every run gets (paths made absolute).
     """
+    imports = tuple(str(Path(m).resolve()) if Path(m).suffix == ".py" else m for m in imports)
     output_root = Path(output_root)
     base2new = spec.protocol == "base2new"
     kind, train_phase = ("base2new", "train_base") if base2new else ("xd", "train")
@@ -449,16 +463,20 @@ def expand(spec: Spec, output_root: Path) -> List[Chain]:
                                 (name + _value_tag(spec, eval_value)) / f"seed{seed}")
 
                     subsample = ["DATASET.SUBSAMPLE_CLASSES", "base"] if base2new else []
+                    phase = train_phase if method.train else ("test_base" if base2new else "test")
                     train = Run(method.name, _variant(spec, train_value), method.trainer, config_file, dataset, seed,
-                                train_phase, run_dir(train_phase, dataset),
-                                tuple(["DATASET.NUM_SHOTS", str(spec.shots)] + subsample + train_opts))
+                                phase, run_dir(phase, dataset),
+                                tuple(["DATASET.NUM_SHOTS", str(spec.shots)] + subsample + train_opts),
+                                imports=imports)
+                    model_dir = train.output_dir if method.train else None
                     runs = [train]
                     for eval_value in _eval_variants(spec, method) or [None]:
                         for phase, on, opts in _evaluations(spec, dataset, eval_value):
                             runs.append(Run(method.name, train.variant + _variant(spec, eval_value), method.trainer,
                                             config_file, on, seed, phase, run_dir(phase, on, eval_value),
                                             tuple(opts + train_opts + _variant_opts(spec, eval_value)),
-                                            model_dir=train.output_dir, load_epoch=load_epoch))
+                                            model_dir=model_dir, load_epoch=load_epoch if method.train else None,
+                                            imports=imports))
                     chains.append(Chain(runs))
     return chains
 
@@ -543,16 +561,23 @@ def missing_datasets(datasets: Sequence[str], root: str) -> List[str]:
 
 
 # ----------------------------------------------------------------------------------- execution
-def run_one(run: Run, root: str, env: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
-    """Run one ``prompt-diffusion train`` in a child process (console output to
-    ``<output_dir>/console.txt``); returns (exit code, the console's tail on failure)."""
+def run_one(run: Run, root: str, env: Optional[Dict[str, str]] = None,
+            echo: Optional[Callable[[str], None]] = None) -> Tuple[int, str]:
+    """Run one ``prompt-diffusion train`` in a child process; its console output goes, line by line
+    as it comes, to ``<output_dir>/console.txt`` and to ``echo`` when given. Returns (exit code,
+    the console's tail on failure)."""
     run.output_dir.mkdir(parents=True, exist_ok=True)
     console_path = run.output_dir / "console.txt"
     command = [sys.executable, "-m", "prompt_diffusion"] + run.argv(root)
-    with open(console_path, "a", encoding="utf-8") as console:
+    with open(console_path, "a", encoding="utf-8", buffering=1) as console:
         console.write(f"\n$ {run.command(root)}\n")
-        console.flush()
-        code = subprocess.call(command, stdout=console, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}) as child:
+            for line in child.stdout:
+                console.write(line)
+                if echo is not None:
+                    echo(line.rstrip("\n"))
+        code = child.returncode
     if code == 0 and run.status() != COMPLETE:
         reason = read_run(run.output_dir, run.training).reason
         return 1, f"exited 0 but {run.output_dir}/log.txt holds no result ({reason})"
@@ -563,8 +588,10 @@ def run_one(run: Run, root: str, env: Optional[Dict[str, str]] = None) -> Tuple[
 
 
 def run_chain(chain: Chain, root: str, env: Optional[Dict[str, str]] = None,
-              report: Callable[[str], None] = tqdm.write, progress: Optional[tqdm] = None) -> List[str]:
-    """Run a chain's unfinished runs in order; stop the chain at its first failure. Returns failures."""
+              report: Callable[[str], None] = tqdm.write, progress: Optional[tqdm] = None,
+              echo: Optional[Callable[[Run, str], None]] = None) -> List[str]:
+    """Run a chain's unfinished runs in order; stop the chain at its first failure. Returns failures.
+    ``echo(run, line)`` sees each console line of each run."""
     failures = []
     for run in chain.runs:
         status = run.status()
@@ -574,7 +601,10 @@ def run_chain(chain: Chain, root: str, env: Optional[Dict[str, str]] = None,
             report(f"resuming {run.output_dir} ({read_run(run.output_dir, run.training).reason})")
         else:
             report(f"running {run.output_dir}")
-        code, note = run_one(run, root, env)
+        code, note = run_one(run, root, env, None if echo is None else (lambda line, run=run: echo(run, line)))
+        if code in (130, -signal.SIGINT):  # Ctrl-C reached the run too: the command line says so, once
+            failures.append(f"{run.output_dir}: interrupted")
+            break
         if progress is not None:
             progress.update(1)
         if code != 0:
@@ -585,30 +615,40 @@ def run_chain(chain: Chain, root: str, env: Optional[Dict[str, str]] = None,
 
 
 def run_local(chains: Sequence[Chain], root: str, gpus: Optional[Sequence[str]] = None,
-              report: Callable[[str], None] = tqdm.write) -> List[str]:
-    """Run chains one after another, or one chain per listed GPU at a time (``CUDA_VISIBLE_DEVICES``)."""
+              report: Callable[[str], None] = tqdm.write, jobs: int = 1, env: Optional[Dict[str, str]] = None,
+              echo: Optional[Callable[[Run, str], None]] = None) -> List[str]:
+    """Run the unfinished chains: one chain per listed GPU at a time (``CUDA_VISIBLE_DEVICES``), else
+    ``jobs`` chains at a time on the CPU. ``env`` is added to every run's environment (e.g.
+    ``OMP_NUM_THREADS``); ``echo(run, line)`` sees the runs' console lines."""
+    from prompt_diffusion.engine.utils import available_cores
+
     todo = [chain for chain in chains if chain.pending()]
     total = sum(len(chain.pending()) for chain in todo)
+    slots: "Queue[Dict[str, str]]" = Queue()
+    for gpu in gpus or []:
+        slots.put({**(env or {}), "CUDA_VISIBLE_DEVICES": gpu})
+    if not gpus:  # CPU runs side by side share the cores: torch threads per run = cores // jobs
+        jobs = max(1, jobs)
+        threads = str(max(1, available_cores() // jobs))
+        for _ in range(jobs):
+            slots.put({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **(env or {})} if jobs > 1
+                      else dict(env or {}))
     failures: List[str] = []
-    with tqdm(total=total, desc="runs", unit="run") as progress:
-        if not gpus:
-            for chain in todo:
-                failures += run_chain(chain, root, report=report, progress=progress)
-            return failures
-        free: "Queue[str]" = Queue()
-        for gpu in gpus:
-            free.put(gpu)
+    with tqdm(total=total, desc="runs", unit="run", disable=None) as progress:
 
-        def on_gpu(chain: Chain) -> List[str]:
-            gpu = free.get()
+        def in_slot(chain: Chain) -> List[str]:
+            slot_env = slots.get()
             try:
-                return run_chain(chain, root, {"CUDA_VISIBLE_DEVICES": gpu}, report, progress)
+                return run_chain(chain, root, slot_env, report, progress, echo)
             finally:
-                free.put(gpu)
+                slots.put(slot_env)
 
-        with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
-            for result in pool.map(on_gpu, todo):
+        pool = ThreadPoolExecutor(max_workers=slots.qsize())
+        try:
+            for result in pool.map(in_slot, todo):
                 failures += result
+        finally:  # on Ctrl-C the running children stop too (same process group); start no other chain
+            pool.shutdown(wait=True, cancel_futures=True)
     return failures
 
 

@@ -481,7 +481,7 @@ class DiffusionPromptWrapper:
         """π of the images of ``loader`` (the first ``max_images``; all by default), ``[N, C]``."""
         self.set_model_mode("eval")
         conditions, seen = [], 0
-        for batch in tqdm(loader, desc="π of the images", leave=False):
+        for batch in tqdm(loader, desc="π of the images", leave=False, disable=None):
             images = (self.parse_batch_train(batch) if training else self.parse_batch_test(batch))[0]
             conditions.append(self.pd_condition(self.pd_adapter.image_features(images)))
             seen += len(images)

@@ -14,9 +14,9 @@ from prompt_diffusion.results import RowKey, paper_table_ids
 from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_names, load_spec, measurements,
                                     registered_trainers, select, table_for, validate_spec)
 
-SHIPPED = ["figure4", "figure5", "table1", "table2", "table3", "table5", "table6", "toy_benchmark", "toy_figure4",
-           "toy_ladder"]
-PAPERLESS = {"toy_benchmark", "toy_figure4", "toy_ladder"}  # specs of this project's own benchmarks
+SHIPPED = ["demo", "figure4", "figure5", "table1", "table2", "table3", "table5", "table6", "toy_benchmark",
+           "toy_figure4", "toy_ladder"]
+PAPERLESS = {"demo", "toy_benchmark", "toy_figure4", "toy_ladder"}  # specs of this project's own demo and benchmarks
 
 
 def run_cli(*argv):
@@ -31,7 +31,7 @@ def test_one_spec_per_table_and_figure_each_with_its_paper_numbers():
     for name in SHIPPED:
         spec = load_spec(name)
         assert spec.paper in paper_table_ids() if name not in PAPERLESS else spec.paper is None
-        assert spec.seeds == ([1, 2] if name == "toy_ladder" else [1, 2, 3])
+        assert spec.seeds == ([1, 2] if name == "toy_ladder" else [1] if name == "demo" else [1, 2, 3])
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -50,8 +50,10 @@ def test_shipped_spec_validates_and_its_commands_parse(name, tmp_path):
         assert Path(args.output_dir) == run.output_dir and Path(args.config_file).is_file()
         assert Path(args.dataset_config_file).name == f"{run.dataset}.yaml"
         assert args.eval_only == (not run.training)
-        if not run.training:
+        if not run.training and run.model_dir is not None:
             assert Path(args.model_dir) == run.model_dir and args.load_epoch == run.load_epoch > 0
+        elif not run.training:  # a method with nothing to train (zero-shot CLIP): evaluations of the untrained model
+            assert run.method == "ZeroshotCLIP" and not args.model_dir and run.phase.startswith("test")
         opts = dict(zip(args.opts[::2], args.opts[1::2]))
         assert opts.get("DATASET.NUM_SHOTS") == (None if spec.protocol == "cross_dataset" and not run.training
                                                  else str(spec.shots))
@@ -161,7 +163,7 @@ def test_bad_specs_name_the_problem_and_the_valid_choices(tmp_path):
     nfe += "variants: {name: nfe, key: TRAINER.PD.NFE, values: [5, 0], scope: eval}\n"
     with pytest.raises(SpecError, match=r"at nfe=0: .*TRAINER.PD.NFE"):
         validate_spec(load_spec(write_spec(tmp_path, nfe)))
-    with pytest.raises(SpecError, match="unknown experiment 'table4'; shipped: figure4, figure5, table1"):
+    with pytest.raises(SpecError, match="unknown experiment 'table4'; shipped: demo, figure4, figure5, table1"):
         load_spec("table4")
     with pytest.raises(SpecError, match=r"methods \['VPT'\] not in the spec; it has \['CoCoOp'\]"):
         select(load_spec(write_spec(tmp_path, GOOD)), methods=["VPT"])

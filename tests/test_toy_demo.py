@@ -1,41 +1,77 @@
-"""A shortened ``prompt-diffusion demo`` runs end to end and writes its table."""
+"""A shortened ``prompt-diffusion demo`` runs end to end and writes its table; the demo is a spec."""
+import ast
 import csv
+from pathlib import Path
 
+import pytest
+
+import prompt_diffusion.demo
 from prompt_diffusion import cli
-from prompt_diffusion.demo import DemoRow, run_dirs, DemoSettings, table_markdown
-from prompt_diffusion.results import PairedDifference, read_run
+from prompt_diffusion.demo import DemoSettings, run_dirs, write_spec
+from prompt_diffusion.results import read_run, to_markdown
+from prompt_diffusion.sweep import expand, load_spec, table_for
 
-from helpers import shared_toy_root
+from helpers import shared_toy_root, write_result_log
 
 
 def test_short_demo_writes_the_table(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = cli.main(["demo", "--out", str(out), "--data-root", str(shared_toy_root()), "--shots", "1", "--epochs", "1", "--test-per-class", "1",
-                     "--threads", "1", "TRAINER.PD.OVERFIT.ITERS", "1"])
+    code = cli.main(["demo", "--out", str(out), "--data-root", str(shared_toy_root()), "--shots", "1", "--epochs", "1",
+                     "--test-per-class", "1", "--threads", "1", "TRAINER.PD.OVERFIT.ITERS", "1"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| CoCoOpPD |" in printed and "| ZeroshotCLIP |" in printed
-    with open(out / "demo_table.csv") as handle:
-        rows = {row["method"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"ZeroshotCLIP", "CoCoOp", "CoCoOpPD"}
-    for row in rows.values():
-        assert 0.0 <= float(row["base_mean"]) <= 100.0 and 0.0 <= float(row["new_mean"]) <= 100.0
-    assert rows["CoCoOpPD"]["host"] == "CoCoOp" and rows["CoCoOpPD"]["delta_hm"] != ""
-    assert float(rows["CoCoOpPD"]["delta_base_se"]) >= 0.0 and float(rows["CoCoOpPD"]["delta_new_se"]) >= 0.0
-    assert "standard error of the paired per-image difference" in printed
+    with open(out / "demo_table.csv") as handle:  # the CSV `prompt-diffusion table --csv` writes
+        rows = {(row["method"], row["metric"]): row for row in csv.DictReader(handle)}
+    assert {method for method, _ in rows} == {"ZeroshotCLIP", "CoCoOp", "CoCoOpPD"}
+    for method in ("ZeroshotCLIP", "CoCoOp", "CoCoOpPD"):
+        assert 0.0 <= float(rows[method, "base"]["mean"]) <= 100.0 and 0.0 <= float(rows[method, "new"]["mean"]) <= 100.0
+    assert rows["CoCoOpPD", "hm"]["host"] == "CoCoOp" and rows["CoCoOpPD", "hm"]["host_diff"] != ""
+    assert float(rows["CoCoOpPD", "base"]["host_diff_se"]) >= 0.0 and float(rows["CoCoOpPD", "new"]["host_diff_se"]) >= 0.0
+    assert "± its standard error over the test images" in printed  # the paired per-image difference
     # the runs are normal run folders: the training log has its base result, the model its checkpoint
     settings = DemoSettings(out_dir=out, shots=1, epochs=1)
     train_dir, test_dir = run_dirs(settings, "CoCoOpPD", 1)
     assert read_run(train_dir).status == "complete" and read_run(test_dir, training=False).status == "complete"
     assert list(train_dir.glob("prompt_learner/model.pth.tar-1"))
-    assert (out / "demo_table.md").read_text().startswith("Base-to-new on ToyWorld")
+    assert (out / "demo_table.md").read_text().startswith("## Demo: base-to-new on ToyWorld")
+    assert (out / "demo_table.png").stat().st_size > 0
+    # the same table is what `prompt-diffusion table <out>/demo.yaml` prints
+    assert cli.main(["table", str(out / "demo.yaml"), "--output", str(out)]) == 0
+    assert (out / "demo_table.md").read_text().strip() in capsys.readouterr().out
 
 
-def test_table_shows_the_difference_pd_makes():
-    rows = [DemoRow("CoCoOp", [60.0, 62.0], [80.0, 82.0]), DemoRow("CoCoOpPD", [63.0, 65.0], [79.0, 81.0], "CoCoOp")]
-    text = table_markdown(rows)
+def test_demo_is_a_spec_with_the_command_lines_changes(tmp_path):
+    settings = DemoSettings(out_dir=tmp_path, methods=("CoOp", "CoOpPD"), seeds=(1, 2), shots=2, epochs=3,
+                            test_per_class=4, extra_opts=["TRAINER.PD.NFE", "3"])
+    spec = load_spec(str(write_spec(settings)))
+    assert [m.name for m in spec.methods] == ["ZeroshotCLIP", "CoOp", "CoOpPD"]
+    assert (spec.seeds, spec.shots) == ([1, 2], 2)
+    opts = dict(zip(spec.opts[::2], spec.opts[1::2]))
+    assert (opts["OPTIM.MAX_EPOCH"], opts["DATASET.TOY.TEST_PER_CLASS"], opts["TRAINER.PD.NFE"]) == ("3", "4", "3")
+    zero_shot = [run for chain in expand(spec, tmp_path) for run in chain.runs if run.method == "ZeroshotCLIP"]
+    assert [run.phase for run in zero_shot] == ["test_base", "test_new"] * 2  # nothing to train
+    assert all("--eval-only" in run.argv("/data") and run.model_dir is None for run in zero_shot)
+    with pytest.raises(ValueError, match="not supported"):
+        DemoSettings(out_dir=tmp_path, methods=("CoOpp",))
+
+
+def test_demo_imports_nothing_from_the_commands():
+    tree = ast.parse(Path(prompt_diffusion.demo.__file__).read_text())
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert imported and not [name for name in imported if name.startswith("prompt_diffusion.commands")]
+
+
+def test_table_shows_the_difference_pd_makes(tmp_path):
+    settings = DemoSettings(out_dir=tmp_path, methods=("CoCoOp", "CoCoOpPD"), seeds=(1, 2), zero_shot=False)
+    spec = load_spec(str(write_spec(settings)))
+    accuracy = {("CoCoOp", "train_base"): [60.0, 62.0], ("CoCoOp", "test_new"): [80.0, 82.0],
+                ("CoCoOpPD", "train_base"): [63.0, 65.0], ("CoCoOpPD", "test_new"): [79.0, 81.0]}
+    for chain in expand(spec, tmp_path):
+        for run in chain.runs:
+            write_result_log(run.output_dir, accuracy[run.method, run.phase][run.seed - 1], training=run.training)
+    text = to_markdown(table_for(spec, tmp_path, with_paper=False))
     assert "| CoCoOp | 61.00 ± 1.00 | 81.00 ± 1.00 |" in text  # population std, as `prompt-diffusion table`
-    assert "| +3.00 | -1.00 |" in text  # Δ Base, Δ New of CoCoOpPD over CoCoOp
-    rows[1].paired = {"base": PairedDifference(3.0, 0.5), "new": PairedDifference(-1.0, 1.5)}
-    text = table_markdown(rows)
-    assert "| +3.00 ± 0.50 | -1.00 ± 1.50 (within noise) |" in text
+    assert "Mean ± population std over seeds." in text
+    assert "| CoCoOpPD | 64.00 ± 1.00 | 80.00 ± 1.00 |" in text  # Δ Base +3, Δ New -1 over CoCoOp

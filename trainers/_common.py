@@ -90,7 +90,8 @@ def frozen_text_features(clip_model: nn.Module, texts: Sequence[str], chunk_size
     no_prompt = torch.zeros(0, clip_model.ln_final.weight.shape[0], dtype=clip_model.dtype, device=work)
     features = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(texts), step), desc=desc, leave=False, disable=len(texts) <= step):
+        for start in tqdm(range(0, len(texts), step), desc=desc, leave=False,
+                          disable=True if len(texts) <= step else None):
             tokens = tokenized[start:start + step].to(work)
             prefix, suffix = split_prompt_embeddings(clip_model.token_embedding, tokens, 0, clip_model.dtype)
             features.append(encode_prompted_text(clip_model, prefix, suffix, tokens, no_prompt))

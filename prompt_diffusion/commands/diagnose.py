@@ -1,11 +1,11 @@
-"""``prompt-diffusion diagnose``: is prompt diffusion doing anything for a trained model?
+"""prompt-diffusion diagnose: is prompt diffusion doing anything for a trained model?
 
-Builds the trainer exactly as ``prompt-diffusion train --eval-only`` does (same flags, config files
-and ``KEY VALUE`` opts), loads ``--model-dir`` at ``--load-epoch`` and, on ``--split``, reports the
-accuracy of the generated prompts, the host's own prompts and the prompts overfitted with the true
-and with the predicted label (paired differences to the host with standard errors, predictions
-fixed and broken), how the generated residuals align with the overfitted ones, and the diffusion
-fit (``prompt_diffusion.diagnostics``).
+Builds the trainer exactly as prompt-diffusion train --eval-only does (same flags, config files
+and KEY VALUE opts), loads --model-dir at --load-epoch and, on --split, reports the accuracy of
+the generated prompts, the host's own prompts and the prompts overfitted with the true and with
+the predicted label (paired differences to the host with standard errors, predictions fixed and
+broken), how the generated residuals align with the overfitted ones, and the diffusion fit
+(prompt_diffusion.diagnostics).
 
 Example (the run the toy benchmark trains for CoCoOpPD, seed 1, on its new classes):
 
@@ -19,7 +19,7 @@ import argparse
 import json
 import os.path as osp
 
-from prompt_diffusion.commands import train
+from prompt_diffusion.commands import HelpFormatter, train
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,10 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "diagnose",
         help="measure what prompt diffusion changes for a trained model (accuracy, alignment, fit)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
-                        help="which data to diagnose on (default: test)")
+                        help="which data to diagnose on")
     parser.add_argument("--max-images", type=int, default=None, help="at most this many images (default: all)")
     parser.add_argument("--json", type=str, default="", help="also write the numbers to this JSON file")
     parser.add_argument("--probe", action="store_true",
@@ -49,10 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model_dir:
         raise SystemExit("prompt-diffusion diagnose: --model-dir (a trained PD run) is required")
-    cfg = train.setup_cfg(args)
+    cfg, _ = train.prepare(args)
     if cfg.SEED >= 0:
         engine.set_random_seed(cfg.SEED)
-    train.import_registries()
     trainer = engine.build_trainer(cfg)
     if not getattr(trainer, "pd_enabled", False):
         raise SystemExit(f"prompt-diffusion diagnose: trainer {cfg.TRAINER.NAME} is not a prompt-diffusion "

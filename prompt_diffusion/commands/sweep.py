@@ -1,17 +1,25 @@
-"""``prompt-diffusion sweep SPEC``: run every run of an experiment spec (a table or figure of the paper).
+"""prompt-diffusion sweep SPEC: run every run of an experiment spec (a table or figure of the paper).
 
 Finished runs (a result in their log) are skipped, interrupted ones start again and resume from
-their checkpoint. Runs go one after another, one chain per GPU (``--gpus 0,1``), or to SLURM as a
-job array (``--slurm``, needs ``submitit``). ``--dry-run`` prints the ``prompt-diffusion train``
-lines instead. Before launching anything the datasets are checked as ``prompt-diffusion data
-check`` does; a missing or broken one stops the sweep.
+their checkpoint. Runs go one after another (--jobs N: N at a time on the CPU), one chain per GPU
+(--gpus 0,1), or to SLURM as a job array (--slurm, needs submitit). --dry-run prints the
+prompt-diffusion train lines instead. Before launching anything the datasets are checked as
+prompt-diffusion data check does; a missing or broken one stops the sweep.
+
+Examples:
+
+  prompt-diffusion sweep --list
+  prompt-diffusion sweep table1 --dry-run
+  prompt-diffusion sweep table1 --root $DATA --gpus 0,1,2,3
+  prompt-diffusion sweep my_spec.yaml --root $DATA --import my_fork/trainers.py
 """
 import argparse
 from pathlib import Path
 from typing import List
 
-from prompt_diffusion.sweep import (SpecError, experiment_names, expand, load_spec, missing_datasets, run_local,
-                                    select, submit_slurm, validate_spec)
+from prompt_diffusion.commands import HelpFormatter
+from prompt_diffusion.sweep import (SpecError, experiment_names, expand, load_spec, missing_datasets,
+                                    registered_trainers, run_local, select, submit_slurm, validate_spec)
 
 
 def comma_list(text: str) -> List[str]:
@@ -27,7 +35,7 @@ def comma_ints(text: str) -> List[int]:
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """``--output`` and the ``--methods/--datasets/--seeds`` filters shared by ``sweep`` and ``table``."""
-    parser.add_argument("--output", default="output", help="root folder of the run directories (default: output)")
+    parser.add_argument("--output", default="output", help="root folder of the run directories")
     parser.add_argument("--methods", type=comma_list, help="only these methods of the spec (comma-separated)")
     parser.add_argument("--datasets", type=comma_list, help="only these datasets/targets of the spec")
     parser.add_argument("--seeds", type=comma_ints, help="only these seeds (comma-separated)")
@@ -41,7 +49,7 @@ def load_selected(args: argparse.Namespace):
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep", help="run an experiment spec (a paper table/figure): every method × dataset × seed",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("spec", nargs="?", help=f"a shipped experiment ({', '.join(experiment_names())}) "
                                                 "or the path of a spec .yaml")
     parser.add_argument("--list", action="store_true", help="list the shipped experiments and exit")
@@ -50,14 +58,19 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the commands of the unfinished runs, run nothing")
     parser.add_argument("--gpus", type=comma_list,
                         help="local GPU ids, e.g. 0,1,2,3: one chain of runs per GPU at a time")
+    parser.add_argument("--jobs", type=int, default=1, help="without --gpus: chains of runs at a time on the CPU")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="a module or .py file that registers trainers or datasets the spec uses "
+                             "(repeatable; every run imports it too)")
     slurm = parser.add_argument_group("SLURM (through submitit: pip install 'prompt-diffusion[slurm]')")
     slurm.add_argument("--slurm", action="store_true", help="submit one array task per chain (train + its evaluations)")
     slurm.add_argument("--slurm-partition", help="partition to submit to")
-    slurm.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per task (default 1440)")
-    slurm.add_argument("--slurm-parallel", type=int, default=32, help="array tasks running at once (default 32)")
-    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per task (default 8)")
-    slurm.add_argument("--slurm-mem-gb", type=int, default=64, help="memory per task in GB (default 64)")
-    parser.set_defaults(func=run)
+    slurm.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per task")
+    slurm.add_argument("--slurm-parallel", type=int, default=32, help="array tasks running at once")
+    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per task")
+    slurm.add_argument("--slurm-mem-gb", type=int, default=64, help="memory per task in GB")
+    parser.set_defaults(func=run, _resume_hint="Run the same command again: finished runs are skipped, the "
+                                               "interrupted one resumes from its last checkpoint.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         spec = load_selected(args)
-        validate_spec(spec)
-        chains = expand(spec, Path(args.output))
+        validate_spec(spec, registered_trainers(args.imports))
+        chains = expand(spec, Path(args.output), args.imports)
     except SpecError as error:
         print(f"error: {error}")
         return 2
@@ -104,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"submitted {len(jobs)} array task(s): {' '.join(job.job_id for job in jobs)}")
         print(f"when they end: prompt-diffusion table {args.spec} --output {args.output}")
         return 0
-    failures = run_local(chains, args.root, args.gpus)
+    failures = run_local(chains, args.root, args.gpus, jobs=args.jobs)
     done = len(runs) - sum(len(chain.pending()) for chain in chains)
     print(f"{spec.name}: {done}/{len(runs)} runs finished, {len(failures)} failed")
     print(f"table: prompt-diffusion table {args.spec} --output {args.output}")

@@ -1,15 +1,23 @@
-"""``prompt-diffusion table SPEC|GLOB``: the paper-style table of a spec's runs, or a summary of run dirs.
+"""prompt-diffusion table SPEC|GLOB: the paper-style table of a spec's runs, or a summary of run dirs.
 
 With a spec (a shipped experiment name or a .yaml path): Base/New/H (or accuracy) per dataset and
-the average, mean ± std over seeds, H from the averaged base and new, the paper's cell beside each
-with the difference, and a flag for missing or incomplete seeds (never averaged). With a glob of
-run directories (quote it): the runs grouped by their path without ``seed<N>``, each metric's
-mean ± std, as CoOp's ``parse_test_res.py`` prints it.
+the average, mean ± population std over seeds, H from the averaged base and new, the paper's cell
+beside each with the difference, a PD row's paired difference to its host, and a flag for missing
+or incomplete seeds (never averaged). With a glob of run directories (quote it): the runs grouped
+by their path without seed<N>, each metric's mean ± population std, as CoOp's parse_test_res.py
+prints it.
+
+Examples:
+
+  prompt-diffusion table table1 --output output --csv table1.csv
+  prompt-diffusion table figure4 --output output --plot figure4.png
+  prompt-diffusion table "output/base2new/train_base/dtd/shots_16/CoCoOp/*/seed*"
 """
 import argparse
 import glob
 from pathlib import Path
 
+from prompt_diffusion.commands import HelpFormatter
 from prompt_diffusion.commands.sweep import add_selection_arguments, load_selected
 from prompt_diffusion.results import (group_run_dirs, log_files, plot_sweep, run_groups_csv, run_groups_markdown,
                                       to_csv, to_markdown)
@@ -26,7 +34,7 @@ DATASET_NAMES = {
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "table", help="paper-style table of a spec's runs (mean ± std over seeds, paper beside), or of run dirs",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("spec", help=f"a shipped experiment ({', '.join(experiment_names())}), a spec .yaml, "
                                      "or a quoted glob of run directories")
     add_selection_arguments(parser)

@@ -1,19 +1,32 @@
-"""``prompt-diffusion train``: CoOp's ``train.py`` (same flags, same config merge order).
+"""prompt-diffusion train: CoOp's train.py (same flags, same config merge order).
 
-Config: Dassl defaults + ``prompt_diffusion.config.extend_cfg`` -> ``--dataset-config-file`` ->
-``--config-file`` -> flags (``--root``, ``--output-dir``, ``--seed`` ...) -> trailing ``KEY VALUE``
-opts. Then seed, ``<OUTPUT_DIR>/log.txt``, ``build_trainer`` and either ``train()`` (resuming from
-``OUTPUT_DIR`` when it holds checkpoints) or, with ``--eval-only``, ``load_model(--model-dir,
---load-epoch)`` + ``test()``.
+Config: Dassl defaults + prompt_diffusion.config.extend_cfg -> --dataset-config-file ->
+--config-file -> flags (--root, --output-dir, --seed ...) -> KEY VALUE opts (flags may also come
+after the opts). Then <OUTPUT_DIR>/log.txt (written as the run goes; the environment report goes to
+<OUTPUT_DIR>/env.txt), the CLIP weights are checked, and the trainer is built: train() resumes from
+OUTPUT_DIR when it holds checkpoints, so an interrupted run is resumed by the same command;
+--eval-only loads --model-dir at --load-epoch (default: model-best) and tests.
+
+A trainer defined outside this package is found with --import MODULE_OR_FILE (repeatable) or
+through an installed package's "prompt_diffusion.plugins" entry point.
+
+Example (CoCoOp with prompt diffusion on the base classes of DTD, 16 shots, seed 1):
+
+  prompt-diffusion train --root $DATA --trainer CoCoOpPD --seed 1 \\
+    --dataset-config-file configs/datasets/dtd.yaml \\
+    --config-file configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml \\
+    --output-dir output/dtd/CoCoOpPD/seed1 DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
 """
 import argparse
 import os
 import os.path as osp
-from typing import List, Optional
+import traceback
+from typing import List, Optional, Tuple
 
 import torch
 from yacs.config import CfgNode
 
+from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
 from prompt_diffusion.config import extend_cfg
 
 
@@ -22,10 +35,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train",
         help="train (or evaluate) a Dassl-style trainer from yacs config files",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, _resume_hint="Run the same command again to resume from the last checkpoint "
+                                               "in --output-dir.")
     return parser
 
 
@@ -50,12 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=str, default="",
                         help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int,
-                        help="load model weights at this epoch for evaluation")
+                        help="load model weights at this epoch for evaluation (not given: model-best.pth.tar, "
+                             "saved only when validating)")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     parser.add_argument("--allow-unsafe-checkpoints", action="store_true",
                         help="allow loading pickled checkpoints (e.g. upstream CoOp ones): "
                              "unpickling runs code from the file, use only files you trust")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import this module (dotted name) or .py file first, so the trainers and datasets "
+                             "it registers can be used (repeatable)")
+    parser.add_argument("opts", default=[], nargs=argparse.REMAINDER, action=OptsThenFlags,
                         help="modify config options using the command-line, e.g. OPTIM.LR 0.01")
 
 
@@ -106,8 +124,6 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         merge_config_file(cfg, args.config_file, "--config-file")
     reset_cfg(cfg, args)
     opts = list(args.opts or [])
-    if opts and opts[0] == "--":
-        opts = opts[1:]
     if len(opts) % 2:
         raise ValueError(f"command-line opts must be KEY VALUE pairs, got {opts}")
     try:
@@ -123,7 +139,7 @@ def print_args(args: argparse.Namespace, cfg: CfgNode) -> None:
     print("** Arguments **")
     print("***************")
     for key in sorted(vars(args)):
-        if key != "func":
+        if key != "func" and not key.startswith("_"):
             print(f"{key}: {getattr(args, key)}")
     print("************")
     print("** Config **")
@@ -131,38 +147,61 @@ def print_args(args: argparse.Namespace, cfg: CfgNode) -> None:
     print(cfg)
 
 
-def import_registries() -> None:
-    """Import the project's trainers and datasets so their registries fill."""
-    import prompt_diffusion.data  # noqa: F401
-    import prompt_diffusion.trainers  # noqa: F401
+def prepare(args: argparse.Namespace) -> Tuple[CfgNode, List[str]]:
+    """What ``train`` and ``diagnose`` do before building a trainer, cheapest checks first: the
+    registries (``--import``, plug-ins), the config, the data-loader workers (capped at the
+    available cores) and the CLIP weights file (before any data is rendered or read). Returns the
+    frozen config and the lines the log should start with (plug-ins imported, workers capped)."""
+    from prompt_diffusion.backbones import check_backbone_weights
+    from prompt_diffusion.engine.checkpoint import UNSAFE_ENV
+    from prompt_diffusion.engine.utils import cap_workers
+    from prompt_diffusion.plugins import load_plugins
+
+    if args.allow_unsafe_checkpoints:
+        os.environ[UNSAFE_ENV] = "1"
+    imported = load_plugins(args.imports)
+    cfg = setup_cfg(args)
+    check_backbone_weights(cfg)
+    cfg.defrost()
+    capped = cap_workers(cfg)
+    cfg.freeze()
+    notes = ([f"Imported plug-in modules: {', '.join(imported)}"] if imported else []) + ([capped] if capped else [])
+    return cfg, notes
 
 
 def run(args: argparse.Namespace) -> int:
     """Run CoOp's ``main``: config, seed, logger, trainer, then evaluate or train."""
     from prompt_diffusion import engine
-    from prompt_diffusion.engine.checkpoint import UNSAFE_ENV
 
-    if args.allow_unsafe_checkpoints:
-        os.environ[UNSAFE_ENV] = "1"
-    cfg = setup_cfg(args)
-    if cfg.SEED >= 0:
-        print(f"Setting fixed seed: {cfg.SEED}")
-        engine.set_random_seed(cfg.SEED)
+    cfg, notes = prepare(args)
     logger = engine.setup_logger(cfg.OUTPUT_DIR)
     try:
         print(f"Engine: {engine.engine_description()}")
+        for note in notes:
+            print(note)
+        if cfg.SEED >= 0:
+            print(f"Setting fixed seed: {cfg.SEED}")
+            engine.set_random_seed(cfg.SEED)
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True
         print_args(args, cfg)
-        print("Collecting env info ...")
-        print(f"** System info **\n{engine.collect_env_info()}\n")
-        import_registries()
+        env_file = osp.join(cfg.OUTPUT_DIR, "env.txt")
+        with open(env_file, "w", encoding="utf-8") as stream:
+            stream.write(engine.collect_env_info() + "\n")
+        print(f"System info (torch's environment report): {env_file}")
         trainer = engine.build_trainer(cfg)
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.test()
         elif not args.no_train:
             trainer.train()
+    except KeyboardInterrupt:
+        print("Interrupted (Ctrl-C); the same command resumes the run from its last checkpoint.")
+        raise
+    except Exception:
+        if logger is not None:  # the console gets the message alone (cli.main); the log keeps the traceback
+            logger.write_to_file_only(traceback.format_exc())
+        raise
     finally:
         if logger is not None:
             logger.close()
@@ -171,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``train`` without the rest of the command line (``python -m prompt_diffusion.commands.train``)."""
-    parser = argparse.ArgumentParser(prog="prompt-diffusion train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="prompt-diffusion train", description=__doc__, formatter_class=HelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

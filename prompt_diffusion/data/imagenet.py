@@ -57,7 +57,7 @@ def folder_entries(
     """
     entries: List[SplitEntry] = []
     for label, (folder, classname) in enumerate(tqdm(folders, desc=desc, leave=False,
-                                                      disable=len(folders) < 100)):
+                                                      disable=True if len(folders) < 100 else None)):
         relfolder = f"{subdir}/{folder}" if subdir else folder
         folder_path = os.path.join(image_dir, relfolder)
         if not os.path.isdir(folder_path):

@@ -84,7 +84,7 @@ def render_split(
         shutil.rmtree(temporary, ignore_errors=True)
         for toy_class in classes:
             os.makedirs(os.path.join(temporary, toy_class.folder))
-        for k in tqdm(range(count), desc=desc, unit="img", leave=False):
+        for k in tqdm(range(count), desc=desc, unit="img", leave=False, disable=None):
             toy_class = classes[k % len(classes)]
             pixels, _ = toy_world.render_example(seed, k, toy_class.shape, toy_class.colour, style, toy_class.size)
             Image.fromarray(pixels).save(os.path.join(temporary, toy_class.folder, f"{k:05d}.png"))

@@ -186,7 +186,7 @@ def distill_amed(
     optimizer = torch.optim.Adam(parameters, lr=lr)
     history: List[float] = []
     best = None if check is None else _keep_best(predictor, check, (float("inf"), {}))  # the fresh weights
-    for denoise, x_T in tqdm(batches, desc="distil AMED", disable=not progress):
+    for denoise, x_T in tqdm(batches, desc="distil AMED", disable=None if progress else True):
         model = SigmaDenoiser(denoise, schedule)
         x, sigmas = _student_start(predictor, x_T, schedule)
         targets = teacher_trajectory(model, x, sigmas, teacher, inserted)

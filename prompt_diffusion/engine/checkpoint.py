@@ -17,7 +17,7 @@ import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
@@ -103,6 +103,26 @@ def _corrupt_error(fpath: str, error: Exception) -> RuntimeError:
         f'Checkpoint "{fpath}" is corrupt or truncated ({type(error).__name__}: {error}). '
         f"Checkpoints in the same folder: {siblings}"
     )
+
+
+def saved_epochs(directory: str) -> List[int]:
+    """The epochs with a ``model.pth.tar-<epoch>`` in ``directory``, ascending."""
+    if not osp.isdir(directory):
+        return []
+    found = (name[len("model.pth.tar-"):] for name in os.listdir(directory) if name.startswith("model.pth.tar-"))
+    return sorted(int(epoch) for epoch in found if epoch.isdigit())
+
+
+def missing_model_message(model_path: str) -> str:
+    """Why ``--eval-only`` found nothing at ``model_path``, and which epochs can be loaded instead."""
+    directory, file_name = osp.split(model_path)
+    epochs = saved_epochs(directory)
+    asked = ("no model-best.pth.tar (saved only when validating; give --load-epoch N)"
+             if file_name == "model-best.pth.tar" else f"no {file_name}")
+    if epochs:
+        return f"No model at {model_path}: {asked}; {directory} has epoch(s) {', '.join(map(str, epochs))}"
+    where = directory if osp.isdir(directory) else f"{directory} does not exist"
+    return f"No model at {model_path}: {asked}; no model.pth.tar-<epoch> in {where}"
 
 
 def load_checkpoint(fpath: str, allow_unsafe: Optional[bool] = None) -> dict:

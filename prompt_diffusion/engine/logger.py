@@ -2,7 +2,9 @@
 
 Trainers report with ``print`` (as Dassl's do), so the log is a tee on ``sys.stdout``. Unlike
 Dassl's, it wraps whatever ``sys.stdout`` is now (a test runner's capture keeps working), never
-closes the console, and ``close()`` puts the previous ``sys.stdout`` back.
+closes the console, and ``close()`` puts the previous ``sys.stdout`` back. The file is written
+line by line (``tail -f`` follows a run; a killed run keeps its log up to the kill), and a
+progress bar's carriage-return redraws reach the file as their last state only.
 """
 import os
 import os.path as osp
@@ -21,12 +23,16 @@ class Logger:
         self.file = None
         if fpath is not None:
             mkdir_if_missing(osp.dirname(fpath))
-            self.file = open(fpath, "w")
+            self.file = open(fpath, "w", buffering=1)  # line-buffered: each line reaches the file
 
     def write(self, msg: str) -> None:
         self.console.write(msg)
+        self.write_to_file_only(msg)
+
+    def write_to_file_only(self, msg: str) -> None:
+        """Write ``msg`` to the log file alone (a traceback the console shows as one line)."""
         if self.file is not None:
-            self.file.write(msg)
+            self.file.write(last_redraw(msg))
 
     def flush(self) -> None:
         self.console.flush()
@@ -50,6 +56,16 @@ class Logger:
 
     def __exit__(self, *args) -> None:
         self.close()
+
+
+def last_redraw(text: str) -> str:
+    """``text`` with carriage-return redraws (progress bars) reduced to each finished line's last
+    state; an unfinished redraw (no newline yet) is left out."""
+    if "\r" not in text:
+        return text
+    *finished, tail = text.split("\n")
+    lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in finished]
+    return "\n".join(lines + ["" if "\r" in tail else tail])
 
 
 def setup_logger(output: Optional[str] = None) -> Optional[Logger]:

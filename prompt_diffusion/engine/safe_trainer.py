@@ -20,6 +20,7 @@ from prompt_diffusion.engine.checkpoint import (
     get_rng_state,
     load_checkpoint,
     load_state_dict_checked,
+    missing_model_message,
     resume_from_checkpoint,
     save_checkpoint,
 )
@@ -86,7 +87,7 @@ class SafeCheckpointsMixin:
             if missing_ok:
                 print(f"Note: no {name} checkpoint at {path}; {name} stays freshly initialised")
                 return
-            raise FileNotFoundError(f"No model at {path}")
+            raise FileNotFoundError(missing_model_message(path))
         checkpoint = load_checkpoint(path)
         val_result = checkpoint.get("val_result")
         shown = "" if val_result is None else f", val_result={val_result:.1f}"

@@ -76,3 +76,21 @@ def collect_env_info() -> str:
     from torch.utils.collect_env import get_pretty_env_info
 
     return get_pretty_env_info() + f"\n        Pillow ({PIL.__version__})"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cap_workers(cfg) -> str:
+    """Lower ``DATALOADER.NUM_WORKERS`` to the available cores (more workers than cores only
+    compete with the training process); returns the log line saying so, or ``""`` (unfrozen cfg)."""
+    cores = available_cores()
+    if cfg.DATALOADER.NUM_WORKERS <= cores:
+        return ""
+    asked, cfg.DATALOADER.NUM_WORKERS = cfg.DATALOADER.NUM_WORKERS, cores
+    return f"DATALOADER.NUM_WORKERS {asked} -> {cores}: this process may use {cores} CPU core(s)"

@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Dict, Union
 
 import torch
-from clip.clip import _MODELS
-from clip.model import CLIP, ModifiedResNet, build_model, convert_weights
+
+from prompt_diffusion.clip_package import openai_clip_modules
+
+_clip_clip, _clip_model = openai_clip_modules()
+_MODELS = _clip_clip._MODELS
+CLIP, ModifiedResNet = _clip_model.CLIP, _clip_model.ModifiedResNet
+build_model, convert_weights = _clip_model.build_model, _clip_model.convert_weights
 
 PRECISIONS = ("fp16", "fp32", "amp")
 CACHE_DIR = Path("~/.cache/clip")

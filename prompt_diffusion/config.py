@@ -137,6 +137,9 @@ def add_pd_keys(cfg: CN) -> None:
         "INSERTED": 4,  # teacher points inserted in every student interval (upstream AMED: 4)
         "BATCH": 32,  # conditions (training images) per distillation batch
         "LR": 5e-3,  # Adam step size of the distillation (upstream AMED)
+        # the NFEs a predictor is distilled for after training (each fixes its σ grid); [] = [NFE].
+        # An evaluation at another NFE (Figure 4) needs it listed here when the model is trained
+        "NFES": [],
     })
 
 
@@ -198,6 +201,14 @@ def validate_pd_cfg(cfg: CN) -> None:
     if pd.NFE > pd.STEPS:
         raise ValueError(f"TRAINER.PD.NFE = {pd.NFE} is out of range; "
                          f"allowed: 1 <= NFE <= TRAINER.PD.STEPS ({pd.STEPS})")
+    nfes = pd.AMED.NFES
+    if any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= pd.STEPS for n in nfes) \
+            or len(set(nfes)) != len(nfes):
+        raise ValueError(f"TRAINER.PD.AMED.NFES = {list(nfes)!r}: allowed: distinct integers in "
+                         f"1..TRAINER.PD.STEPS ({pd.STEPS})")
+    if pd.SAMPLER == "amed" and nfes and pd.NFE not in nfes:
+        raise ValueError(f"TRAINER.PD.NFE = {pd.NFE} has no AMED predictor: TRAINER.PD.AMED.NFES = {list(nfes)} "
+                         "lists the NFEs predictors are distilled for (add it there, before training)")
     if pd.DENOISER.WIDTH % pd.DENOISER.HEADS:
         raise ValueError(
             f"TRAINER.PD.DENOISER.WIDTH = {pd.DENOISER.WIDTH} must be divisible by "

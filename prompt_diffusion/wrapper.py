@@ -38,7 +38,7 @@ from yacs.config import CfgNode
 from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_for_trainer, detect_adapter
 from prompt_diffusion.config import add_pd_keys, extend_cfg, validate_pd_cfg
 from prompt_diffusion.diagnostics import diagnose, residual_batches
-from prompt_diffusion.diffusion.amed import AMEDPredictor, distill_amed
+from prompt_diffusion.diffusion.amed import AMEDPredictor, StudentCheck, distill_amed
 from prompt_diffusion.diffusion.overfit import overfit_prompts
 from prompt_diffusion.engine import (
     TRAINER_REGISTRY,
@@ -64,28 +64,47 @@ AMED_NAME = "pd_amed"
 NORM_MOMENTUM = 0.1
 # held-out images the residual gain is calibrated on after training (see pd_calibrate)
 CALIBRATION_IMAGES = 512
+# held-out images the AMED student is compared with its teacher on during distillation, and how
+# often (in batches); the predictor keeps the weights that came closest (see distill_amed)
+AMED_CHECK_IMAGES = 128
+AMED_CHECK_EVERY = 5
 
 
 class AMEDModule(nn.Module):
-    """The registered ``pd_amed``: an ``AMEDPredictor`` and whether it has been distilled
+    """The registered ``pd_amed``: one ``AMEDPredictor`` per NFE of ``TRAINER.PD.AMED.NFES`` (its σ
+    grid depends on the NFE, so each budget has its own) and whether they have been distilled
     (a buffer, so the flag travels with the checkpoint)."""
 
-    def __init__(self, predictor: AMEDPredictor):
+    def __init__(self, predictors: Dict[int, AMEDPredictor]):
         super().__init__()
-        self.predictor = predictor
+        self.predictors = nn.ModuleDict({str(nfe): predictors[nfe] for nfe in sorted(predictors)})
         self.register_buffer("distilled_flag", torch.zeros((), dtype=torch.bool))
 
     @property
     def distilled(self) -> bool:
         return bool(self.distilled_flag)
 
+    @property
+    def nfes(self) -> List[int]:
+        return [int(nfe) for nfe in self.predictors]
+
+    def predictor(self, nfe: int) -> AMEDPredictor:
+        """The predictor distilled for ``nfe`` evaluations."""
+        return self.predictors[str(nfe)]
+
     def get_extra_state(self) -> dict:
-        return dict(self.predictor.config)
+        return {nfe: dict(predictor.config) for nfe, predictor in self.predictors.items()}
 
     def set_extra_state(self, state: dict) -> None:
-        if plain_values(state) != plain_values(self.predictor.config):
-            raise ValueError(f"the checkpoint's AMED predictor {state} differs from the one TRAINER.PD "
-                             f"builds {self.predictor.config} (NFE or denoiser width changed?)")
+        built = self.get_extra_state()
+        if set(state) != set(built):
+            raise ValueError(f"the checkpoint has AMED predictors for NFE {sorted(int(n) for n in state)}, "
+                             f"TRAINER.PD.AMED.NFES builds {self.nfes}: evaluate with the NFES the model was "
+                             "trained with (an NFE outside them needs a model trained with it listed)")
+        for nfe, config in state.items():
+            if plain_values(config) != plain_values(built[nfe]):
+                raise ValueError(f"the checkpoint's AMED predictor {config} differs from the one TRAINER.PD "
+                                 f"builds {built[nfe]} (denoiser width changed?)")
 
 
 def with_pd_keys(cfg: CfgNode) -> CfgNode:
@@ -245,8 +264,9 @@ class DiffusionPromptWrapper:
             print("Prompt diffusion: TRAINER.PD.AMED.DISTILL_ITERS is 0, so no AMED predictor: "
                   "sampling falls back to dpmpp_2m")
             return None
-        predictor = AMEDPredictor(feature_dim=pd.DENOISER.WIDTH, nfe=pd.NFE)
-        module = AMEDModule(predictor).to(self.device)
+        nfes = list(pd.AMED.NFES) or [pd.NFE]
+        module = AMEDModule({nfe: AMEDPredictor(feature_dim=pd.DENOISER.WIDTH, nfe=nfe) for nfe in nfes})
+        module = module.to(self.device)
         self._pd_register(AMED_NAME, module, trainable=False)
         return module
 
@@ -437,21 +457,35 @@ class DiffusionPromptWrapper:
         return gains
 
     @torch.no_grad()
-    def _pd_train_conditions(self) -> Tensor:
-        """π of every training image (one pass over ``train_loader_x``), ``[N, C]``."""
+    def _pd_conditions(self, loader, training: bool, max_images: Optional[int] = None) -> Tensor:
+        """π of the images of ``loader`` (the first ``max_images``; all by default), ``[N, C]``."""
         self.set_model_mode("eval")
-        conditions = []
-        for batch in tqdm(self.train_loader_x, desc="π of the training images", leave=False, disable=None):
-            images = self.parse_batch_train(batch)[0]
+        conditions, seen = [], 0
+        for batch in tqdm(loader, desc="π of the images", leave=False, disable=None):
+            images = (self.parse_batch_train(batch) if training else self.parse_batch_test(batch))[0]
             conditions.append(self.pd_condition(self.pd_adapter.image_features(images)))
-        return torch.cat(conditions)
+            seen += len(images)
+            if max_images is not None and seen >= max_images:
+                break
+        return torch.cat(conditions)[:max_images]
 
-    def pd_distill_amed(self) -> List[float]:
-        """Distil the AMED predictor from the teacher solver (``TRAINER.PD.AMED``) on the π of the
-        training images and fresh noise; returns the loss per distillation batch."""
+    def pd_distill_amed(self) -> Dict[int, List[float]]:
+        """Distil the AMED predictor of every NFE in ``TRAINER.PD.AMED.NFES`` from the teacher
+        solver on the π of the training images and fresh noise; returns the loss per distillation
+        batch, per NFE. Each predictor keeps the weights whose student came closest to the teacher
+        on held-out (val) conditions (``distill_amed``'s check); the log gives that error before and
+        after distillation, what distillation is for (the loss per batch moves with each batch's
+        random conditions and noise)."""
         amed = self.cfg.TRAINER.PD.AMED
-        conditions = self._pd_train_conditions()
+        conditions = self._pd_conditions(self.train_loader_x, training=True)
         denoiser = self.pd_generator
+        held_out = getattr(self, "val_loader", None) is not None
+        check_conditions = (self._pd_conditions(self.val_loader, training=False, max_images=AMED_CHECK_IMAGES)
+                            if held_out else conditions[:AMED_CHECK_IMAGES])
+        check_noise = torch.randn(len(check_conditions), denoiser.layout.numel,  # own generator: the run's
+                                  generator=torch.Generator().manual_seed(self.cfg.SEED)).to(conditions.device)
+        check = StudentCheck(denoiser.denoise_fn(check_conditions), check_noise, denoiser.schedule,
+                             teacher=amed.TEACHER, inserted=amed.INSERTED)
 
         def batches():  # random training conditions and fresh noise (the run's seeded global RNG)
             for _ in range(amed.DISTILL_ITERS):
@@ -459,15 +493,23 @@ class DiffusionPromptWrapper:
                 noise = torch.randn(len(rows), denoiser.layout.numel).to(conditions.device)
                 yield denoiser.denoise_fn(conditions[rows.to(conditions.device)]), noise
 
-        print(f"Prompt diffusion: distilling the AMED predictor (NFE={self.cfg.TRAINER.PD.NFE}) from "
-              f"{amed.TEACHER} with {amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
         self.pd_amed.train()
-        history = distill_amed(self.pd_amed.predictor, batches(), denoiser.schedule, teacher=amed.TEACHER,
-                               inserted=amed.INSERTED, lr=amed.LR)
+        histories = {}
+        for nfe in self.pd_amed.nfes:
+            print(f"Prompt diffusion: distilling the AMED predictor (NFE={nfe}) from {amed.TEACHER} with "
+                  f"{amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
+            predictor = self.pd_amed.predictor(nfe)
+            before = check(predictor)
+            history = distill_amed(predictor, batches(), denoiser.schedule, teacher=amed.TEACHER,
+                                   inserted=amed.INSERTED, lr=amed.LR, check=check, check_every=AMED_CHECK_EVERY)
+            print(f"Prompt diffusion: AMED (NFE={nfe}) student-vs-teacher error on {len(check_conditions)} "
+                  f"{'held-out val' if held_out else 'training'} images {before:.4g} -> {check(predictor):.4g}, "
+                  f"the best of every {AMED_CHECK_EVERY} batches (distillation loss per batch "
+                  f"{history[0]:.4g} -> {history[-1]:.4g})")
+            histories[nfe] = history
         self.pd_amed.eval()
         self.pd_amed.distilled_flag.fill_(True)
-        print(f"Prompt diffusion: AMED distillation loss {history[0]:.4g} -> {history[-1]:.4g}")
-        return history
+        return histories
 
     def _pd_resave(self, name: str) -> None:
         """Write the registered model ``name`` (the distilled AMED predictor, the calibrated
@@ -512,7 +554,7 @@ class DiffusionPromptWrapper:
         if sampler != "amed":
             return sampler, None
         if self.pd_amed is not None and self.pd_amed.distilled:
-            return "amed", self.pd_amed.predictor
+            return "amed", self.pd_amed.predictor(self.cfg.TRAINER.PD.NFE)
         if not getattr(self, "_pd_said_fallback", False):
             print("Prompt diffusion: no distilled AMED predictor, sampling with dpmpp_2m instead")
             self._pd_said_fallback = True

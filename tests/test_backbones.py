@@ -79,3 +79,72 @@ def test_toy_backbone_loads_through_load_clip():
     loaded = load_clip("toy").state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state_dict.items() if k in loaded)
     assert set(loaded) <= set(state_dict)
+
+
+FORK_CLIP_MODEL = '''
+import torch.nn as nn
+
+
+class ModifiedResNet(nn.Module):
+    pass
+
+
+class CLIP(nn.Module):
+    def __init__(self, embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers,
+                 design_details):
+        super().__init__()
+
+
+def convert_weights(model):
+    pass
+
+
+def build_model(state_dict: dict, design_details):
+    return CLIP(design_details=design_details, **{})
+'''
+
+LOAD_UNDER_FORK = '''
+import json, sys, warnings
+import torch
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from prompt_diffusion import backbones
+import clip.model
+loaded = [backbones.load_clip_file(path) for path in sys.argv[1:3]]
+reference = torch.load(sys.argv[1], weights_only=True)
+print(json.dumps({
+    "importable_clip": clip.model.__file__,
+    "loaded_class": type(loaded[0]).__module__ + "." + type(loaded[0]).__name__,
+    "same": [all(torch.equal(m.state_dict()[k], v) for k, v in reference.items()) for m in loaded],
+    "warnings": [str(w.message) for w in caught],
+}))
+'''
+
+
+def test_loads_clip_when_a_fork_clip_package_shadows_openai_clip(tmp_path, one_head_clip):
+    """Run from a multimodal-prompt-learning checkout, ``import clip`` finds the fork's package
+    (``build_model(state_dict, design_details)``); loading CLIP files must still work."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fork = tmp_path / "fork"
+    (fork / "clip").mkdir(parents=True)
+    (fork / "clip" / "__init__.py").write_text("from .clip import *\n")
+    (fork / "clip" / "clip.py").write_text("from .model import build_model\n_MODELS = {}\n__all__ = ['build_model']\n")
+    (fork / "clip" / "model.py").write_text(FORK_CLIP_MODEL)
+    plain, saved = tmp_path / "plain.pt", tmp_path / "saved.pt"
+    torch.save(one_head_clip.state_dict(), plain)
+    save_clip(one_head_clip, saved)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fork), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", LOAD_UNDER_FORK, str(plain), str(saved)], cwd=str(fork), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["importable_clip"] == str(fork / "clip" / "model.py")  # the fork's package does shadow
+    assert result["loaded_class"] == "prompt_diffusion._openai_clip.model.CLIP"
+    assert result["same"] == [True, True]
+    assert any(str(fork / "clip") in message and "shadows openai-clip" in message for message in result["warnings"])

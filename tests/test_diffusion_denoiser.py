@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prompt_diffusion.diffusion import SAMPLERS, AMEDPredictor, PromptDenoiser, distill_amed
+from prompt_diffusion.diffusion import SAMPLERS, AMEDPredictor, PromptDenoiser, StudentCheck, distill_amed
 from prompt_diffusion.generators import PromptLayout
 from prompt_diffusion.generators.registry import build_generator
 
@@ -162,3 +162,30 @@ def test_amed_distils_on_the_denoiser_without_touching_its_gradients(conditional
     out = model.generate(conds, center, torch.randn(4, model.layout.numel), sampler="amed", nfe=5,
                          amed_predictor=predictor)
     assert torch.isfinite(out["text"]).all()
+
+
+def test_amed_distillation_brings_the_student_closer_to_its_teacher_on_held_out_conditions(conditional_fit):
+    """The point of distillation: from the same noise, the student's sample moves towards the
+    teacher's (dpmpp_2m with inserted points) on conditions and noise it was not distilled on."""
+    model, conds, _, _, _, _ = conditional_fit
+    generator = torch.Generator().manual_seed(5)
+
+    def conditions(count):  # near the 4 trained conditions, as images of the same classes would be
+        return conds[torch.randint(4, (count,), generator=generator)] + 0.05 * torch.randn(count, COND_DIM,
+                                                                                         generator=generator)
+
+    held_out, noise = conditions(32), torch.randn(32, model.layout.numel, generator=generator)
+    check = StudentCheck(model.denoise_fn(held_out), noise, model.schedule)
+    predictor = AMEDPredictor(feature_dim=64, nfe=4)
+    before = check(predictor)
+    batches = [(model.denoise_fn(conditions(16)), torch.randn(16, model.layout.numel, generator=generator))
+               for _ in range(30)]
+    distill_amed(predictor, batches, model.schedule, progress=False)
+    after = check(predictor)
+    assert after < 0.5 * before, (before, after)
+    # with the check, the predictor keeps the weights closest to the teacher, the fresh ones included
+    checked = AMEDPredictor(feature_dim=64, nfe=4)
+    distill_amed(checked, batches[:7], model.schedule, lr=0.5, progress=False, check=check, check_every=3)
+    unchecked = AMEDPredictor(feature_dim=64, nfe=4)
+    distill_amed(unchecked, batches[:7], model.schedule, lr=0.5, progress=False)
+    assert check(checked) <= min(before, check(unchecked))

@@ -451,5 +451,17 @@ def run_toy(result_path, data_root, output_dir):
     Path(result_path).write_text(json.dumps(result))
 
 
+def test_time_per_image_leaves_out_the_warmup_batch_and_load_spikes():
+    from prompt_diffusion.engine.timing import InferenceTimer
+
+    timer = InferenceTimer()
+    for seconds, images in [(5.0, 10), (0.02, 10), (0.9, 10), (0.03, 10), (0.01, 5)]:  # warm-up, a spike
+        timer.record(seconds, images)
+    assert timer.milliseconds_per_image() == pytest.approx(2.5)  # median of 2, 90, 3, 2 ms
+    single = InferenceTimer()
+    assert single.time(lambda: torch.zeros(3), 3).shape == (3,)
+    assert single.milliseconds_per_image() > 0.0  # one batch: timed although it is the warm-up
+
+
 if __name__ == "__main__":
     run_toy(*sys.argv[1:4])

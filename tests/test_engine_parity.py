@@ -21,12 +21,12 @@ pytestmark = [
 HERE = Path(__file__).resolve().parent
 
 
-def _run_toy(engine_name: str, data_root: Path, tmp_path: Path) -> dict:
-    result_path = tmp_path / f"{engine_name}.json"
+def _run_toy(engine_name: str, data_root: Path, tmp_path: Path, script: str = "test_engine.py") -> dict:
+    result_path = tmp_path / f"{engine_name}_{script}.json"
     env = dict(os.environ, PD_ENGINE=engine_name, OMP_NUM_THREADS="1")
     subprocess.run(
-        [sys.executable, str(HERE / "test_engine.py"), str(result_path), str(data_root),
-         str(tmp_path / f"out_{engine_name}")],
+        [sys.executable, str(HERE / script), str(result_path), str(data_root),
+         str(tmp_path / f"out_{engine_name}_{script}")],
         env=env, check=True, cwd=str(HERE.parent), timeout=300,
     )
     return json.loads(result_path.read_text())
@@ -44,6 +44,26 @@ def test_dassl_and_builtin_engines_give_identical_runs(tmp_path):
     assert with_dassl["history"] == builtin["history"]  # (epoch, batch, loss, lr), bit for bit
     assert with_dassl["weights"] == builtin["weights"]
     assert with_dassl["accuracy"] == builtin["accuracy"]
+
+
+def test_fixes_reach_a_fork_trainer_imported_before_the_package(tmp_path):
+    """Upstream train.py imports its trainers (binding ``build_lr_scheduler``, ``load_checkpoint``,
+    ``compute_accuracy`` by name) before the package: the warmup scheduler must not raise Dassl's
+    ``verbose`` TypeError, and the run must equal the built-in engine's, bit for bit."""
+    sys.path.insert(0, str(HERE))
+    from test_engine import write_toy_data
+
+    data_root = write_toy_data(tmp_path / "toy_colors")
+    fork = _run_toy("dassl", data_root, tmp_path, script="dassl_fork_trainer.py")
+    builtin = _run_toy("builtin", data_root, tmp_path)
+    assert fork["engine"] == "dassl"
+    assert len(fork["history"]) == 6 and fork["history"] == builtin["history"]
+    assert fork["accuracy"] == builtin["accuracy"]
+    assert fork["reloaded"]  # the fork's load_model, through the bound load_checkpoint
+    from prompt_diffusion.engine import dassl_bridge
+
+    for fix in dassl_bridge.FIXES:  # describe() lists every fix
+        assert fix in fork["description"]
 
 
 def test_dassl_randaugment_runs_every_operation_on_current_numpy():

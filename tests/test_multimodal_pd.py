@@ -154,3 +154,33 @@ def test_pd_variant_trains_checkpoints_and_samples_with_nfe_calls(world, tmp_pat
     assert len(calls) == PD_KEYS["TRAINER.PD.NFE"] * n_batches
     assert 0.0 <= accuracy <= 100.0
     assert evaluator.test() == accuracy  # seeded inference noise: reproducible
+
+
+def test_promptsrc_pd_aggregates_the_generator_with_the_prompts(world, tmp_path):
+    """GPA replaces the prompts by their Gaussian aggregate after the last epoch; the generator
+    (denoiser, Meta-Net) learned residuals around each epoch's prompts, so it is aggregated over the
+    same epochs with the same weights, before AMED distillation and the gain calibration."""
+    cfg = make_cfg("PromptSRCPD", world, "base", tmp_path / "run", lr=0.5, max_epoch=2, **PD_KEYS)
+    trainer = build_trainer(cfg)
+    snapshots = {name: [] for name in ("VLPromptLearner", "pd_generator", "pd_meta_net")}
+    for name, records in snapshots.items():
+        aggregate = trainer.model.gpa[name]
+        add = aggregate.add
+
+        def recording_add(tensors, weight, add=add, records=records):
+            records.append(({k: v.detach().clone() for k, v in tensors.items()}, weight))
+            add(tensors, weight)
+
+        aggregate.add = recording_add
+    assert set(trainer.model.gpa) == set(snapshots)  # every optimized model; not the AMED predictor
+    trainer.train()
+    weights = list(promptsrc.gpa_weights(2, 2, 1))
+    for name, records in snapshots.items():
+        assert [w for _, w in records] == pytest.approx(weights), name
+        final = dict(trainer._models[name].named_parameters())
+        saved = torch.load(tmp_path / "run" / name / "model.pth.tar-2", weights_only=True)["state_dict"]
+        for key in records[0][0]:
+            expected = sum(w * snapshot[key] for snapshot, w in records)
+            assert not torch.equal(records[0][0][key], records[1][0][key]) or name == "VLPromptLearner", key
+            assert torch.allclose(final[key], expected, atol=1e-6), (name, key)
+            assert torch.equal(saved[key], final[key].detach()), (name, key)

@@ -145,13 +145,13 @@ def test_promptsrc_saves_the_gaussian_aggregate_and_keeps_clip_frozen(world, tmp
     trainer = build_trainer(make_cfg("PromptSRC", world, "base", tmp_path / "run"))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     snapshots = []
-    add = trainer.model.gpa.add
+    add = trainer.model.gpa["VLPromptLearner"].add
 
     def recording_add(tensors, weight):
         snapshots.append(({k: v.detach().clone() for k, v in tensors.items()}, weight))
         add(tensors, weight)
 
-    trainer.model.gpa.add = recording_add
+    trainer.model.gpa["VLPromptLearner"].add = recording_add
     trainer.train()
     weights = promptsrc.gpa_weights(2, 2, 1)
     assert [w for _, w in snapshots] == pytest.approx(list(weights))

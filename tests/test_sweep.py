@@ -15,8 +15,8 @@ from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_n
                                     registered_trainers, select, table_for, validate_spec)
 
 SHIPPED = ["demo", "figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6",
-           "toy_benchmark", "toy_ladder", "toy_table4"]
-PAPERLESS = {"demo", "toy_benchmark", "toy_ladder", "toy_table4"}  # specs of this project's own demo and benchmarks
+           "toy_benchmark", "toy_figure4", "toy_ladder", "toy_table4"]
+PAPERLESS = {"demo", "toy_benchmark", "toy_figure4", "toy_ladder", "toy_table4"}  # specs of this project's own demo and benchmarks
 
 
 def run_cli(*argv):

@@ -151,6 +151,31 @@ def test_train_checkpoint_resume_and_eval_only(host, world, tmp_path, capsys):
     assert "sampling with dpmpp_2m instead" not in log
 
 
+def test_one_training_distils_amed_for_every_listed_nfe_and_evaluates_at_each(world, tmp_path, capsys):
+    """Figure 4: a model trained at NFE 3 is evaluated at NFE 1 with the predictor distilled for it."""
+    out = tmp_path / "run"
+    nfes = ["TRAINER.PD.AMED.NFES", [1, 3]]
+    trainer = build(make_cfg(world, "CoCoOpPD", out, ["TRAINER.PD.NFE", 3] + nfes, epochs=1))
+    trainer.train()
+    assert "(NFE=1)" in capsys.readouterr().out
+    evaluator = build(make_cfg(world, "CoCoOpPD", tmp_path / "eval", ["TRAINER.PD.NFE", 1] + nfes, epochs=1))
+    evaluator.load_model(str(out), epoch=1)
+    sampler, predictor = evaluator.pd_sampler()
+    assert sampler == "amed" and predictor.nfe == 1
+    assert torch.equal(predictor.head_r.weight, trainer.pd_amed.predictor(1).head_r.weight)
+    assert predictor.head_r.weight.abs().sum() > 0  # distilled, not the fresh zero-initialised head
+    calls = count_calls(evaluator.pd_generator)
+    evaluator.set_model_mode("eval")
+    with torch.no_grad():
+        evaluator.model_inference(first_batch(evaluator)[0])
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=r"NFE = 2 has no AMED predictor"):
+        build(make_cfg(world, "CoCoOpPD", tmp_path / "bad", ["TRAINER.PD.NFE", 2] + nfes))
+    other = build(make_cfg(world, "CoCoOpPD", tmp_path / "other", ["TRAINER.PD.NFE", 2], epochs=1))
+    with pytest.raises(ValueError, match=r"predictors for NFE \[1, 3\], TRAINER.PD.AMED.NFES builds \[2\]"):
+        other.load_model(str(out), epoch=1)
+
+
 # ---------------------------------------------------------------------- a third-party trainer
 class ThirdPartyPromptLearner(nn.Module):
     """Someone else's CoCoOp: upstream attribute names, its own code."""

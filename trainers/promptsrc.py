@@ -8,7 +8,8 @@ averaged over the 60 ImageNet templates (``TEXT_LOSS_WEIGHT``), L1 to the frozen
 (``IMAGE_LOSS_WEIGHT``), KL(zero-shot ‖ prompted) with weight 1. Gaussian prompt aggregation
 (GPA): after epoch ``e`` (1-based) the trainable tensors are added with weight ``N(e; GPA_MEAN,
 GPA_STD²)`` (normalised over the epochs); after the last epoch the aggregate replaces them, so the
-aggregate is what is saved and tested, as upstream.
+aggregate is what is saved and tested, as upstream. Every model the trainer optimizes is aggregated
+(``register_model``): in PromptSRCPD the prompt generator too, so that it matches the prompts.
 
 Differences from upstream, none of them in the method: the frozen ("zero-shot") image features
 come from CLIP's own image encoder run without prompts (upstream keeps a second copy of the
@@ -108,6 +109,11 @@ class CustomCLIP(ivlp.CustomCLIP):
         return loss_ce, text_features, fixed, zs_image, image_features, zs_logits, logits
 
 
+def trainable_tensors(model: nn.Module) -> Dict[str, Tensor]:
+    """The parameters of ``model`` that receive gradients, by name."""
+    return {name: param for name, param in model.named_parameters() if param.requires_grad}
+
+
 class PromptAggregate(nn.Module):
     """The running GPA sum ``Σ_e w_e θ_e`` of named tensors, as fp32 buffers (saved with the model,
     so a resumed run continues the sum)."""
@@ -156,10 +162,19 @@ class PromptSRC(MultiModalTrainer):
         super().build_model()
         node = self.cfg.TRAINER.PROMPTSRC
         self.gpa_weights = gpa_weights(self.cfg.OPTIM.MAX_EPOCH, node.GPA_MEAN, node.GPA_STD)
-        self.model.gpa = PromptAggregate(self.trainable_tensors())
 
-    def trainable_tensors(self) -> Dict[str, Tensor]:
-        return {name: param for name, param in self.model.named_parameters() if param.requires_grad}
+    def register_model(self, name: str = "model", model: Optional[nn.Module] = None, optim=None, sched=None) -> None:
+        """Every model trained by an optimizer gets a GPA aggregate of its trainable tensors,
+        ``self.model.gpa[name]`` (buffers of the prompt learner, so they are checkpointed with it).
+        In a wrapped PromptSRC (PromptSRCPD) that includes the prompt generator (denoiser, Meta-Net):
+        it learned residuals around each epoch's prompts, so it is aggregated over the same epochs
+        with the same weights as the prompts it is tested with."""
+        super().register_model(name, model, optim, sched)
+        if optim is None:
+            return
+        if "gpa" not in self.model._modules:
+            self.model.gpa = nn.ModuleDict()
+        self.model.gpa[name] = PromptAggregate(trainable_tensors(model))
 
     def loss_terms(self, batch: dict) -> Dict[str, Tensor]:
         image, label = self.parse_batch_train(batch)
@@ -167,11 +182,13 @@ class PromptSRC(MultiModalTrainer):
         return promptsrc_loss_terms(self.model(image, label), node.TEXT_LOSS_WEIGHT, node.IMAGE_LOSS_WEIGHT)
 
     def after_epoch(self):
-        """GPA: add this epoch's prompts with their weight; after the last epoch load the aggregate
-        (before the engine saves and tests the model)."""
-        trainable = self.trainable_tensors()
-        self.model.gpa.add(trainable, self.gpa_weights[self.epoch])
+        """GPA: add this epoch's trainable tensors of every trained model with their weight; after
+        the last epoch load the aggregates (before the engine saves and tests the models, and
+        before a wrapper's post-training steps: AMED distillation, gain calibration)."""
+        for name, aggregate in self.model.gpa.items():
+            aggregate.add(trainable_tensors(self._models[name]), self.gpa_weights[self.epoch])
         if self.epoch + 1 == self.max_epoch:
-            print("Using GPA model for final inference...")
-            self.model.gpa.copy_to(trainable)
+            print(f"Using GPA model for final inference... (aggregated: {', '.join(self.model.gpa)})")
+            for name, aggregate in self.model.gpa.items():
+                aggregate.copy_to(trainable_tensors(self._models[name]))
         super().after_epoch()

@@ -6,7 +6,7 @@ flat ``[B, N]`` tensors the samplers integrate (``prompt_diffusion.generators.ba
 denoiser is the ``diffusion`` implementation of the generator interface. See ``denoiser.py`` and
 ``samplers.py``.
 """
-from .amed import AMEDPredictor, distill_amed
+from .amed import AMEDPredictor, StudentCheck, distill_amed
 from .denoiser import PromptDenoiser
 from .overfit import STEP_RULES, overfit_prompts
 from .samplers import SAMPLERS, SigmaDenoiser, sample, sampler_sigmas
@@ -21,6 +21,7 @@ __all__ = [
     "SCHEDULE_KINDS",
     "STEP_RULES",
     "SigmaDenoiser",
+    "StudentCheck",
     "distill_amed",
     "overfit_prompts",
     "sample",

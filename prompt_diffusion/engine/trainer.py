@@ -28,6 +28,7 @@ from prompt_diffusion.engine.meters import AverageMeter, MetricMeter
 from prompt_diffusion.engine.predictions import PredictionRecord
 from prompt_diffusion.engine.registry import TRAINER_REGISTRY, check_availability
 from prompt_diffusion.engine.safe_trainer import SafeCheckpointsMixin
+from prompt_diffusion.engine.timing import InferenceTimer
 from prompt_diffusion.engine.utils import mkdir_if_missing, tolist_if_not
 
 
@@ -258,22 +259,17 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
-        inference_seconds, num_images = 0.0, 0
+        timer = InferenceTimer()
         predictions = PredictionRecord(split)
         for batch in tqdm(data_loader, disable=not progress_enabled()):
             input, label = self.parse_batch_test(batch)
-            started = time.perf_counter()
-            output = self.model_inference(input)
-            if output.is_cuda:
-                torch.cuda.synchronize(output.device)
-            inference_seconds += time.perf_counter() - started
-            num_images += label.shape[0]
+            output = timer.time(lambda: self.model_inference(input), label.shape[0])
             self.evaluator.process(output, label)
             predictions.add(batch.get("impath"), label, output)
         results = self.evaluator.evaluate()
         predictions.write(self.output_dir)
-        # model time only (no data loading), read by `prompt-diffusion table` for Figure 4
-        print(f"* time_per_image_ms: {1000.0 * inference_seconds / max(num_images, 1):.2f}")
+        # model time only (engine/timing.py says what it includes), read by `prompt-diffusion table` for Figure 4
+        print(f"* time_per_image_ms: {timer.milliseconds_per_image():.2f}")
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
         return list(results.values())[0]

@@ -299,7 +299,8 @@ class Cell:
 
     @property
     def std(self) -> Optional[float]:
-        return float(np.std(list(self.values.values()))) if self.values and self.derived is None else None
+        """None for derived cells and for a single seed (one value has no spread to show)."""
+        return float(np.std(list(self.values.values()))) if len(self.values) >= 2 and self.derived is None else None
 
 
 @dataclass
@@ -717,7 +718,7 @@ def plot_bars(table: ResultTable, path: Path, column: Optional[str] = None,
         means = [float("nan") if c.mean is None else c.mean for c in cells]
         seeds = [len(table.seeds) - len(c.missing) - len(c.incomplete) if c.derived is not None else len(c.values)
                  for c in cells]
-        errors = [c.std if c.std is not None and len(c.values) >= 2 else 0.0 for c in cells]
+        errors = [0.0 if c.std is None else c.std for c in cells]
         positions = [x + (i - (len(metrics) - 1) / 2) * width for x in range(len(table.rows))]
         bars = axis.bar(positions, means, width, label=METRIC_NAMES.get(metric, metric),
                         yerr=errors if any(errors) else None, capsize=3)

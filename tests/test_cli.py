@@ -112,10 +112,12 @@ def test_ctrl_c_says_the_same_command_resumes(tmp_path):
     log = out / "log.txt"
     deadline = time.time() + 240
     while time.time() < deadline and not (log.exists() and "epoch [2/200]" in log.read_text()):
+        assert child.poll() is None, f"the run ended before it was interrupted: {child.communicate()[1][-2000:]}"
         time.sleep(0.5)  # the log is read while the run goes: it is written line by line
+    assert "epoch [2/200]" in log.read_text(), "the run did not reach its second epoch within 240 s"
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
-    assert child.returncode == 130
+    assert child.returncode == 130, f"exit {child.returncode}; stderr: {err[-2000:]}"
     assert "prompt-diffusion train: interrupted. Run the same command again to resume" in err
     assert "Traceback" not in err
     assert "Interrupted (Ctrl-C)" in log.read_text()

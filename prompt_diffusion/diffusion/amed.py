@@ -86,15 +86,6 @@ class AMEDPredictor(nn.Module):
         c = 1.0 + self.scale_dir * (2.0 * torch.sigmoid(self.head_c(joint)).squeeze(1) - 1.0)
         return r, c
 
-    def to_state(self) -> Dict[str, object]:
-        """``{"config": plain values, "weights": state_dict}``; loads with weights_only=True."""
-        return {"config": dict(self.config), "weights": self.state_dict()}
-
-    @classmethod
-    def from_state(cls, state: Dict[str, object]) -> "AMEDPredictor":
-        """Rebuild a predictor written by :meth:`to_state` (in the dtype its weights were saved in)."""
-        return module_from_state(cls, state)
-
 
 def teacher_sigmas(student_sigmas: Tensor, inserted: int) -> Tensor:
     """The student grid with ``inserted`` log-uniform points added inside every interval."""
@@ -220,15 +211,3 @@ def _keep_best(predictor: AMEDPredictor, check: StudentCheck,
     if error < best[0]:
         return error, {k: v.detach().clone() for k, v in predictor.state_dict().items()}
     return best
-
-
-def module_from_state(cls, state: Dict[str, object]) -> nn.Module:
-    """``cls(**state["config"])`` with ``state["weights"]`` loaded, in the weights' dtype."""
-    if not isinstance(state, dict) or set(state) != {"config", "weights"}:
-        raise ValueError(f"{cls.__name__} state must be a dict with keys 'config' and 'weights'")
-    model = cls(**state["config"])
-    floating = [w for w in state["weights"].values() if torch.is_floating_point(w)]
-    if floating:
-        model = model.to(floating[0].dtype)
-    model.load_state_dict(state["weights"])
-    return model

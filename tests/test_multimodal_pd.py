@@ -13,6 +13,7 @@ from prompt_diffusion.adapters import (
 from prompt_diffusion.backbones import build_tiny_clip
 from prompt_diffusion.config import extend_cfg
 from prompt_diffusion.engine import build_trainer, get_cfg_default
+from prompt_diffusion.generators.registry import GENERATORS
 from prompt_diffusion.trainers import coprompt, maple, pd_variants, promptsrc
 
 
@@ -184,3 +185,26 @@ def test_promptsrc_pd_aggregates_the_generator_with_the_prompts(world, tmp_path)
             assert not torch.equal(records[0][0][key], records[1][0][key]) or name == "VLPromptLearner", key
             assert torch.allclose(final[key], expected, atol=1e-6), (name, key)
             assert torch.equal(saved[key], final[key].detach()), (name, key)
+
+
+@pytest.mark.parametrize("kind", sorted(set(GENERATORS) - {"diffusion"}))
+@pytest.mark.parametrize("name", ["MaPLePD", "PromptSRCPD", "CoPromptPD"])
+def test_every_generator_trains_a_step_and_samples_on_the_multimodal_hosts(world, tmp_path, name, kind):
+    """The generators other than diffusion (tested above) on the multi-modal layouts: one training step
+    moves the generator, and inference gives finite logits."""
+    cfg = make_cfg(name, world, "base", tmp_path / "run", lr=0.5, max_epoch=1,
+                   **{**PD_KEYS, "TRAINER.PD.GENERATOR": kind})
+    trainer = build_trainer(cfg)
+    assert trainer.pd_generator.__class__ is GENERATORS[kind]
+    batch = next(iter(trainer.train_loader_x))
+    trainer.set_model_mode("train")
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
+    before = [p.detach().clone() for p in trainer.pd_generator.parameters()]
+    summary = trainer.forward_backward(batch)
+    assert {"loss_ce", "loss_gen", "loss_host"} <= set(summary)
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_generator.parameters(), before))
+    images = next(iter(trainer.test_loader))["img"]
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        logits = trainer.model_inference(images)
+    assert logits.shape == (len(images), len(BASE_CLASSES)) and torch.isfinite(logits).all()

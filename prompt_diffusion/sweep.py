@@ -55,6 +55,7 @@ from prompt_diffusion.results import (COMPLETE, MISSING, Measurement, PaperTable
                                       load_paper_table, paper_table_ids, read_run)
 
 CONFIGS_DIR = Path(prompt_diffusion.configs.__file__).resolve().parent
+RUN_CONFIG = "run_config.yaml"  # in a run folder: the config the sweep launched the run with
 EXPERIMENTS_DIR = CONFIGS_DIR / "experiments"
 PROTOCOLS = ("base2new", "cross_dataset")
 VARIANT_SCOPES = ("train", "eval")
@@ -356,6 +357,11 @@ class Run:
     def status(self) -> str:
         return read_run(self.output_dir, self.training).status
 
+    def config_text(self) -> str:
+        """The run's config as ``train`` resolves it, less the flags that place the run (root, seed,
+        output and model dirs): what ``run_one`` records in ``RUN_CONFIG`` and ``stale_runs`` compares."""
+        return _resolved_config(self.config_file, self.opts, self.dataset).dump()
+
 
 @dataclass
 class Chain:
@@ -394,17 +400,26 @@ def _variant_opts(spec: Spec, value: Optional[Any]) -> List[str]:
     return [] if value is None else [spec.variants.key, str(value)]
 
 
-def merged_config(method: Method, spec: Spec, variant_value: Optional[Any] = None):
-    """The yacs config a training run of ``method`` gets: defaults, project keys, the trainer
-    config file, then the spec's and the method's opts (as ``train`` merges them)."""
+def _resolved_config(config_file: Path, opts: Sequence[str], dataset: Optional[str] = None):
+    """Defaults, project keys, the dataset file (when given), the trainer config file, then ``opts``:
+    the order in which ``train`` merges them."""
     from prompt_diffusion.config import extend_cfg
     from prompt_diffusion.engine import get_cfg_default
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
-    cfg.merge_from_file(str(CONFIGS_DIR / "trainers" / f"{method.config}.yaml"))
-    cfg.merge_from_list(spec.opts + method.opts + _variant_opts(spec, variant_value))
+    if dataset is not None:
+        cfg.merge_from_file(str(CONFIGS_DIR / "datasets" / f"{dataset}.yaml"))
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts))
     return cfg
+
+
+def merged_config(method: Method, spec: Spec, variant_value: Optional[Any] = None):
+    """The yacs config a training run of ``method`` gets, before its dataset: defaults, project keys,
+    the trainer config file, then the spec's and the method's opts (as ``train`` merges them)."""
+    return _resolved_config(CONFIGS_DIR / "trainers" / f"{method.config}.yaml",
+                            spec.opts + method.opts + _variant_opts(spec, variant_value))
 
 
 def _dir_tag(opts: Sequence[str]) -> str:
@@ -561,12 +576,46 @@ def missing_datasets(datasets: Sequence[str], root: str) -> List[str]:
 
 
 # ----------------------------------------------------------------------------------- execution
+def stale_runs(chains: Sequence[Chain]) -> List[str]:
+    """The runs whose folder holds a run made with another config than the spec now gives them (a
+    changed default, trainer file or opt that the folder name does not show), one line each with
+    the keys that differ. Runs recorded before ``RUN_CONFIG`` existed cannot be checked."""
+    stale = []
+    for run in (run for chain in chains for run in chain.runs):
+        record = run.output_dir / RUN_CONFIG
+        if not record.exists():
+            continue
+        then, now = (_flat_keys(yaml.safe_load(text)) for text in (record.read_text(encoding="utf-8"), run.config_text()))
+        changed = sorted(key for key in then.keys() | now.keys() if then.get(key) != now.get(key))
+        if changed:
+            shown = ", ".join(f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
+            stale.append(f"{run.output_dir}: {shown}" + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""))
+    return stale
+
+
+def stale_message(stale: Sequence[str]) -> str:
+    return ("These run folders hold runs made with another config than the spec now gives them (a changed "
+            "default, config file or opt); nothing was launched. Move them away, or sweep into another "
+            "--output:\n" + "\n".join(stale))
+
+
+def _flat_keys(node: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"A.B": value}`` of a nested config dict."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {key: value for name, child in node.items()
+            for key, value in _flat_keys(child, f"{prefix}.{name}" if prefix else str(name)).items()}
+
+
 def run_one(run: Run, root: str, env: Optional[Dict[str, str]] = None,
             echo: Optional[Callable[[str], None]] = None) -> Tuple[int, str]:
     """Run one ``prompt-diffusion train`` in a child process; its console output goes, line by line
     as it comes, to ``<output_dir>/console.txt`` and to ``echo`` when given. Returns (exit code,
     the console's tail on failure)."""
     run.output_dir.mkdir(parents=True, exist_ok=True)
+    record = run.output_dir / RUN_CONFIG
+    if not record.exists():
+        record.write_text(run.config_text(), encoding="utf-8")
     console_path = run.output_dir / "console.txt"
     command = [sys.executable, "-m", "prompt_diffusion"] + run.argv(root)
     with open(console_path, "a", encoding="utf-8", buffering=1) as console:
@@ -622,6 +671,10 @@ def run_local(chains: Sequence[Chain], root: str, gpus: Optional[Sequence[str]] 
     ``OMP_NUM_THREADS``); ``echo(run, line)`` sees the runs' console lines."""
     from prompt_diffusion.engine.utils import available_cores
 
+    stale = stale_runs(chains)
+    if stale:
+        report(stale_message(stale))
+        return [f"{line} (stale)" for line in stale]
     todo = [chain for chain in chains if chain.pending()]
     total = sum(len(chain.pending()) for chain in todo)
     slots: "Queue[Dict[str, str]]" = Queue()
@@ -666,6 +719,9 @@ def submit_slurm(chains: Sequence[Chain], root: str, folder: Path, parameters: D
         import submitit
     except ImportError as error:
         raise RuntimeError("--slurm needs submitit: pip install 'prompt-diffusion[slurm]'") from error
+    stale = stale_runs(chains)
+    if stale:
+        raise RuntimeError(stale_message(stale))
     todo = [chain for chain in chains if chain.pending()]
     if not todo:
         return []

@@ -330,6 +330,17 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
     code, text = run_cli(*sweep)
     assert code == 0 and "8 runs, 8 finished, 0 to run" in text
 
+    # a finished run whose config is no longer what the spec gives it (here: as if OPTIM.LR's value had
+    # changed in a trainer file or a default since): the folder name cannot show it; the record does
+    record = first.output_dir / "run_config.yaml"
+    recorded = yaml.safe_load(record.read_text())
+    recorded["OPTIM"]["LR"] = 0.125
+    record.write_text(yaml.safe_dump(recorded))
+    for argv in (sweep, sweep + ["--dry-run"]):
+        code, text = run_cli(*argv)
+        assert code == 1 and "nothing was launched" in text
+        assert f"{first.output_dir}: OPTIM.LR: 0.125 -> " in text and text.count("OPTIM.LR") == 1
+
 
 def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):
     """submitit's in-process debug executor stands in for SLURM: one array task per unfinished

@@ -19,7 +19,8 @@ from typing import List
 
 from prompt_diffusion.commands import HelpFormatter
 from prompt_diffusion.sweep import (SpecError, experiment_names, expand, load_spec, missing_datasets,
-                                    registered_trainers, run_local, select, submit_slurm, validate_spec)
+                                    registered_trainers, run_local, select, stale_message, stale_runs, submit_slurm,
+                                    validate_spec)
 
 
 def comma_list(text: str) -> List[str]:
@@ -95,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     runs = [run for chain in chains for run in chain.runs]
     pending = [run for chain in chains for run in chain.pending()]
     if args.dry_run:
+        stale = stale_runs(chains)
+        if stale:
+            print(stale_message(stale))
+            return 1
         root = args.root or "$DATA"
         print(f"# {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} finished, {len(pending)} to run")
         for run_ in pending:

@@ -17,9 +17,11 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from prompt_diffusion.commands.train import add_arguments, import_registries, setup_cfg
+from prompt_diffusion.commands.train import add_arguments, setup_cfg
 from prompt_diffusion.engine import build_trainer, set_random_seed
+from prompt_diffusion.plugins import load_plugins
 from prompt_diffusion.sweep import CONFIGS_DIR
+from prompt_diffusion.trainers.promptsrc import trainable_tensors
 
 GENERATOR = ("pd_generator", "pd_meta_net")
 TOY_OPTS = [
@@ -33,10 +35,6 @@ TOY_OPTS = [
     "TRAINER.PD.OVERFIT.ITERS", "2", "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.AMED.DISTILL_ITERS", "0",
     "TRAINER.PD.DIFFUSION_DRAWS", "8", "TRAINER.PD.DIAGNOSE_IMAGES", "0",
 ]
-
-
-def trainable(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
 @torch.no_grad()
@@ -59,7 +57,7 @@ def run_seed(root: str, output: str, seed: int) -> Dict[str, object]:
         "--config-file", str(CONFIGS_DIR / "trainers" / "PromptSRC" / "vit_b16_c2_ep20_batch4_4+4ctx.yaml"),
         *TOY_OPTS])
     cfg = setup_cfg(args)
-    import_registries()
+    load_plugins()
     set_random_seed(seed)
     trainer = build_trainer(cfg)
     last_epoch: Dict[str, Dict[str, torch.Tensor]] = {}  # the tensors GPA is about to replace
@@ -72,7 +70,7 @@ def run_seed(root: str, output: str, seed: int) -> Dict[str, object]:
 
         aggregate.copy_to = keep_then_copy
     trainer.train()  # GPA (prompts and generator), then the gain calibration
-    prompts = trainable(trainer._models["VLPromptLearner"])
+    prompts = trainable_tensors(trainer._models["VLPromptLearner"])
     moved = torch.cat([(prompts[k] - last_epoch["VLPromptLearner"][k]).flatten() for k in prompts])
     shift = float(moved.pow(2).mean().sqrt())  # RMS per prompt coordinate, comparable with the residual scales
     scales = {k: float(v.mean()) for k, v in trainer.pd_generator.state_dict().items() if "scale" in k}
@@ -80,7 +78,7 @@ def run_seed(root: str, output: str, seed: int) -> Dict[str, object]:
     gains_a = {n: float(getattr(trainer.pd_generator, f"{n}_gain")) for n in trainer.pd_generator.layout.names}
     with torch.no_grad():
         for name in GENERATOR:
-            for key, tensor in trainable(trainer._models[name]).items():
+            for key, tensor in trainable_tensors(trainer._models[name]).items():
                 tensor.copy_(last_epoch[name][key])
     gains_b = trainer.pd_calibrate()
     last = correct_per_image(trainer)

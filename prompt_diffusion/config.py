@@ -128,7 +128,7 @@ def add_pd_keys(cfg: CN) -> None:
         "MODE": "online",  # online: every step | cached: per-sample V* reused between refreshes
         "REFRESH": 5,  # cached mode: epochs between recomputations of a sample's V*
     })
-    # GPT-2 style (paper §5.1); the size of every GENERATOR (generators.registry.generator_config)
+    # GPT-2 style (paper §5.1); the size of every GENERATOR (generator_registry.generator_config)
     _set_defaults(pd, "DENOISER", {"LAYERS": 12, "HEADS": 16, "WIDTH": 512})
     _set_defaults(pd, "VAE", {"KL_WEIGHT": 1.0})  # GENERATOR vae: weight of the KL term of its ELBO (per coordinate)
     _set_defaults(pd, "AMED", {
@@ -165,7 +165,7 @@ def validate_pd_cfg(cfg: CN) -> None:
     from prompt_diffusion.diffusion.overfit import STEP_RULES
     from prompt_diffusion.diffusion.samplers import SAMPLERS
     from prompt_diffusion.diffusion.schedule import SCHEDULE_KINDS
-    from prompt_diffusion.generators.registry import GENERATORS
+    from prompt_diffusion.generator_registry import GENERATORS
 
     pd = cfg.TRAINER.PD
     choices = dict(_PD_CHOICES)

@@ -49,7 +49,7 @@ from prompt_diffusion.engine import (
 )
 from prompt_diffusion.engine.checkpoint import checkpoint_file, load_state_dict_checked
 from prompt_diffusion.generators.base import PromptGenerator, plain_values
-from prompt_diffusion.generators.registry import build_generator, generator_config
+from prompt_diffusion.generator_registry import build_generator, generator_config
 from prompt_diffusion.prompt_methods import MetaNet
 
 __all__ = ["DiffusionPromptWrapper", "MetaNet", "AMEDModule"]

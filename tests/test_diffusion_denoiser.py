@@ -4,7 +4,7 @@ import torch
 
 from prompt_diffusion.diffusion import SAMPLERS, AMEDPredictor, PromptDenoiser, StudentCheck, distill_amed
 from prompt_diffusion.generators import PromptLayout
-from prompt_diffusion.generators.registry import build_generator
+from prompt_diffusion.generator_registry import build_generator
 
 GROUPS = [("text", 2, 8), ("vision", 3, 12)]
 COND_DIM = 6

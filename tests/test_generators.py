@@ -14,7 +14,7 @@ widths).
 import pytest
 import torch
 
-from prompt_diffusion.generators.registry import GENERATORS, build_generator, generator_config
+from prompt_diffusion.generator_registry import GENERATORS, build_generator, generator_config
 from test_wrapper import CLASSNAMES, build, first_batch, make_cfg, world  # noqa: F401,F811  (world: a fixture)
 
 GROUPS = [("text", 2, 4)]

@@ -65,6 +65,8 @@ def test_adapters_and_shared_modules_import_no_trainer(path):
 PURE_TORCH = sorted([*(PACKAGE / "diffusion").glob("*.py"), *(PACKAGE / "generators").glob("*.py")])
 # what the diffusion core and the generators may import besides the standard library
 PURE_TORCH_ALLOWED = ("torch", "numpy", "tqdm", "prompt_diffusion.diffusion", "prompt_diffusion.generators")
+# one way: diffusion/ implements the generator interface of generators/; generators/ never imports diffusion/
+# (prompt_diffusion.generator_registry, above both, names them all)
 
 
 @pytest.mark.parametrize("path", PURE_TORCH, ids=lambda p: p.relative_to(PACKAGE).as_posix())
@@ -75,3 +77,6 @@ def test_diffusion_and_generators_are_pure_torch(path):
                           if name.split(".")[0] in ("clip", "dassl", "yacs", "prompt_diffusion", "trainers")
                           and not any(name == root or name.startswith(root + ".") for root in PURE_TORCH_ALLOWED)})
     assert not third_party, f"{path.relative_to(PACKAGE)} imports {third_party}"
+    if path.parent.name == "generators":
+        back = sorted(name for name in imported_modules(path, package) if name.startswith("prompt_diffusion.diffusion"))
+        assert not back, f"{path.relative_to(PACKAGE)} imports {back}: generators/ must not depend on diffusion/"

@@ -13,7 +13,7 @@ from prompt_diffusion.adapters import (
 from prompt_diffusion.backbones import build_tiny_clip
 from prompt_diffusion.config import extend_cfg
 from prompt_diffusion.engine import build_trainer, get_cfg_default
-from prompt_diffusion.generators.registry import GENERATORS
+from prompt_diffusion.generator_registry import GENERATORS
 from prompt_diffusion.trainers import coprompt, maple, pd_variants, promptsrc
 
 

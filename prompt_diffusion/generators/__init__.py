@@ -2,8 +2,9 @@
 
 ``base.PromptGenerator`` is the interface; ``diffusion.denoiser.PromptDenoiser`` (the method) and
 the alternatives of the paper's Table 4 (``regressors``: mlp, transformer; ``gan``; ``vae``;
-``flow``) implement it. ``registry.build_generator`` builds any of them from its config (kept
-apart from this package's import so ``diffusion/`` can import the interface). Pure torch.
+``flow``) implement it. ``prompt_diffusion.generator_registry.build_generator`` builds any of them
+from its config; it lives above this package and ``diffusion/``, which imports the interface from
+here (never the reverse). Pure torch.
 """
 from .base import PromptGenerator, PromptLayout, standard_normal
 from .flow import FlowGenerator

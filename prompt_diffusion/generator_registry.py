@@ -1,5 +1,8 @@
 """Every prompt generator by name, and building one from its config (pure torch).
 
+It sits above ``generators/`` and ``diffusion/`` (the diffusion model is one of the generators), so
+that neither package imports the other's way back: ``diffusion/`` implements ``generators.base``.
+
 ``GENERATORS`` maps ``TRAINER.PD.GENERATOR`` values to classes. ``generator_config`` turns the
 shared size settings (one set of keys for all generators, so Table 4's rows have comparable
 sizes) into the config of one kind; ``build_generator(config)`` builds it, the one path for the
@@ -10,11 +13,8 @@ from typing import Dict, Sequence, Type
 
 from prompt_diffusion.diffusion.denoiser import PromptDenoiser
 
-from .base import PromptGenerator
-from .flow import FlowGenerator
-from .gan import GANGenerator
-from .regressors import MLPRegressor, TransformerRegressor
-from .vae import VAEGenerator
+from prompt_diffusion.generators import (FlowGenerator, GANGenerator, MLPRegressor, PromptGenerator,
+                                         TransformerRegressor, VAEGenerator)
 
 GENERATORS: Dict[str, Type[PromptGenerator]] = {
     cls.kind: cls for cls in (PromptDenoiser, MLPRegressor, TransformerRegressor, GANGenerator, VAEGenerator,

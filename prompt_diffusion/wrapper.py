@@ -349,9 +349,9 @@ class DiffusionPromptWrapper:
             center = {k: v.float() for k, v in self.pd_host_prompts(features).items()}
             targets = self.pd_overfit(images, labels, features, center)
             pi = self.pd_condition(features)
-            residual = model.layout.flatten(model.normalize(targets, center))  # [B, N]
+            residual = model.layout.flatten(model.normalize(targets, center)).float()  # [B, N]
             for _ in range(draws):
-                predicted = model.layout.flatten(model.normalize(model.loss(targets, center, pi, generator)[1], center))
+                predicted = model.residual_loss(residual, pi, generator)[1]  # normalized, as ``residual``
                 error += float((predicted.float() - residual).pow(2).mean()) * len(images)
                 baseline += float(residual.pow(2).mean()) * len(images)
         return error / baseline
@@ -499,11 +499,12 @@ class DiffusionPromptWrapper:
             print(f"Prompt diffusion: distilling the AMED predictor (NFE={nfe}) from {amed.TEACHER} with "
                   f"{amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
             predictor = self.pd_amed.predictor(nfe)
-            before = check(predictor)
+            check.errors.clear()
             history = distill_amed(predictor, batches(), denoiser.schedule, teacher=amed.TEACHER,
                                    inserted=amed.INSERTED, lr=amed.LR, check=check, check_every=AMED_CHECK_EVERY)
             print(f"Prompt diffusion: AMED (NFE={nfe}) student-vs-teacher error on {len(check_conditions)} "
-                  f"{'held-out val' if held_out else 'training'} images {before:.4g} -> {check(predictor):.4g}, "
+                  f"{'held-out val' if held_out else 'training'} images {check.errors[0]:.4g} -> "
+                  f"{min(check.errors):.4g}, "
                   f"the best of every {AMED_CHECK_EVERY} batches (distillation loss per batch "
                   f"{history[0]:.4g} -> {history[-1]:.4g})")
             histories[nfe] = history

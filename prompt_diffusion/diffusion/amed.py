@@ -20,7 +20,7 @@ from tqdm import tqdm
 from prompt_diffusion.generators.networks import FrequencyEmbedding
 
 from .samplers import (Denoise, SigmaDenoiser, amed, amed_layout, amed_step, ddim, dpm_solver_2, dpmpp_2m,
-                       initial_state)
+                       initial_state, sampler_sigmas)
 from .schedule import GRID_KINDS, NoiseSchedule
 
 # the teacher solvers of the distillation: the allowed TRAINER.PD.AMED.TEACHER values
@@ -115,8 +115,7 @@ def teacher_trajectory(
 def _student_start(predictor: AMEDPredictor, x_T: Tensor, schedule: NoiseSchedule) -> Tuple[Tensor, Tensor]:
     """The σ-space start state of ``x_T`` and the student's σ grid (``predictor.nfe``, ``.grid``)."""
     x = initial_state(x_T, schedule)
-    steps, _ = amed_layout(predictor.nfe)
-    return x, schedule.sigma_grid(steps + 1, predictor.grid).to(device=x.device, dtype=x.dtype)
+    return x, sampler_sigmas(schedule, "amed", predictor.nfe, predictor.grid).to(device=x.device, dtype=x.dtype)
 
 
 class StudentCheck:
@@ -130,6 +129,7 @@ class StudentCheck:
         self.model, self.x_T, self.schedule = SigmaDenoiser(denoise, schedule), x_T, schedule
         self.teacher, self.inserted = teacher, inserted
         self._target: Optional[Tuple[Tuple[int, str], Tensor]] = None  # ((nfe, grid), teacher's x0)
+        self.errors: List[float] = []  # every measurement in order (distill_amed's first: the fresh predictor)
 
     @torch.no_grad()
     def __call__(self, predictor: AMEDPredictor) -> float:
@@ -138,7 +138,8 @@ class StudentCheck:
         if self._target is None or self._target[0] != grid:
             self._target = (grid, teacher_trajectory(self.model, x, sigmas, self.teacher, self.inserted)[-1])
         _, afs = amed_layout(predictor.nfe)
-        return float((amed(self.model, x, sigmas, predictor, afs) - self._target[1]).pow(2).sum(dim=1).mean())
+        self.errors.append(float((amed(self.model, x, sigmas, predictor, afs) - self._target[1]).pow(2).sum(dim=1).mean()))
+        return self.errors[-1]
 
 
 def distill_amed(

@@ -168,3 +168,21 @@ def test_an_import_that_fails_names_itself(tmp_path, capsys):
     assert f"--import {tmp_path / 'missing.py'}: no such file" in capsys.readouterr().err
     assert cli.main(["train", "--import", "no_such_module_pd_test"]) == 1
     assert "--import no_such_module_pd_test: no module named 'no_such_module_pd_test'" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
+def test_a_ctrl_c_swallowed_by_a_finaliser_is_raised_at_the_next_batch():
+    """SIGINT arriving while a ``__del__`` runs is printed as "Exception ignored" and lost; within
+    ``sigint_remembered`` the engine's loops raise it again (``raise_if_interrupted``)."""
+    from prompt_diffusion.engine.interrupt import raise_if_interrupted, sigint_remembered
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside the finaliser
+
+    with sigint_remembered():
+        Finaliser()  # collected at once: its KeyboardInterrupt is swallowed
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+    raise_if_interrupted()  # outside the block nothing is remembered

@@ -172,6 +172,7 @@ def prepare(args: argparse.Namespace) -> Tuple[CfgNode, List[str]]:
 def run(args: argparse.Namespace) -> int:
     """Run CoOp's ``main``: config, seed, logger, trainer, then evaluate or train."""
     from prompt_diffusion import engine
+    from prompt_diffusion.engine.interrupt import raise_if_interrupted, sigint_remembered
 
     cfg, notes = prepare(args)
     logger = engine.setup_logger(cfg.OUTPUT_DIR)
@@ -189,12 +190,14 @@ def run(args: argparse.Namespace) -> int:
         with open(env_file, "w", encoding="utf-8") as stream:
             stream.write(engine.collect_env_info() + "\n")
         print(f"System info (torch's environment report): {env_file}")
-        trainer = engine.build_trainer(cfg)
-        if args.eval_only:
-            trainer.load_model(args.model_dir, epoch=args.load_epoch)
-            trainer.test()
-        elif not args.no_train:
-            trainer.train()
+        with sigint_remembered():  # a Ctrl-C swallowed by a finaliser is raised at the next batch
+            trainer = engine.build_trainer(cfg)
+            if args.eval_only:
+                trainer.load_model(args.model_dir, epoch=args.load_epoch)
+                trainer.test()
+            elif not args.no_train:
+                trainer.train()
+            raise_if_interrupted()
     except KeyboardInterrupt:
         print("Interrupted (Ctrl-C); the same command resumes the run from its last checkpoint.")
         raise

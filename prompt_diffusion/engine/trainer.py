@@ -24,6 +24,7 @@ from yacs.config import CfgNode
 
 from prompt_diffusion.engine.data import DataManager
 from prompt_diffusion.engine.evaluator import build_evaluator
+from prompt_diffusion.engine.interrupt import raise_if_interrupted
 from prompt_diffusion.engine.meters import AverageMeter, MetricMeter
 from prompt_diffusion.engine.predictions import PredictionRecord
 from prompt_diffusion.engine.registry import TRAINER_REGISTRY, check_availability
@@ -262,6 +263,7 @@ class SimpleTrainer(TrainerBase):
         timer = InferenceTimer()
         predictions = PredictionRecord(split)
         for batch in tqdm(data_loader, disable=not progress_enabled()):
+            raise_if_interrupted()
             input, label = self.parse_batch_test(batch)
             output = timer.time(lambda: self.model_inference(input), label.shape[0])
             self.evaluator.process(output, label)
@@ -298,6 +300,7 @@ class TrainerX(SimpleTrainer):
                    desc=f"epoch {self.epoch + 1}/{self.max_epoch}")
         end = time.time()
         for self.batch_idx, batch in enumerate(self.train_loader_x):
+            raise_if_interrupted()
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
             self.check_loss_summary(loss_summary)

@@ -195,3 +195,22 @@ def shared_toy_root() -> Path:
 
 
 _TOY_ROOT = None
+
+
+def assert_one_step_moves_the_generator_and_inference_is_finite(trainer) -> None:
+    """One PD training step on the first training batch changes some generator weight and reports the
+    three loss terms; inference on the first test batch gives finite logits [B, K]."""
+    import torch
+
+    batch = next(iter(trainer.train_loader_x))
+    trainer.set_model_mode("train")
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
+    before = [p.detach().clone() for p in trainer.pd_generator.parameters()]
+    summary = trainer.forward_backward(batch)
+    assert {"loss_ce", "loss_gen", "loss_host"} <= set(summary)
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_generator.parameters(), before))
+    images, _ = trainer.parse_batch_test(next(iter(trainer.test_loader)))
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        logits = trainer.model_inference(images)
+    assert logits.shape == (len(images), trainer.num_classes) and torch.isfinite(logits).all()

@@ -14,6 +14,7 @@ widths).
 import pytest
 import torch
 
+from helpers import assert_one_step_moves_the_generator_and_inference_is_finite
 from prompt_diffusion.generator_registry import GENERATORS, build_generator, generator_config
 from test_wrapper import CLASSNAMES, build, first_batch, make_cfg, world  # noqa: F401,F811  (world: a fixture)
 
@@ -125,14 +126,4 @@ def test_each_generator_trains_a_step_and_samples_on_every_host_layout(host, kin
     trainer = build(make_cfg(world, host, tmp_path / "run", ["TRAINER.PD.GENERATOR", kind,
                                                               "TRAINER.PD.SAMPLER", "dpmpp_2m"]))
     assert [g[0] for g in trainer.pd_generator.layout.groups] == HOST_GROUPS[host]
-    batch = next(iter(trainer.train_loader_x))
-    trainer.set_model_mode("train")
-    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
-    before = [p.detach().clone() for p in trainer.pd_generator.parameters()]
-    summary = trainer.forward_backward(batch)
-    assert {"loss_ce", "loss_gen", "loss_host"} <= set(summary)
-    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_generator.parameters(), before))
-    images, _ = first_batch(trainer)
-    trainer.set_model_mode("eval")
-    with torch.no_grad():
-        assert torch.isfinite(trainer.model_inference(images)).all()
+    assert_one_step_moves_the_generator_and_inference_is_finite(trainer)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from helpers import assert_one_step_moves_the_generator_and_inference_is_finite
 from multimodal_setup import BASE_CLASSES, build_world, make_cfg, record_losses
 from prompt_diffusion.adapters import (
     CoPromptAdapter, MaPLeAdapter, PromptSRCAdapter, adapter_for_trainer, detect_adapter,
@@ -196,15 +197,4 @@ def test_every_generator_trains_a_step_and_samples_on_the_multimodal_hosts(world
                    **{**PD_KEYS, "TRAINER.PD.GENERATOR": kind})
     trainer = build_trainer(cfg)
     assert trainer.pd_generator.__class__ is GENERATORS[kind]
-    batch = next(iter(trainer.train_loader_x))
-    trainer.set_model_mode("train")
-    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
-    before = [p.detach().clone() for p in trainer.pd_generator.parameters()]
-    summary = trainer.forward_backward(batch)
-    assert {"loss_ce", "loss_gen", "loss_host"} <= set(summary)
-    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_generator.parameters(), before))
-    images = next(iter(trainer.test_loader))["img"]
-    trainer.set_model_mode("eval")
-    with torch.no_grad():
-        logits = trainer.model_inference(images)
-    assert logits.shape == (len(images), len(BASE_CLASSES)) and torch.isfinite(logits).all()
+    assert_one_step_moves_the_generator_and_inference_is_finite(trainer)

@@ -501,7 +501,8 @@ class DiffusionPromptWrapper:
             predictor = self.pd_amed.predictor(nfe)
             check.errors.clear()
             history = distill_amed(predictor, batches(), denoiser.schedule, teacher=amed.TEACHER,
-                                   inserted=amed.INSERTED, lr=amed.LR, check=check, check_every=AMED_CHECK_EVERY)
+                                   inserted=amed.INSERTED, lr=amed.LR, check=check, check_every=AMED_CHECK_EVERY,
+                                   log_every=max(1, amed.DISTILL_ITERS // 10))
             print(f"Prompt diffusion: AMED (NFE={nfe}) student-vs-teacher error on {len(check_conditions)} "
                   f"{'held-out val' if held_out else 'training'} images {check.errors[0]:.4g} -> "
                   f"{min(check.errors):.4g}, "

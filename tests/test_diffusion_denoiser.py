@@ -164,7 +164,7 @@ def test_amed_distils_on_the_denoiser_without_touching_its_gradients(conditional
     assert torch.isfinite(out["text"]).all()
 
 
-def test_amed_distillation_brings_the_student_closer_to_its_teacher_on_held_out_conditions(conditional_fit):
+def test_amed_distillation_brings_the_student_closer_to_its_teacher_on_held_out_conditions(conditional_fit, capsys):
     """The point of distillation: from the same noise, the student's sample moves towards the
     teacher's (dpmpp_2m with inserted points) on conditions and noise it was not distilled on."""
     model, conds, _, _, _, _ = conditional_fit
@@ -180,9 +180,11 @@ def test_amed_distillation_brings_the_student_closer_to_its_teacher_on_held_out_
     before = check(predictor)
     batches = [(model.denoise_fn(conditions(16)), torch.randn(16, model.layout.numel, generator=generator))
                for _ in range(30)]
-    distill_amed(predictor, batches, model.schedule, progress=False)
+    distill_amed(predictor, batches, model.schedule, progress=False, log_every=10)
     after = check(predictor)
     assert after < 0.5 * before, (before, after)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("distil AMED (NFE=4): batch ")]
+    assert [line.split(",")[0] for line in lines] == [f"distil AMED (NFE=4): batch {n}" for n in (10, 20, 30)]
     # with the check, the predictor keeps the weights closest to the teacher, the fresh ones included
     checked = AMEDPredictor(feature_dim=64, nfe=4)
     distill_amed(checked, batches[:7], model.schedule, lr=0.5, progress=False, check=check, check_every=3)

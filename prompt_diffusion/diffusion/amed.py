@@ -152,6 +152,7 @@ def distill_amed(
     progress: bool = True,
     check: Optional[StudentCheck] = None,
     check_every: int = 5,
+    log_every: int = 0,
 ) -> List[float]:
     """Distil ``predictor`` from a teacher solver, upstream's step-by-step way.
 
@@ -168,6 +169,8 @@ def distill_amed(
             Adam updates at upstream's learning rate can leave the student farther from the teacher
             than where it started (measured on the toy world at NFE 8 and 10), so the last weights are
             not trusted blindly.
+        log_every: print a line every ``log_every`` batches (0: none), so logs, where progress bars
+            do not draw, show that a long distillation moves.
     Returns:
         The mean (over the K steps) squared error per batch, for logging.
     Only the predictor's parameters receive gradients (the denoiser's ``.grad`` stay untouched).
@@ -197,6 +200,8 @@ def distill_amed(
             losses.append(loss.item())
             x = targets[i]  # upstream: the next step starts from the teacher's state
         history.append(sum(losses) / len(losses))
+        if log_every and len(history) % log_every == 0:
+            print(f"distil AMED (NFE={predictor.nfe}): batch {len(history)}, loss {history[-1]:.4g}")
         if best is not None and len(history) % check_every == 0:
             best = _keep_best(predictor, check, best)
     if best is not None:

@@ -181,6 +181,7 @@ class DiffusionPromptWrapper:
 
     def build_model(self) -> None:
         super().build_model()
+        self._pd_model_names: List[str] = []  # the wrapper's registered models (none when PD is off)
         if not self.pd_enabled:
             print("Prompt diffusion is off (TRAINER.PD.ENABLE False): the host trainer runs unchanged")
             return
@@ -190,7 +191,6 @@ class DiffusionPromptWrapper:
         groups = self.pd_adapter.groups
         print(f"Prompt diffusion: adapter {adapter_cls.name}, prompt groups {[tuple(g) for g in groups]}")
 
-        self._pd_model_names: List[str] = []
         self.pd_cond_net, cond_dim = self._pd_build_condition()
         self.pd_generator = self._pd_build_generator(cond_dim)
         self.pd_amed = self._pd_build_amed()

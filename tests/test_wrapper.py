@@ -472,6 +472,27 @@ def test_a_generator_that_learned_nothing_gives_the_host_logits(host, world, tmp
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_a_pd_trained_model_evaluates_with_pd_switched_off(world, tmp_path):
+    """``TRAINER.PD.ENABLE False`` on a run trained with PD on: the host prompt alone (the
+    ``[generated=False]`` rows), from the same checkpoint, with the host's trained weights."""
+    out = tmp_path / "pd"
+    opts = ["TRAINER.PD.AMED.DISTILL_ITERS", 0, "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.CALIBRATE", False,
+            "TRAINER.PD.DIAGNOSE_IMAGES", 0]
+    trained = build(make_cfg(world, "CoCoOpPD", out, opts, epochs=1))
+    trained.train()
+    host_only = build(make_cfg(world, "CoCoOpPD", tmp_path / "eval", opts + ["TRAINER.PD.ENABLE", False]))
+    host_only.load_model(str(out), epoch=1)
+    torch.testing.assert_close(host_only.model.prompt_learner.ctx, trained.model.prompt_learner.ctx, rtol=0, atol=0)
+    images, _ = first_batch(trained)
+    trained.set_model_mode("eval")
+    host_only.set_model_mode("eval")
+    with torch.no_grad():  # the trained model's own host prompt V_h gives the same logits
+        center = trained.pd_host_prompts(trained.pd_adapter.image_features(images))
+        expected = trained.pd_adapter.logits(images, center)
+        torch.testing.assert_close(host_only.model_inference(images), expected, rtol=1e-5, atol=1e-5)
+    assert 0.0 <= host_only.test() <= 100.0
+
+
 def test_unwrapped_host_checkpoint_loads_into_the_wrapped_trainer(world, tmp_path, capsys):
     out = tmp_path / "host"
     host = build(make_cfg(world, "CoCoOp", out, epochs=1))

@@ -118,6 +118,10 @@ def add_pd_keys(cfg: CN) -> None:
         # after training, scale generated residuals by their least-squares fit to overfitted ones on
         # held-out images (0: the generator learned nothing useful -> the host's prompt); False: raw
         "CALIBRATE": True,
+        # what a test image's prompt is: generate (the generator's sample, the method) | tune
+        # (test-time tuning, TPT-style: OVERFIT.ITERS steps of the label-free OVERFIT.TARGET from V_h on
+        # each test image, reset per image: the iterative reference that PD amortises)
+        "INFERENCE": "generate",
     })
     pd = cfg.TRAINER.PD
     _set_defaults(pd, "OVERFIT", {
@@ -127,6 +131,11 @@ def add_pd_keys(cfg: CN) -> None:
         "STEP_RULE": "sign",
         "MODE": "online",  # online: every step | cached: per-sample V* reused between refreshes
         "REFRESH": 5,  # cached mode: epochs between recomputations of a sample's V*
+        # what each sample's prompt is overfitted to (diffusion.overfit.target_objective): label (the
+        # paper: CE with the true label) | entropy (the prediction's entropy, TPT's) | agreement (minus the
+        # log-sum-exp of the logits over all classes: class-agnostic). Label-free targets need no label
+        "TARGET": "label",
+        "LABEL_WEIGHT": 0.0,  # a label-free TARGET plus this times the true-label CE (0: label-free)
     })
     # GPT-2 style (paper §5.1); the size of every GENERATOR (generator_registry.generator_config)
     _set_defaults(pd, "DENOISER", {"LAYERS": 12, "HEADS": 16, "WIDTH": 512})
@@ -146,6 +155,7 @@ def add_pd_keys(cfg: CN) -> None:
 # choices the wrapper itself interprets; the others are read from where they are implemented
 _PD_CHOICES = {
     "OVERFIT.MODE": ("online", "cached"),
+    "INFERENCE": ("generate", "tune"),
     "COND": ("meta_net", "image_feature"),
 }
 
@@ -162,7 +172,7 @@ def validate_pd_cfg(cfg: CN) -> None:
     from prompt_diffusion.adapters import registered_adapters
     from prompt_diffusion.adapters.deep import DEEP_TOKENS
     from prompt_diffusion.diffusion.amed import TEACHERS
-    from prompt_diffusion.diffusion.overfit import STEP_RULES
+    from prompt_diffusion.diffusion.overfit import OVERFIT_TARGETS, STEP_RULES
     from prompt_diffusion.diffusion.samplers import SAMPLERS
     from prompt_diffusion.diffusion.schedule import SCHEDULE_KINDS
     from prompt_diffusion.generator_registry import GENERATORS
@@ -175,6 +185,7 @@ def validate_pd_cfg(cfg: CN) -> None:
     choices["SCHEDULE"] = tuple(SCHEDULE_KINDS)
     choices["ADAPTER"] = ("auto", *registered_adapters())
     choices["OVERFIT.STEP_RULE"] = tuple(STEP_RULES)
+    choices["OVERFIT.TARGET"] = OVERFIT_TARGETS
     choices["GENERATOR"] = tuple(GENERATORS)
     for key, allowed in choices.items():
         value = _pd_value(pd, key)
@@ -185,6 +196,7 @@ def validate_pd_cfg(cfg: CN) -> None:
         "DENOISER.LAYERS": 1, "DENOISER.HEADS": 1, "DENOISER.WIDTH": 1,
         "AMED.DISTILL_ITERS": 0, "AMED.INSERTED": 0, "AMED.BATCH": 1, "DIAGNOSE_IMAGES": 0,
         "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0, "NOISE_SCALE": 0.0, "VAE.KL_WEIGHT": 0.0,
+        "OVERFIT.LABEL_WEIGHT": 0.0,
     }
     for key, low in minimum.items():
         value = _pd_value(pd, key)
@@ -214,6 +226,13 @@ def validate_pd_cfg(cfg: CN) -> None:
             f"TRAINER.PD.DENOISER.WIDTH = {pd.DENOISER.WIDTH} must be divisible by "
             f"TRAINER.PD.DENOISER.HEADS = {pd.DENOISER.HEADS}"
         )
+    if pd.OVERFIT.TARGET == "label" and pd.OVERFIT.LABEL_WEIGHT > 0:
+        raise ValueError("TRAINER.PD.OVERFIT.LABEL_WEIGHT mixes the true-label CE into a label-free "
+                         "TRAINER.PD.OVERFIT.TARGET; with TARGET 'label' it must be 0")
+    if pd.INFERENCE == "tune" and (pd.OVERFIT.TARGET == "label" or pd.OVERFIT.LABEL_WEIGHT > 0):
+        raise ValueError(f"TRAINER.PD.INFERENCE 'tune' tunes each test image without its label: it needs a label-free "
+                         f"TRAINER.PD.OVERFIT.TARGET (entropy or agreement) and OVERFIT.LABEL_WEIGHT 0, got "
+                         f"TARGET {pd.OVERFIT.TARGET!r}, LABEL_WEIGHT {pd.OVERFIT.LABEL_WEIGHT}")
     for key in ("ENABLE", "CALIBRATE"):
         if not isinstance(pd[key], bool):
             raise ValueError(f"TRAINER.PD.{key} = {pd[key]!r} must be True or False")

@@ -3,22 +3,25 @@
 For each image ``x`` of the split, with its host prompt ``V_h`` (``adapter.host_prompts``):
 
 - ``V̂``: the generated prompt (the trainer's own sampler, NFE and inference noise);
-- ``V*_y``: the prompt overfitted from ``V_h`` with the true label (what the generator was trained
-  to produce: the ceiling of the method);
+- ``V*``: the prompt overfitted from ``V_h`` to ``TRAINER.PD.OVERFIT.TARGET`` (what the generator
+  was trained to produce; with the paper's target ``label`` it is ``V*_y``);
+- ``V*_y``: the prompt overfitted from ``V_h`` with the true label (the ceiling of the paper's target);
 - ``V*_ŷ``: the prompt overfitted toward the host's own prediction (no label needed: what
   overfitting finds without supervision).
 
 Reported: top-1 accuracy under each prompt and its paired difference to the host's prompt on the
 same images (mean, standard error, predictions fixed and broken); the alignment
-``cos(V̂ − V_h, V*_y − V_h)`` per image and the ratio of their norms (in the generator's normalised
+``cos(V̂ − V_h, V* − V_h)`` per image and the ratio of their norms (in the generator's normalised
 space, so groups of different widths weigh alike); how much the residuals vary across images
-(mean cosine between two images' residuals: 1 = the same residual for all); the generator's fit
+(mean cosine between two images' residuals: 1 = the same residual for all); when the images come
+from several domains (``batch["domain"]``, e.g. ToyWorldMixed's styles), the share of the
+residuals' variance that the domain explains (what an image-conditioned generator can learn); the generator's fit
 (``DiffusionPromptWrapper.pd_generator_fit``: 1 = no better than the host's prompt, 0 = exact).
 
 Used by ``prompt-diffusion diagnose`` and, on a held-out slice, once per training epoch.
 
 ``probe`` asks whether the residual is predictable at all: a ridge regression from the frozen
-image feature to ``(V*_y − V_h) / scale``, fitted on the training images, scored on the diagnosed
+image feature to ``(V* − V_h) / scale``, fitted on the training images, scored on the diagnosed
 ones (alignment of its prediction, and accuracy with ``V_h`` plus the predicted mean residual). If
 this plain regressor cannot predict the residual, no generator conditioned on the feature can.
 """
@@ -32,13 +35,14 @@ from torch import Tensor
 
 from prompt_diffusion.results import PairedDifference, paired_difference
 
-__all__ = ["Diagnosis", "ProbeResult", "ResidualBatch", "mean_pairwise_cosine", "residual_batches", "diagnose",
+__all__ = ["Diagnosis", "ProbeResult", "ResidualBatch", "group_share", "mean_pairwise_cosine", "residual_batches", "diagnose",
            "probe"]
 
 #: the prompts a diagnosis compares, in table order, and what each is
 PROMPTS = {
     "generated": "generated V̂ (the PD model)",
     "host": "host prompt V_h",
+    "overfit_target": "V* overfitted to OVERFIT.TARGET (what the generator learns)",
     "overfit_true": "V* overfitted with the true label (ceiling)",
     "overfit_predicted": "V* overfitted toward the host's prediction",
 }
@@ -54,6 +58,18 @@ def mean_pairwise_cosine(vectors: Tensor) -> float:
     return float((total - n) / (n * (n - 1)))
 
 
+def group_share(vectors: Tensor, groups: Tensor) -> float:
+    """The share of the variance of ``vectors`` ``[n, N]`` that their groups ``[n]`` explain:
+    ``Σ_g n_g ‖mean_g − mean‖² / Σ_i ‖v_i − mean‖²`` (1: each group's vectors are all alike;
+    0: a group tells nothing about its vectors)."""
+    vectors = vectors.double()
+    centred = vectors - vectors.mean(dim=0)
+    total = float(centred.pow(2).sum())
+    between = sum(float((groups == g).sum()) * float(centred[groups == g].mean(dim=0).pow(2).sum())
+                  for g in groups.unique())
+    return between / total if total > 0 else float("nan")
+
+
 @dataclass
 class Diagnosis:
     """What ``diagnose`` measured on ``images`` images of a split."""
@@ -61,12 +77,15 @@ class Diagnosis:
     images: int
     accuracy: Dict[str, float]  # top-1 (%) per prompt of PROMPTS
     differences: Dict[str, PairedDifference]  # each prompt but the host's, minus the host's
-    alignment: float  # mean over images of cos(V̂ − V_h, V*_y − V_h)
+    alignment: float  # mean over images of cos(V̂ − V_h, V* − V_h)
     alignment_se: float
-    norm_ratio: float  # mean ‖V̂ − V_h‖ / ‖V*_y − V_h‖
+    norm_ratio: float  # mean ‖V̂ − V_h‖ / ‖V* − V_h‖
     across_images_generated: float  # mean cosine between two images' V̂ − V_h
-    across_images_overfit: float  # the same for V*_y − V_h
+    across_images_overfit: float  # the same for V* − V_h
     generator_fit: float
+    target: str = "label"  # TRAINER.PD.OVERFIT.TARGET
+    domain_share_generated: Optional[float] = None  # variance share of V̂ − V_h the image's domain explains
+    domain_share_overfit: Optional[float] = None  # the same for V* − V_h (None: one domain only)
 
     def summary(self) -> str:
         """One line for a training log."""
@@ -87,11 +106,18 @@ class Diagnosis:
             lines.append(f"| {label} | {self.accuracy[key]:.2f} | {d.text()} | {d.fixed} | {d.broken} |")
         lines += [
             "",
-            "| residual from the host prompt | value |", "|---|---|",
-            f"| alignment cos(V̂ − V_h, V*_y − V_h), mean ± SE | {self.alignment:+.3f} ± {self.alignment_se:.3f} |",
-            f"| norm ratio ‖V̂ − V_h‖ / ‖V*_y − V_h‖ | {self.norm_ratio:.3f} |",
+            f"| residual from the host prompt (V*: target {self.target}) | value |", "|---|---|",
+            f"| alignment cos(V̂ − V_h, V* − V_h), mean ± SE | {self.alignment:+.3f} ± {self.alignment_se:.3f} |",
+            f"| norm ratio ‖V̂ − V_h‖ / ‖V* − V_h‖ | {self.norm_ratio:.3f} |",
             f"| cosine between images, generated residuals | {self.across_images_generated:+.3f} |",
             f"| cosine between images, overfitted residuals | {self.across_images_overfit:+.3f} |",
+        ]
+        if self.domain_share_overfit is not None:
+            lines += [f"| share of variance the domain explains, generated residuals | "
+                      f"{self.domain_share_generated:.3f} |",
+                      f"| share of variance the domain explains, overfitted residuals | "
+                      f"{self.domain_share_overfit:.3f} |"]
+        lines += [
             f"| generator fit (1: no better than V_h, 0: exact) | {self.generator_fit:.3f} |",
             "",
             _reading(self),
@@ -101,10 +127,11 @@ class Diagnosis:
 
 def _reading(d: Diagnosis) -> str:
     """A plain-language reading of the numbers."""
-    gen, ceiling = d.differences["generated"], d.differences["overfit_true"]
+    gen, ceiling = d.differences["generated"], d.differences["overfit_target"]
     if ceiling.mean <= ceiling.se:
-        return ("Reading: overfitting with the true label does not beat the host prompt here, so there is "
-                "nothing for the generator to learn (raise TRAINER.PD.OVERFIT.ITERS or .LR).")
+        return (f"Reading: overfitting to the target {d.target!r} does not beat the host prompt here, so there is "
+                "nothing for the generator to learn (raise TRAINER.PD.OVERFIT.ITERS or .LR, or choose another "
+                "TRAINER.PD.OVERFIT.TARGET).")
     if d.alignment < 0.1:
         verdict = "the generated residuals are not aligned with the overfitted ones: the generator has not "
         verdict += "learned what overfitting finds"
@@ -130,13 +157,13 @@ class ResidualBatch:
     features: Tensor  # frozen image features [B, E]
     center: Dict[str, Tensor]  # V_h, fp32
     generated: Dict[str, Tensor]  # V̂ (the trainer's sampler, NFE, gain and inference noise)
-    overfit: Dict[str, Tensor]  # V*_y, overfitted from V_h with the true labels
+    overfit: Dict[str, Tensor]  # V*, overfitted from V_h to OVERFIT.TARGET (true labels when it is label)
 
 
 def residual_batches(trainer, data_loader: Iterable, max_images: Optional[int] = None, training: bool = False,
                      progress: bool = False) -> Iterator[ResidualBatch]:
     """For each batch of ``data_loader`` (at most ``max_images`` images): the host prompts, the
-    generated and the true-label-overfitted prompts. ``training``: the loader is the training set
+    generated and the overfitted prompts (``OVERFIT.TARGET``). ``training``: the loader is the training set
     (parsed as the trainer parses training batches). Inference noise follows the trainer's own
     sequence from position 0, as ``test`` does, and is reset after."""
     from tqdm import tqdm
@@ -177,6 +204,7 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
     if not getattr(trainer, "pd_enabled", False):
         raise ValueError("diagnose needs a prompt-diffusion trainer with TRAINER.PD.ENABLE True")
     adapter, generator = trainer.pd_adapter, trainer.pd_generator
+    target = trainer.cfg.TRAINER.PD.OVERFIT.TARGET
     correct: Dict[str, List[Tensor]] = {key: [] for key in PROMPTS}
     cosines: List[Tensor] = []
     ratios: List[Tensor] = []
@@ -187,8 +215,12 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
         batches.append(item.batch)
         with torch.no_grad():
             host_prediction = adapter.logits(item.images, item.center, item.features).argmax(dim=1)
-        prompts = {"host": item.center, "generated": item.generated, "overfit_true": item.overfit,
-                   "overfit_predicted": trainer.pd_overfit(item.images, host_prediction, item.features, item.center)}
+        true_label = item.overfit if target == "label" else trainer.pd_overfit(
+            item.images, item.labels, item.features, item.center, target="label")
+        prompts = {"host": item.center, "generated": item.generated, "overfit_target": item.overfit,
+                   "overfit_true": true_label,
+                   "overfit_predicted": trainer.pd_overfit(item.images, host_prediction, item.features, item.center,
+                                                           target="label")}
         with torch.no_grad():
             for key, prompt in prompts.items():
                 logits = adapter.logits(item.images, prompt, item.features)
@@ -203,6 +235,9 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
         raise ValueError("diagnose got no images")
     per_image = {key: torch.cat(values) for key, values in correct.items()}
     cosine = torch.cat(cosines)
+    domains = torch.cat([torch.as_tensor(batch["domain"]).view(-1).cpu() for batch in batches]) \
+        if all("domain" in batch for batch in batches) else None
+    several_domains = domains is not None and len(domains.unique()) > 1
     return Diagnosis(
         images=len(cosine),
         accuracy={key: 100.0 * float(values.double().mean()) for key, values in per_image.items()},
@@ -214,6 +249,9 @@ def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, f
         across_images_generated=mean_pairwise_cosine(torch.cat(generated_residuals)),
         across_images_overfit=mean_pairwise_cosine(torch.cat(overfit_residuals)),
         generator_fit=trainer.pd_generator_fit(batches, draws=fit_draws),
+        target=target,
+        domain_share_generated=group_share(torch.cat(generated_residuals), domains) if several_domains else None,
+        domain_share_overfit=group_share(torch.cat(overfit_residuals), domains) if several_domains else None,
     )
 
 
@@ -223,13 +261,13 @@ class ProbeResult:
 
     train_images: int
     images: int
-    alignment_train: float  # mean cos(prediction, V*_y − V_h) on the images it was fitted on
+    alignment_train: float  # mean cos(prediction, V* − V_h) on the images it was fitted on
     alignment: float  # the same on the diagnosed images (held out)
     accuracy_host: float
     accuracy_probe: float  # with V_h + the predicted (mean) residual
 
     def report(self) -> str:
-        return (f"Probe (ridge regression from the frozen image feature to V*_y − V_h, fitted on "
+        return (f"Probe (ridge regression from the frozen image feature to V* − V_h, fitted on "
                 f"{self.train_images} training images): alignment {self.alignment_train:+.3f} on them, "
                 f"{self.alignment:+.3f} on the {self.images} diagnosed images; accuracy with V_h + its "
                 f"predicted residual {self.accuracy_probe:.2f} vs host {self.accuracy_host:.2f}\n")

@@ -114,14 +114,22 @@ def combine_seeds(per_seed: Sequence[PairedDifference]) -> PairedDifference:
     return _mean_of_independent(per_seed, sum(d.seeds for d in per_seed), tuple(d.mean for d in per_seed))
 
 
-def paired_runs(run_a: Path, run_b: Path, split: str = "test") -> Tuple[Optional[PairedDifference], str]:
-    """The paired difference of two runs' predictions on ``split``, or ``(None, why not)``."""
+def paired_runs(run_a: Path, run_b: Path, split: str = "test",
+                domain: Optional[int] = None) -> Tuple[Optional[PairedDifference], str]:
+    """The paired difference of two runs' predictions on ``split`` (the images of ``domain`` only,
+    when given), or ``(None, why not)``."""
     from prompt_diffusion.engine.predictions import read_predictions
 
     a, b = read_predictions(str(run_a), split), read_predictions(str(run_b), split)
     for run, found in ((run_a, a), (run_b, b)):
         if found is None:
             return None, f"{run} has no predictions_{split}.json"
+    try:
+        a, b = a.of_domain(domain), b.of_domain(domain)
+    except ValueError as error:
+        return None, str(error)
+    if not a.labels:
+        return None, f"{run_a} has no test image of domain {domain}"
     if a.images_sha1 != b.images_sha1 or a.labels != b.labels:
         return None, f"{run_a} and {run_b} did not evaluate the same images"
     return paired_difference(a.correct, b.correct), ""
@@ -279,6 +287,9 @@ class Measurement:
     run_dir: Path
     training: bool
     metrics: Tuple[Tuple[str, str], ...]  # (metric in the log, metric in the table)
+    # the accuracy on the run's test images of this domain (batch["domain"]), from its predictions
+    # file, in place of the log's metrics (a by-domain column, e.g. a mixed world's styles)
+    domain: Optional[int] = None
 
 
 @dataclass
@@ -373,15 +384,15 @@ def build_table(
             run = runs[m.run_dir]
             for log_metric, table_metric in m.metrics:
                 cell = cells[m.column][table_metric]
-                if run.status == COMPLETE and log_metric in run.metrics:
-                    cell.values[m.seed] = run.metrics[log_metric]
+                value, why = _measured(run, m, log_metric)
+                if value is not None:
+                    cell.values[m.seed] = value
                     continue
                 if run.status == MISSING:
                     cell.missing.append(m.seed)
                 else:
                     cell.incomplete.append(m.seed)
-                reason = run.reason if run.status != COMPLETE else f"no '* {log_metric}:' line in its result block"
-                problem = f"{m.column} seed {m.seed} ({table_metric}): {run.status}: {m.run_dir} ({reason})"
+                problem = f"{m.column} seed {m.seed} ({table_metric}): {run.status}: {m.run_dir} ({why})"
                 problems.append(problem)
         for column in columns:
             _derive_hm(cells[column], metrics)
@@ -396,23 +407,46 @@ def build_table(
     return ResultTable(title, list(metrics), columns, seeds, rows, paper)
 
 
+def _measured(run: RunResult, m: Measurement, log_metric: str) -> Tuple[Optional[float], str]:
+    """A finished run's value for one of ``m``'s metrics, or ``(None, why not)``: the log's line,
+    or with ``m.domain`` the accuracy (%) over the images of that domain in its predictions."""
+    if run.status != COMPLETE:
+        return None, run.reason
+    if m.domain is None:
+        if log_metric in run.metrics:
+            return run.metrics[log_metric], ""
+        return None, f"no '* {log_metric}:' line in its result block"
+    from prompt_diffusion.engine.predictions import read_predictions
+
+    found = read_predictions(str(m.run_dir))
+    if found is None:
+        return None, "no predictions_test.json"
+    try:
+        correct = found.of_domain(m.domain).correct
+    except ValueError as error:
+        return None, str(error)
+    if not correct:
+        return None, f"no test image of domain {m.domain}"
+    return 100.0 * sum(correct) / len(correct), ""
+
+
 def _paired_cells(row: ResultRow, measurements: Sequence[Measurement], runs: Dict[Path, RunResult],
                   metrics: Sequence[str], columns: Sequence[str],
                   average_of: Optional[Sequence[str]]) -> Dict[str, Dict[str, PairedDifference]]:
     """The row's paired difference to its host per column and metric, over the seeds both rows
     finished with predictions (a pair on different images is left out and listed as a problem)."""
-    own = {(m.column, m.seed, table): m.run_dir for m in measurements if m.row == row.key for _, table in m.metrics}
-    host = {(m.column, m.seed, table): m.run_dir for m in measurements if m.row == row.host
-            for _, table in m.metrics}
+    own = {(m.column, m.seed, table): m for m in measurements if m.row == row.key for _, table in m.metrics}
+    host = {(m.column, m.seed, table): m for m in measurements if m.row == row.host for _, table in m.metrics}
     paired: Dict[str, Dict[str, PairedDifference]] = {}
     for column in columns:
         for metric in metrics:
             keys = sorted(k for k in own if k[0] == column and k[2] == metric)
             per_seed = []
             for key in keys:  # the seeds both rows finished (the Seeds column flags the others)
-                if key not in host or runs[own[key]].status != COMPLETE or runs[host[key]].status != COMPLETE:
+                if key not in host or runs[own[key].run_dir].status != COMPLETE \
+                        or runs[host[key].run_dir].status != COMPLETE:
                     continue
-                difference, reason = paired_runs(own[key], host[key])
+                difference, reason = paired_runs(own[key].run_dir, host[key].run_dir, domain=own[key].domain)
                 if difference is None:
                     row.problems.append(f"{column} seed {key[1]} ({metric}) vs {row.host}: {reason}")
                     continue

@@ -20,8 +20,10 @@ Spec keys (``configs/experiments/table1.yaml`` is an example):
 - ``protocol`` (``base2new`` | ``cross_dataset``), ``seeds``, ``shots`` (16), ``title``, ``paper``
   (a ``data/paper_results`` id shown beside the results).
 - ``methods``: ``name: <Host>/<config>`` (the trainer is ``name``; configs live in
-  ``configs/trainers``) or ``name: {trainer, config, opts, load_epoch, label, host, train}``;
+  ``configs/trainers``) or ``name: {trainer, config, opts, load_epoch, label, host, train, weights}``;
   ``train: false`` for a method with nothing to train (zero-shot CLIP): its runs only evaluate.
+  ``weights: <method>``: nothing to train either; its runs evaluate that method's trained models
+  with this method's trainer and opts (e.g. test-time tuning over CoCoOp's trained prompts).
 - ``datasets`` (base2new) or ``source`` + ``targets`` (cross_dataset): dataset config names.
 - ``domains`` (base2new): test-only datasets with the same classes (domain shift, e.g.
   ``toy_world_sketch``); each trained model is also evaluated on their base and new halves, and
@@ -32,6 +34,10 @@ Spec keys (``configs/experiments/table1.yaml`` is an example):
 - ``variants``: ``{name, key, values, scope: train | eval, methods}``: one swept config key. ``train``
   trains a model per value; ``eval`` evaluates one model at each value (base accuracy then comes
   from a ``test_base`` run at that value).
+- ``by_domain`` (base2new): names of the domain labels of the datasets' images (``batch["domain"]``,
+  in index order, e.g. ToyWorldMixed's styles): each dataset also gets a column per domain,
+  ``<dataset>/<name>``, the accuracy on the same runs' test images of that domain (from their
+  predictions files: no extra runs), paired to the host image by image like every column.
 - ``extra_metrics``: ``{table metric: log metric}`` read from the evaluation runs' result blocks.
 - ``plot``: ``{x, metric, column, time_metric}`` for ``table --plot``; ``column_names``.
 """
@@ -61,8 +67,8 @@ PROTOCOLS = ("base2new", "cross_dataset")
 VARIANT_SCOPES = ("train", "eval")
 
 _SPEC_KEYS = {"name", "title", "paper", "protocol", "seeds", "shots", "methods", "datasets", "domains", "source",
-              "targets", "opts", "variants", "extra_metrics", "plot", "column_names"}
-_METHOD_KEYS = {"trainer", "config", "opts", "load_epoch", "label", "host", "train"}
+              "targets", "opts", "variants", "extra_metrics", "plot", "column_names", "by_domain"}
+_METHOD_KEYS = {"trainer", "config", "opts", "load_epoch", "label", "host", "train", "weights"}
 TRAIN_PHASES = ("train_base", "train")
 _VARIANT_KEYS = {"name", "key", "values", "scope", "methods"}
 _PLOT_KEYS = {"x", "metric", "column", "time_metric"}
@@ -85,6 +91,7 @@ class Method:
     label: Optional[str] = None
     host: Optional[str] = None
     train: bool = True  # False: nothing to train (zero-shot), every run is an evaluation
+    weights: Optional[str] = None  # the method whose trained models this one evaluates (train is False)
 
 
 @dataclass
@@ -110,6 +117,7 @@ class Spec:
     methods: List[Method]
     datasets: List[str] = field(default_factory=list)  # base2new
     domains: List[str] = field(default_factory=list)  # base2new: shifted test-only datasets
+    by_domain: List[str] = field(default_factory=list)  # base2new: names of the images' domain labels
     source: Optional[str] = None  # cross_dataset
     targets: List[str] = field(default_factory=list)
     paper: Optional[str] = None
@@ -205,7 +213,8 @@ def load_spec(name_or_path: str) -> Spec:
         methods.append(Method(name=str(name), trainer=str(entry.get("trainer", name)), config=str(entry["config"]),
                               opts=_opts(f"{where}: methods.{name}.opts", entry.get("opts")),
                               load_epoch=entry.get("load_epoch"), label=entry.get("label"),
-                              host=entry.get("host"), train=bool(entry.get("train", True))))
+                              host=entry.get("host"), train=bool(entry.get("train", "weights" not in entry)),
+                              weights=entry.get("weights")))
     spec = Spec(
         name=str(data.get("name", path.stem)), path=path, title=str(data.get("title", path.stem)),
         protocol=data["protocol"], seeds=_as_list(f"{where}: seeds", data["seeds"], int),
@@ -213,16 +222,23 @@ def load_spec(name_or_path: str) -> Spec:
         opts=_opts(f"{where}: opts", data.get("opts")), extra_metrics=dict(data.get("extra_metrics") or {}),
         column_names=dict(data.get("column_names") or {}),
     )
+    trained = {m.name for m in methods if m.train}
+    for method in methods:
+        if method.weights is not None and (method.train or method.weights not in trained):
+            raise SpecError(f"{where}: methods.{method.name}.weights must name another method of the spec that "
+                            f"trains (one of {sorted(trained)}), and the method itself trains nothing; "
+                            f"got weights {method.weights!r}, train {method.train}")
     if spec.protocol == "base2new":
         if "datasets" not in data or "source" in data or "targets" in data:
             raise SpecError(f"{where}: protocol base2new takes 'datasets' (not 'source'/'targets')")
         spec.datasets = _as_list(f"{where}: datasets", data["datasets"], str)
         spec.domains = _as_list(f"{where}: domains", data.get("domains") or [], str)
+        spec.by_domain = _as_list(f"{where}: by_domain", data.get("by_domain") or [], str)
     else:
         if "source" not in data or "targets" not in data or "datasets" in data:
             raise SpecError(f"{where}: protocol cross_dataset takes 'source' and 'targets' (not 'datasets')")
-        if "domains" in data:
-            raise SpecError(f"{where}: 'domains' belongs to protocol base2new")
+        if "domains" in data or "by_domain" in data:
+            raise SpecError(f"{where}: 'domains' and 'by_domain' belong to protocol base2new")
         spec.source = str(data["source"])
         spec.targets = _as_list(f"{where}: targets", data["targets"], str)
     if data.get("variants") is not None:
@@ -457,43 +473,61 @@ def expand(spec: Spec, output_root: Path, imports: Sequence[str] = ()) -> List[C
     Run dirs: ``<output_root>/<base2new|xd>/<phase>/<dataset>/shots_<S>/<trainer>/<config>[_<opts
     hash>][_<setting><value>]/seed<N>``, as the upstream scripts lay them out. A method with
     ``train: false`` gets a ``test_base`` (``test`` for cross_dataset) run in place of its training
-    run. ``imports``: ``--import`` modules every run gets (paths made absolute).
+    run; one with ``weights`` loads that method's model in each run, and its runs join that chain. ``imports``: ``--import`` modules every run gets (paths made absolute).
     """
     imports = tuple(str(Path(m).resolve()) if Path(m).suffix == ".py" else m for m in imports)
     output_root = Path(output_root)
     base2new = spec.protocol == "base2new"
     kind, train_phase = ("base2new", "train_base") if base2new else ("xd", "train")
-    chains = []
-    for method in spec.methods:
+    methods = {method.name: method for method in spec.methods}
+
+    def run_dir(method: Method, train_value: Optional[Any], phase: str, on: str, seed: int,
+                eval_value: Optional[Any] = None) -> Path:
+        name = Path(method.config).name + _dir_tag(spec.opts + method.opts) + _value_tag(spec, train_value)
+        return (output_root / kind / phase / on / f"shots_{spec.shots}" / method.trainer /
+                (name + _value_tag(spec, eval_value)) / f"seed{seed}")
+
+    # a chain per (method, trained value, dataset, seed); a ``weights`` method's runs join the chain
+    # of the model they load, after its own runs, so they never start before it is trained
+    chains: Dict[Tuple[str, Any, str, int], Chain] = {}
+    for method in sorted(spec.methods, key=lambda m: m.weights is not None):
         config_file = CONFIGS_DIR / "trainers" / f"{method.config}.yaml"
         method_opts = spec.opts + method.opts
+        if method.weights is not None and method.weights not in methods:
+            raise SpecError(f"{spec.path}: method {method.name} evaluates {method.weights}'s trained models: "
+                            f"select {method.weights} too")
+        source = methods[method.weights] if method.weights is not None else method  # whose trained model loads
         for train_value in _train_variants(spec, method):
             train_opts = method_opts + _variant_opts(spec, train_value)
-            load_epoch = method.load_epoch or int(merged_config(method, spec, train_value).OPTIM.MAX_EPOCH)
-            name = Path(method.config).name + _dir_tag(method_opts) + _value_tag(spec, train_value)
+            load_epoch = (source.load_epoch or int(merged_config(source, spec, train_value).OPTIM.MAX_EPOCH)
+                          if source.train else None)
             for dataset in spec.datasets if base2new else [spec.source]:
                 for seed in spec.seeds:
-                    def run_dir(phase: str, on: str, eval_value: Optional[Any] = None) -> Path:
-                        return (output_root / kind / phase / on / f"shots_{spec.shots}" / method.trainer /
-                                (name + _value_tag(spec, eval_value)) / f"seed{seed}")
-
                     subsample = ["DATASET.SUBSAMPLE_CLASSES", "base"] if base2new else []
                     phase = train_phase if method.train else ("test_base" if base2new else "test")
-                    train = Run(method.name, _variant(spec, train_value), method.trainer, config_file, dataset, seed,
-                                phase, run_dir(phase, dataset),
+                    model_dir = run_dir(source, train_value, train_phase, dataset, seed) if source.train else None
+                    first = Run(method.name, _variant(spec, train_value), method.trainer, config_file, dataset, seed,
+                                phase, run_dir(method, train_value, phase, dataset, seed),
                                 tuple(["DATASET.NUM_SHOTS", str(spec.shots)] + subsample + train_opts),
-                                imports=imports)
-                    model_dir = train.output_dir if method.train else None
-                    runs = [train]
+                                model_dir=None if method.train else model_dir,
+                                load_epoch=None if method.train else load_epoch, imports=imports)
+                    runs = [first]
                     for eval_value in _eval_variants(spec, method) or [None]:
                         for phase, on, opts in _evaluations(spec, dataset, eval_value):
-                            runs.append(Run(method.name, train.variant + _variant(spec, eval_value), method.trainer,
-                                            config_file, on, seed, phase, run_dir(phase, on, eval_value),
+                            runs.append(Run(method.name, first.variant + _variant(spec, eval_value), method.trainer,
+                                            config_file, on, seed, phase,
+                                            run_dir(method, train_value, phase, on, seed, eval_value),
                                             tuple(opts + train_opts + _variant_opts(spec, eval_value)),
-                                            model_dir=model_dir, load_epoch=load_epoch if method.train else None,
-                                            imports=imports))
-                    chains.append(Chain(runs))
-    return chains
+                                            model_dir=model_dir, load_epoch=load_epoch, imports=imports))
+                    key = (source.name, train_value, dataset, seed)
+                    if method.weights is None:
+                        chains[key] = Chain(runs)
+                    elif key in chains:
+                        chains[key].runs.extend(runs)
+                    else:
+                        raise SpecError(f"{spec.path}: method {method.name} evaluates {source.name}'s models at "
+                                        f"{_variant(spec, train_value)}, which {source.name} does not train")
+    return list(chains.values())
 
 
 def measurements(spec: Spec, chains: Sequence[Chain]) -> List[Measurement]:
@@ -506,7 +540,7 @@ def measurements(spec: Spec, chains: Sequence[Chain]) -> List[Measurement]:
     extra = tuple((log, table) for table, log in spec.extra_metrics.items())
     for chain in chains:
         train = chain.runs[0]
-        swept_at_eval = any(run.row != train.row for run in chain.runs[1:])
+        swept_at_eval = any(run.row != train.row for run in chain.runs[1:] if run.method == train.method)
         for run in chain.runs:
             if run.training and swept_at_eval:
                 continue
@@ -518,6 +552,10 @@ def measurements(spec: Spec, chains: Sequence[Chain]) -> List[Measurement]:
                 spec.protocol == "cross_dataset" and run.dataset == train.dataset)
             pairs = (("accuracy", metric),) + (() if own_test else extra)
             found.append(Measurement(run.row, run.dataset, run.seed, run.output_dir, run.training, pairs))
+            if run.dataset in spec.datasets:
+                found += [Measurement(run.row, f"{run.dataset}/{name}", run.seed, run.output_dir, run.training,
+                                      (("accuracy", metric),), domain=index)
+                          for index, name in enumerate(spec.by_domain)]
     return found
 
 
@@ -529,7 +567,7 @@ def table_for(spec: Spec, output_root: Path, with_paper: bool = True) -> ResultT
     average_of = spec.all_datasets if spec.protocol == "base2new" else spec.targets
     paper: Optional[PaperTable] = load_paper_table(spec.paper) if spec.paper and with_paper else None
     labels = {RowKey(m.name): m.label for m in spec.methods if m.label}
-    columns = spec.all_datasets
+    columns = spec.all_datasets + [f"{dataset}/{name}" for dataset in spec.datasets for name in spec.by_domain]
     return build_table(spec.title, metrics, columns, spec.seeds, measurements(spec, chains),
                        average_of=average_of if len(average_of) > 1 else None, paper=paper, labels=labels,
                        hosts=spec.hosts())

@@ -39,7 +39,7 @@ from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_fo
 from prompt_diffusion.config import add_pd_keys, extend_cfg, validate_pd_cfg
 from prompt_diffusion.diagnostics import diagnose, residual_batches
 from prompt_diffusion.diffusion.amed import AMEDPredictor, StudentCheck, distill_amed
-from prompt_diffusion.diffusion.overfit import overfit_prompts
+from prompt_diffusion.diffusion.overfit import overfit_prompts, target_objective
 from prompt_diffusion.engine import (
     TRAINER_REGISTRY,
     backward_and_update,
@@ -278,9 +278,12 @@ class DiffusionPromptWrapper:
         dtype = next(self.pd_cond_net.parameters()).dtype
         return self.pd_cond_net(image_features.to(dtype)).float()
 
-    def _pd_per_sample_loss(self, images: Tensor, labels: Tensor, features: Tensor):
+    def _pd_per_sample_loss(self, images: Tensor, labels: Optional[Tensor], features: Tensor, target: str):
+        label_weight = self.cfg.TRAINER.PD.OVERFIT.LABEL_WEIGHT
+
         def per_sample_loss(prompts: Prompts) -> Tensor:
-            return F.cross_entropy(self.pd_adapter.logits(images, prompts, features), labels, reduction="none")
+            logits = self.pd_adapter.logits(images, prompts, features)
+            return target_objective(target, logits, labels, label_weight)
 
         return per_sample_loss
 
@@ -289,13 +292,17 @@ class DiffusionPromptWrapper:
         attached to the host's parameters: the centre of every residual the generator models."""
         return self.pd_adapter.host_prompts(features)
 
-    def pd_overfit(self, images: Tensor, labels: Tensor, features: Tensor, center: Prompts) -> Prompts:
-        """Paper §4.1: I gradient steps of each sample's CE from its host prompt ``center``
-        ``{group: [B, n, w]}``; ``V*`` detached (fp32)."""
+    def pd_overfit(self, images: Tensor, labels: Optional[Tensor], features: Tensor, center: Prompts,
+                   target: Optional[str] = None) -> Prompts:
+        """Paper §4.1: I gradient steps of each sample's loss from its host prompt ``center``
+        ``{group: [B, n, w]}``; ``V*`` detached (fp32). The loss is ``target``'s (default
+        ``OVERFIT.TARGET``: the paper's true-label CE, or a label-free objective, for which
+        ``labels`` may be None)."""
         overfit = self.cfg.TRAINER.PD.OVERFIT
+        target = overfit.TARGET if target is None else target
         init = {name: prompt.detach().float() for name, prompt in center.items()}  # {group: [B, n, w]}
-        return overfit_prompts(init, self._pd_per_sample_loss(images, labels, features), overfit.ITERS, overfit.LR,
-                               step_rule=overfit.STEP_RULE)
+        return overfit_prompts(init, self._pd_per_sample_loss(images, labels, features, target), overfit.ITERS,
+                               overfit.LR, step_rule=overfit.STEP_RULE)
 
     def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor, center: Prompts) -> Prompts:
         """``V*`` for the batch: overfitted now from ``center`` (online), or ``center`` plus the
@@ -362,11 +369,15 @@ class DiffusionPromptWrapper:
         if self.pd_enabled:
             overfit = self.cfg.TRAINER.PD.OVERFIT
             if overfit.MODE == "online":
-                print(f"Prompt diffusion: per-sample overfitting online (I={overfit.ITERS}, lr={overfit.LR}, "
-                      "every step)")
+                print(f"Prompt diffusion: per-sample overfitting online ({self._pd_overfit_text()}, every step)")
             else:
-                print(f"Prompt diffusion: per-sample overfitting cached (I={overfit.ITERS}, lr={overfit.LR}; "
+                print(f"Prompt diffusion: per-sample overfitting cached ({self._pd_overfit_text()}; "
                       f"each sample's V* recomputed every {overfit.REFRESH} epoch(s))")
+
+    def _pd_overfit_text(self) -> str:
+        overfit = self.cfg.TRAINER.PD.OVERFIT
+        mix = f" + {overfit.LABEL_WEIGHT} x label CE" if overfit.LABEL_WEIGHT > 0 else ""
+        return f"target {overfit.TARGET}{mix}, I={overfit.ITERS}, {overfit.STEP_RULE} steps of lr={overfit.LR}"
 
     def forward_backward(self, batch: dict) -> dict:
         if not self.pd_enabled:
@@ -532,6 +543,9 @@ class DiffusionPromptWrapper:
         """The host's test, with the inference noise re-seeded: sample ``i`` of every evaluation
         draws the same noise (``TRAINER.PD.NOISE_SEED``), so evaluation is reproducible."""
         self._pd_eval_position = 0
+        if self.pd_enabled and self.cfg.TRAINER.PD.INFERENCE == "tune":
+            print(f"Prompt diffusion: test-time tuning of every test image from its host prompt "
+                  f"({self._pd_overfit_text()}); the generator is not used")
         return super().test(split)
 
     def pd_reset_noise(self) -> None:
@@ -581,6 +595,9 @@ class DiffusionPromptWrapper:
         features = self.pd_adapter.image_features(input)
         with torch.no_grad():
             center = self.pd_host_prompts(features)
+        if self.cfg.TRAINER.PD.INFERENCE == "tune":  # test-time tuning: each image's own label-free V*
+            with torch.no_grad():
+                return self.pd_adapter.logits(input, self.pd_overfit(input, None, features, center), features)
         pi = self.pd_condition(features)
         draws = self.cfg.TRAINER.PD.TEST_SAMPLES
         logits = sum(self.pd_adapter.logits(input, self.pd_generate(pi, center, draw), features)

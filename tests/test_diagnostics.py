@@ -65,7 +65,7 @@ def test_diagnose_reports_alignment_where_the_residual_is_learnable(tmp_path, ca
     assert cli.main(["diagnose", "--split", "train", "--probe", "--json", str(numbers), *common,
                      "--output-dir", str(tmp_path / "diag"), "--model-dir", str(run), "--load-epoch", "6", *opts]) == 0
     report = capsys.readouterr().out
-    assert "alignment cos(V̂ − V_h, V*_y − V_h)" in report and "V* overfitted with the true label" in report
+    assert "alignment cos(V̂ − V_h, V* − V_h)" in report and "V* overfitted with the true label" in report
     result = json.loads(numbers.read_text())
     assert result["images"] == 24
     assert result["alignment"] > 0.1 and result["alignment"] > 4 * result["alignment_se"], result

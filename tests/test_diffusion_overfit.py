@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from prompt_diffusion.diffusion import overfit_prompts
+from prompt_diffusion.diffusion.overfit import target_objective
 
 BATCH, CLASSES = 6, 3
 
@@ -71,3 +72,67 @@ def test_overfitting_runs_under_no_grad_and_checks_its_inputs(problem):
         overfit_prompts(init, lambda p: loss_fn(p).mean(), iters=1, lr=0.5)
     with pytest.raises(ValueError, match="sgd, sign"):
         overfit_prompts(init, loss_fn, iters=1, lr=0.5, step_rule="adam")
+
+
+# ---------------------------------------------------------------------- overfitting targets
+def class_prompt_logits(prompt, images, class_texts):
+    """``logits[b, k] = (class_texts[k] + prompt[b]) · images[b]``: one shared prompt vector added to
+    every class's text, as a context token shifts every class prompt ``[B, d]``, ``[K, d]`` -> ``[B, K]``."""
+    return torch.einsum("bkd,bd->bk", class_texts[None] + prompt[:, None], images)
+
+
+def overfit_to(target, prompt, images, class_texts, labels=None):
+    """One SGD step of lr 0.1 of ``target`` from ``prompt`` ``[B, d]``."""
+    def loss(prompts):
+        return target_objective(target, class_prompt_logits(prompts["v"], images, class_texts), labels)
+
+    return overfit_prompts({"v": prompt}, loss, iters=1, lr=0.1, step_rule="sgd")["v"]
+
+
+def test_agreement_moves_every_prompt_along_its_own_image_whatever_the_class():
+    """With a prompt shared by all class texts, ∂(−logsumexp)/∂v = −images[b] exactly: the
+    class-agnostic target moves each sample's prompt along its own image (what the image shares with
+    every class), and one SGD step of lr moves it by lr · image. The true-label CE cannot move such
+    a shared shift at all (it raises every class's logit alike)."""
+    torch.manual_seed(0)
+    images, class_texts = torch.randn(BATCH, 5), torch.randn(CLASSES, 5)
+    labels = torch.randint(0, CLASSES, (BATCH,))
+    prompt = torch.randn(BATCH, 5)
+    moved = overfit_to("agreement", prompt, images, class_texts)
+    torch.testing.assert_close(moved - prompt, 0.1 * images)
+    torch.testing.assert_close(overfit_to("label", prompt, images, class_texts, labels), prompt)
+
+
+def test_label_moves_toward_the_true_class_and_entropy_toward_the_leading_one():
+    """Prompt = a per-class logit offset (``logits = v``, one-hot class texts of a zero image
+    plus the prompt): at a uniform start the true-label CE moves the true class up by lr(1 − 1/K)
+    and every other down by lr/K; the entropy has no gradient there (its maximum) and, from a
+    start where one class leads, raises the leader and lowers the rest (TPT's sharpening)."""
+    def step(target, start, labels=None):
+        def loss(prompts):
+            return target_objective(target, prompts["v"], labels)
+
+        return overfit_prompts({"v": start}, loss, iters=1, lr=0.3, step_rule="sgd")["v"] - start
+
+    labels = torch.tensor([0, 2])
+    uniform = torch.zeros(2, CLASSES)
+    expected = torch.full((2, CLASSES), -0.3 / CLASSES)
+    expected[torch.arange(2), labels] = 0.3 * (1 - 1 / CLASSES)
+    torch.testing.assert_close(step("label", uniform, labels), expected)
+    torch.testing.assert_close(step("entropy", uniform), torch.zeros(2, CLASSES))
+    leading = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.5]])
+    moved = step("entropy", leading)
+    assert (moved[0, 0] > 0) and (moved[0, 1:] < 0).all() and (moved[1, 2] > 0) and (moved[1, :2] < 0).all()
+
+
+def test_a_mixed_target_adds_the_weighted_label_ce_and_label_free_targets_need_no_labels():
+    torch.manual_seed(1)
+    logits, labels = torch.randn(BATCH, CLASSES), torch.randint(0, CLASSES, (BATCH,))
+    mixed = target_objective("agreement", logits, labels, label_weight=0.5)
+    torch.testing.assert_close(mixed, -torch.logsumexp(logits, 1) + 0.5 * F.cross_entropy(logits, labels,
+                                                                                           reduction="none"))
+    assert target_objective("entropy", logits, None).shape == (BATCH,)
+    with pytest.raises(ValueError, match="'label' needs the labels"):
+        target_objective("label", logits, None)
+    with pytest.raises(ValueError, match="unknown overfitting target 'margin'"):
+        target_objective("margin", logits, labels)

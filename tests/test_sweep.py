@@ -15,8 +15,8 @@ from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_n
                                     registered_trainers, select, table_for, validate_spec)
 
 SHIPPED = ["demo", "figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6",
-           "toy_benchmark", "toy_figure4", "toy_ladder", "toy_table4"]
-PAPERLESS = {"demo", "toy_benchmark", "toy_figure4", "toy_ladder", "toy_table4"}  # specs of this project's own demo and benchmarks
+           "toy_benchmark", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4"]
+PAPERLESS = {"demo", "toy_benchmark", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4"}  # specs of this project's own demo and benchmarks
 
 
 def run_cli(*argv):
@@ -53,7 +53,8 @@ def test_shipped_spec_validates_and_its_commands_parse(name, tmp_path):
         if not run.training and run.model_dir is not None:
             assert Path(args.model_dir) == run.model_dir and args.load_epoch == run.load_epoch > 0
         elif not run.training:  # a method with nothing to train (zero-shot CLIP): evaluations of the untrained model
-            assert run.method == "ZeroshotCLIP" and not args.model_dir and run.phase.startswith("test")
+            assert run.trainer in ("ZeroshotCLIP", "DomainOracleCLIP") and not args.model_dir
+            assert run.phase.startswith("test")
         opts = dict(zip(args.opts[::2], args.opts[1::2]))
         assert opts.get("DATASET.NUM_SHOTS") == (None if spec.protocol == "cross_dataset" and not run.training
                                                  else str(spec.shots))
@@ -97,6 +98,42 @@ def test_toy_benchmark_evaluates_each_model_on_both_halves_of_every_domain(tmp_p
     assert all("TRAINER.PD.ENABLE False" in " ".join(r.opts) for r in pd_runs[9:])
     table = table_for(spec, tmp_path)
     assert table.columns == ["toy_world", "toy_world_sketch", "toy_world_rendition", "toy_world_clutter", "average"]
+
+
+def test_toy_mixed_tunes_cocoops_own_models_and_splits_every_column_by_style(tmp_path):
+    """A ``weights`` method trains nothing: its runs load CoCoOp's trained models and join their
+    chain (so they run after the training); ``by_domain`` adds a column per style, read from the
+    same runs' predictions and paired image by image to the host."""
+    import json
+
+    spec = select(load_spec("toy_mixed"), methods=["CoCoOp", "CoCoOp+TTT"], seeds=[1])
+    chains = expand(spec, tmp_path)
+    assert len(chains) == 1
+    train, new, tuned_base, tuned_new = chains[0].runs
+    assert train.phase == "train_base" and tuned_base.method == tuned_new.method == "CoCoOp+TTT"
+    assert (tuned_base.phase, tuned_new.phase) == ("test_base", "test_new")
+    assert tuned_base.model_dir == tuned_new.model_dir == train.output_dir and tuned_base.load_epoch == 2
+    assert "--eval-only" in tuned_base.argv("$DATA") and "TRAINER.PD.INFERENCE tune" in " ".join(tuned_base.opts)
+    for run, correct in ((train, [1, 1, 0, 0]), (new, [1, 0, 1, 0]), (tuned_base, [1, 1, 1, 0]),
+                         (tuned_new, [1, 1, 1, 1])):
+        write_result_log(run.output_dir, 100.0 * sum(correct) / 4, training=run.training)
+        (run.output_dir / "predictions_test.json").write_text(json.dumps(
+            {"split": "test", "images_sha1": "x", "labels": [0, 1, 2, 3], "domains": [0, 0, 1, 1],
+             "predictions": [label if ok else 9 for label, ok in zip(range(4), correct)]}))
+    table = table_for(spec, tmp_path)
+    assert table.columns == ["toy_world_mixed"] + [f"toy_world_mixed/{s}" for s in
+                                                   ("photo", "sketch", "rendition", "clutter")]
+    host, tuned = RowKey("CoCoOp"), RowKey("CoCoOp+TTT")
+    assert table.cell(host, "toy_world_mixed/photo", "base").mean == 100.0  # images 0, 1
+    assert table.cell(host, "toy_world_mixed/sketch", "base").mean == 0.0  # images 2, 3
+    assert table.cell(tuned, "toy_world_mixed/sketch", "new").mean == 100.0
+    paired = next(row for row in table.rows if row.key == tuned).paired
+    assert paired["toy_world_mixed/sketch"]["base"].mean == 50.0 and paired["toy_world_mixed"]["base"].mean == 25.0
+    assert paired["toy_world_mixed/photo"]["base"].mean == 0.0
+    problems = " ".join(p for row in table.rows for p in row.problems)
+    assert "toy_world_mixed/rendition seed 1 (base)" in problems and "no test image of domain 2" in problems
+    with pytest.raises(SpecError, match="select CoCoOp too"):
+        expand(select(load_spec("toy_mixed"), methods=["CoCoOp+TTT"]), tmp_path)
 
 
 def test_tables_2_and_3_share_their_imagenet_training_runs(tmp_path):

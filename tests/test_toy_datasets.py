@@ -89,3 +89,50 @@ def test_sizes_is_a_cross_dataset_target_with_another_attribute_family(root):
     # the split seeds differ from every other toy dataset's
     seeds = {cls.stream_seed(split) for cls in toy_datasets.TOY_DATASETS.values() for split in ("train", "val", "test")}
     assert len(seeds) == 3 * len(toy_datasets.TOY_DATASETS) and not seeds & {0, 1}
+
+
+def test_mixed_world_draws_each_images_style_and_records_it_as_its_domain(root):
+    """ToyWorldMixed: the style varies within every class, in every split, and each Datum's domain
+    is its image's style (toy_world.image_style), which the oracle's templates name."""
+    mixed = build_dataset(toy_cfg(root, "ToyWorldMixed", "base", shots=4))
+    for split in (mixed.train_x, mixed.val, mixed.test):
+        assert {item.domain for item in split} == set(range(len(toy_world.STYLES)))
+    by_class = {}
+    for item in mixed.train_x:
+        by_class.setdefault(item.label, set()).add(item.domain)
+    assert sum(len(styles) > 1 for styles in by_class.values()) >= 0.9 * len(by_class)
+    seed = toy_datasets.ToyWorldMixed.stream_seed("test")
+    for item in mixed.test[:8]:
+        index = int(os.path.basename(item.impath).split(".")[0])
+        assert toy_world.STYLES[item.domain] == toy_world.image_style(seed, index)
+    assert toy_datasets.ToyWorldMixed.domain_templates[1] == "a sketch of a {}."
+    assert mixed.test[0].impath != build_dataset(toy_cfg(root, "ToyWorld", "base", shots=4)).test[0].impath
+
+
+def test_the_style_oracle_prompts_each_image_with_its_own_style(root):
+    import torch
+
+    import prompt_diffusion.trainers  # noqa: F401  (registers the trainers)
+    from prompt_diffusion.engine import build_trainer
+    from prompt_diffusion.trainers.zsclip import class_text_features
+
+    cfg = toy_cfg(root, "ToyWorldMixed", "new", shots=1)
+    cfg.TRAINER.NAME = "DomainOracleCLIP"
+    cfg.MODEL.BACKBONE.NAME = "toy"
+    cfg.INPUT.SIZE = (32, 32)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.OUTPUT_DIR = os.path.join(root, "oracle_run")
+    oracle = build_trainer(cfg)
+    batch = next(iter(oracle.test_loader))
+    images, _ = oracle.parse_batch_test(batch)
+    logits = oracle.model_inference(images)
+    clip_model, names = oracle.clip_model, oracle.dm.dataset.classnames
+    for row, domain in enumerate(batch["domain"][:6].tolist()):
+        text = class_text_features(clip_model, toy_datasets.STYLE_TEMPLATES[domain], names)
+        with torch.no_grad():
+            feature = clip_model.encode_image(images[row: row + 1])
+        expected = clip_model.logit_scale.exp() * torch.nn.functional.normalize(feature, dim=-1) @ text.t()
+        torch.testing.assert_close(logits[row: row + 1], expected, rtol=1e-5, atol=1e-4)
+    cfg.DATASET.NAME = "ToyWorld"
+    with pytest.raises(ValueError, match="DomainOracleCLIP needs a dataset that names its domains' prompts"):
+        build_trainer(cfg)

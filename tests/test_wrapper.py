@@ -493,6 +493,34 @@ def test_a_pd_trained_model_evaluates_with_pd_switched_off(world, tmp_path):
     assert 0.0 <= host_only.test() <= 100.0
 
 
+def test_a_label_free_target_trains_and_test_time_tuning_evaluates_the_trained_model(world, tmp_path, capsys):
+    """``OVERFIT.TARGET agreement``: V* needs no label; ``INFERENCE tune`` on the PD-trained model
+    tunes every test image from its host prompt with that target (the generator unused), and equals
+    the logits at the prompt ``pd_overfit`` finds without labels."""
+    out = tmp_path / "pd"
+    opts = ["TRAINER.PD.AMED.DISTILL_ITERS", 0, "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.DIAGNOSE_IMAGES", 0,
+            "TRAINER.PD.OVERFIT.TARGET", "agreement", "TRAINER.PD.OVERFIT.ITERS", 2, "TRAINER.PD.OVERFIT.LR", 0.01]
+    trained = build(make_cfg(world, "CoCoOpPD", out, opts, epochs=1))
+    trained.train()
+    assert "target agreement, I=2, sign steps of lr=0.01" in capsys.readouterr().out
+    tuned = build(make_cfg(world, "CoCoOpPD", tmp_path / "eval", opts + ["TRAINER.PD.INFERENCE", "tune"]))
+    tuned.load_model(str(out), epoch=1)
+    tuned.set_model_mode("eval")
+    images, labels = first_batch(trained)
+    with torch.no_grad():
+        features = tuned.pd_adapter.image_features(images)
+        center = tuned.pd_host_prompts(features)
+        host_logits = tuned.pd_adapter.logits(images, center, features)
+        expected = tuned.pd_adapter.logits(images, tuned.pd_overfit(images, None, features, center), features)
+        logits = tuned.model_inference(images)
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, host_logits)  # tuning moved the prompts
+    # the agreement target raised every image's log-sum-exp over the classes
+    assert (torch.logsumexp(logits, 1) > torch.logsumexp(host_logits, 1)).all()
+    assert 0.0 <= tuned.test() <= 100.0
+    assert "test-time tuning of every test image" in capsys.readouterr().out
+
+
 def test_unwrapped_host_checkpoint_loads_into_the_wrapped_trainer(world, tmp_path, capsys):
     out = tmp_path / "host"
     host = build(make_cfg(world, "CoCoOp", out, epochs=1))
@@ -524,6 +552,9 @@ def test_missing_pd_keys_are_added_by_the_wrapped_trainer(world, tmp_path):
     ("OVERFIT.LR", 0.0, r"TRAINER.PD.OVERFIT.LR = 0.0 is out of range; allowed: a number > 0"),
     ("GENERATOR", "diffusers", r"TRAINER.PD.GENERATOR = 'diffusers' is not allowed; choose one of \['diffusion', 'mlp'"),
     ("VAE.KL_WEIGHT", -1.0, r"TRAINER.PD.VAE.KL_WEIGHT = -1.0 is out of range; allowed: a number >= 0.0"),
+    ("OVERFIT.TARGET", "margin", r"TRAINER.PD.OVERFIT.TARGET = 'margin' is not allowed; choose one of \['label', "),
+    ("OVERFIT.LABEL_WEIGHT", 0.5, r"with TARGET 'label' it must be 0"),
+    ("INFERENCE", "tune", r"INFERENCE 'tune' tunes each test image without its label: it needs a label-free"),
 ])
 def test_bad_pd_values_are_rejected_with_the_key_and_allowed_values(key, value, message):
     cfg = get_cfg_default()

@@ -70,3 +70,39 @@ class ZeroshotCLIP(TrainerX):
         with torch.no_grad():
             image_features = encode_image(self.clip_model.visual, image)
         return prompted_logits(image_features, self.text_features, self.clip_model.logit_scale)
+
+
+@TRAINER_REGISTRY.register()
+class DomainOracleCLIP(ZeroshotCLIP):
+    """A diagnostic ceiling, not a method: zero-shot CLIP whose prompt names each test image's own
+    domain, which the dataset knows and no method is given (``ToyWorldMixed``: "a sketch of a {}."
+    for a sketch). It says how much a prompt per image can gain where a fixed prompt cannot.
+
+    Needs a dataset with ``domain_templates`` (one template per domain index) and the domain of
+    every image in its batches (``batch["domain"]``)."""
+
+    def build_model(self):
+        cfg = self.cfg
+        templates = getattr(self.dm.dataset, "domain_templates", None)
+        if not templates:
+            raise ValueError(f"DomainOracleCLIP needs a dataset that names its domains' prompts (domain_templates); "
+                             f"DATASET.NAME={cfg.DATASET.NAME!r} has none (ToyWorldMixed has)")
+        device = torch.device(self.device)
+        clip_model = apply_precision(load_clip_from_cfg(cfg), "fp16" if device.type == "cuda" else "fp32", device)
+        clip_model.to(device)
+        print(f"Prompt templates by domain: {list(templates)}")
+        self.text_features = torch.stack([  # [D, K, E]
+            class_text_features(clip_model, template, self.dm.dataset.classnames, cfg.MODEL.TEXT_CHUNK)
+            for template in templates])
+        self.clip_model = clip_model
+        self._domains = None
+
+    def parse_batch_test(self, batch):
+        self._domains = batch["domain"].to(self.device)  # read by model_inference, for the same batch
+        return super().parse_batch_test(batch)
+
+    def model_inference(self, image: Tensor) -> Tensor:
+        with torch.no_grad():
+            image_features = encode_image(self.clip_model.visual, image)  # [B, E]
+        text = self.text_features[self._domains]  # [B, K, E]: each image's own domain's prompts
+        return prompted_logits(image_features, text, self.clip_model.logit_scale)

@@ -10,6 +10,12 @@
   styles, test-only, as ImageNet-Sketch / -R / -A are for ImageNet (domain generalization).
 - ``ToySizes``: a cross-dataset target with another attribute family, 16 classes
   ``"<size> <shape>"`` (``"small circle"``, ``"large circle"`` ...) in random colours.
+- ``ToyWorldMixed``: ToyWorld's 64 classes with every image's style drawn at random from the four,
+  in every split: what the text encoder knows about an image (its style word) varies *within* a
+  class, so a prompt per image can do what no fixed prompt does. Each image's style is its
+  ``Datum.domain`` (its index in ``toy_world.STYLES``), and ``domain_templates`` gives the prompt
+  that names it (the style oracle, ``DomainOracleCLIP``); evaluations record it per image, so a
+  table gives the accuracy per style (a spec's ``by_domain``).
 
 No download: on first use each split is rendered to PNG files under
 ``<DATASET.ROOT>/toy_world_v<WORLD_VERSION>/<name>/<split>/<class folder>/<index>.png`` (seconds;
@@ -67,18 +73,24 @@ def size_shape_classes() -> List[ToyClass]:
     return [ToyClass(f"{size} {shape}", shape, size=size) for shape in DATASET_SHAPES for size in toy_world.SIZES]
 
 
+MIXED = "mixed"  # a dataset style: each image's style drawn at random (toy_world.image_style)
+
+
 def render_split(
     folder: str, classes: Sequence[ToyClass], style: str, per_class: int, seed: int, desc: str = "render"
 ) -> List[Datum]:
     """``per_class`` images per class, rendered once into ``folder``; their ``Datum`` list.
 
     Image ``k`` shows ``classes[k % K]`` and is ``toy_world.render_example(seed, k, ...)``; it is
-    stored as ``<folder>/<class folder>/<k:05d>.png``. An existing folder is reused (it was renamed
-    into place only once complete); otherwise it is rendered into ``<folder>.tmp<pid>`` first.
+    stored as ``<folder>/<class folder>/<k:05d>.png``. ``style`` ``MIXED`` draws each image's style
+    (``toy_world.image_style(seed, k)``); the ``Datum``'s domain is the index of the image's style
+    in ``toy_world.STYLES``. An existing folder is reused (it was renamed into place only once
+    complete); otherwise it is rendered into ``<folder>.tmp<pid>`` first.
     """
     if per_class < 1:
         raise ValueError(f"{desc}: images per class must be >= 1, got {per_class}")
     count = per_class * len(classes)
+    styles = [toy_world.image_style(seed, k) if style == MIXED else style for k in range(count)]
     if not os.path.isdir(folder):
         temporary = f"{folder}.tmp{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
@@ -86,7 +98,7 @@ def render_split(
             os.makedirs(os.path.join(temporary, toy_class.folder))
         for k in tqdm(range(count), desc=desc, unit="img", leave=False, disable=None):
             toy_class = classes[k % len(classes)]
-            pixels, _ = toy_world.render_example(seed, k, toy_class.shape, toy_class.colour, style, toy_class.size)
+            pixels, _ = toy_world.render_example(seed, k, toy_class.shape, toy_class.colour, styles[k], toy_class.size)
             Image.fromarray(pixels).save(os.path.join(temporary, toy_class.folder, f"{k:05d}.png"))
         try:
             os.replace(temporary, folder)
@@ -96,7 +108,7 @@ def render_split(
             shutil.rmtree(temporary, ignore_errors=True)
     return [
         Datum(impath=os.path.join(folder, classes[k % len(classes)].folder, f"{k:05d}.png"),
-              label=k % len(classes), classname=classes[k % len(classes)].name)
+              label=k % len(classes), domain=toy_world.STYLES.index(styles[k]), classname=classes[k % len(classes)].name)
         for k in range(count)
     ]
 
@@ -104,7 +116,8 @@ def render_split(
 class ToyDataset(DatasetBase):
     """A toy-world dataset: rendered on first use under ``DATASET.ROOT``, then read from PNG files.
 
-    Subclasses set ``name`` (its folder), ``family`` (which classes), ``style`` and ``test_only``.
+    Subclasses set ``name`` (its folder), ``family`` (which classes), ``style`` (one of
+    ``toy_world.STYLES``, or ``MIXED``) and ``test_only``.
     """
 
     name = ""
@@ -140,7 +153,8 @@ class ToyDataset(DatasetBase):
         """The world seed of a split: distinct per family, style and split, and from the seeds the
         small CLIP was trained (0) and measured (1) on."""
         family_index = ("shape_colour", "size_shape").index(cls.family)
-        return 1000 + 100 * family_index + 10 * toy_world.STYLES.index(cls.style) + SPLIT_INDEX[split]
+        style_index = (*toy_world.STYLES, MIXED).index(cls.style)
+        return 1000 + 100 * family_index + 10 * style_index + SPLIT_INDEX[split]
 
     def split(self, split: str, classes: Sequence[ToyClass], per_class: int) -> List[Datum]:
         folder = os.path.join(self.dataset_dir, f"{split}-{per_class}")
@@ -190,5 +204,21 @@ class ToySizes(ToyDataset):
     family = "size_shape"
 
 
-TOY_DATASETS = {cls.__name__: cls for cls in (ToyWorld, ToyWorldSketch, ToyWorldRendition, ToyWorldClutter, ToySizes)}
+#: the prompt that names each style, by domain index (the style oracle's; the toy CLIP's captions say so)
+STYLE_TEMPLATES: Tuple[str, ...] = tuple(f"a {toy_world.STYLE_WORDS[style][0]} of a {{}}." for style in toy_world.STYLES)
+
+
+@DATASET_REGISTRY.register()
+class ToyWorldMixed(ToyDataset):
+    """``ToyWorld``'s classes, each image in a style drawn at random (all splits): per-image headroom.
+
+    The zero-shot prompt names no style; ``domain_templates`` names each image's own (its domain)."""
+
+    name = "shapes_mixed"
+    style = MIXED
+    domain_templates = STYLE_TEMPLATES
+
+
+TOY_DATASETS = {cls.__name__: cls for cls in (ToyWorld, ToyWorldSketch, ToyWorldRendition, ToyWorldClutter, ToySizes,
+                                              ToyWorldMixed)}
 

@@ -381,6 +381,13 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
+def image_style(seed: int, index: int) -> str:
+    """The style of image ``index`` of a mixed-style stream ``seed`` (``ToyWorldMixed``): one of
+    ``STYLES`` at random, decided apart from the image's own generator so it can be read without
+    rendering."""
+    return STYLES[int(np.random.default_rng([int(seed), int(index), len(STYLES)]).integers(len(STYLES)))]
+
+
 def render_example(
     seed: int, index: int, shape: str, colour: Optional[str], style: str, size: Optional[str] = None
 ) -> Tuple[np.ndarray, Scene]:

@@ -5,9 +5,10 @@ gradient of the *summed* loss with respect to the batched prompts ``[B, ...]`` i
 sample's own gradient. One batched forward/backward per iteration gives the B separate results.
 (This needs a loss without cross-sample coupling: e.g. no BatchNorm in training mode.)
 """
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Prompts = Dict[str, Tensor]
@@ -34,6 +35,52 @@ def normalized_step(prompt: Tensor, grad: Tensor, lr: float) -> Tensor:
 
 
 STEP_RULES: Dict[str, StepRule] = {"sgd": sgd_step, "sign": sign_step, "normalized": normalized_step}
+
+
+# ------------------------------------------------------------------ what a sample's prompt is overfitted to
+def label_objective(logits: Tensor, labels: Tensor) -> Tensor:
+    """The paper's target (§4.1): each sample's cross-entropy with its true label ``[B]``. It moves
+    the prompt toward the sample's class, which a generator that sees only the image cannot know."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def entropy_objective(logits: Tensor) -> Tensor:
+    """The entropy of each sample's prediction ``[B]`` (TPT's objective, Shu et al., NeurIPS 2022,
+    on one view): label-free; it sharpens whichever class already leads."""
+    log_p = logits.float().log_softmax(dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def agreement_objective(logits: Tensor) -> Tensor:
+    """Minus the log-sum-exp of each sample's logits over all classes ``[B]``: label-free and
+    class-agnostic. Lowering it raises the image's similarity to every class's text at once, so
+    the prompt moves along what the image shares with all of them (its style, its domain), not
+    toward one class."""
+    return -torch.logsumexp(logits.float(), dim=1)
+
+
+#: ``TRAINER.PD.OVERFIT.TARGET``: name -> (per-sample objective, whether it needs the labels)
+LABEL_FREE_OBJECTIVES: Dict[str, Callable[[Tensor], Tensor]] = {"entropy": entropy_objective,
+                                                                "agreement": agreement_objective}
+OVERFIT_TARGETS = ("label", *LABEL_FREE_OBJECTIVES)
+
+
+def target_objective(target: str, logits: Tensor, labels: Optional[Tensor], label_weight: float = 0.0) -> Tensor:
+    """The per-sample loss ``[B]`` that overfitting lowers for ``target`` (``OVERFIT_TARGETS``):
+    ``label`` is the true-label CE; a label-free target is its objective, plus ``label_weight``
+    times the true-label CE when that weight is > 0 (a mix of the two; it needs the labels)."""
+    if target == "label":
+        if labels is None:
+            raise ValueError("the overfitting target 'label' needs the labels (a label-free target does not)")
+        return label_objective(logits, labels)
+    if target not in LABEL_FREE_OBJECTIVES:
+        raise ValueError(f"unknown overfitting target {target!r}; allowed: {', '.join(OVERFIT_TARGETS)}")
+    loss = LABEL_FREE_OBJECTIVES[target](logits)
+    if label_weight > 0:
+        if labels is None:
+            raise ValueError(f"the overfitting target {target!r} with a label weight > 0 needs the labels")
+        loss = loss + label_weight * label_objective(logits, labels)
+    return loss
 
 
 def overfit_prompts(

@@ -1,7 +1,8 @@
 """Per-image predictions of an evaluation, written beside its log for paired comparisons.
 
-``test()`` writes ``<OUTPUT_DIR>/predictions_<split>.json``: the label and the top-1 prediction of
-every evaluated image, in loader order, and a SHA-1 of the image paths in that order. Two runs
+``test()`` writes ``<OUTPUT_DIR>/predictions_<split>.json``: the label, the top-1 prediction and
+the domain label of every evaluated image, in loader order, and a SHA-1 of the image paths in that
+order. Two runs
 evaluated on the same images (same hash and labels) can then be compared image by image
 (``prompt_diffusion.results``: paired differences with their standard errors), which separates a
 method's effect from the sampling noise of the test set.
@@ -11,7 +12,7 @@ import json
 import os
 import os.path as osp
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from torch import Tensor
@@ -31,10 +32,22 @@ class Predictions:
     images_sha1: str
     labels: List[int]
     predictions: List[int]
+    domains: List[int] = field(default_factory=list)  # per image (empty: the loader gave none)
 
     @property
     def correct(self) -> List[bool]:
         return [p == y for p, y in zip(self.predictions, self.labels)]
+
+    def of_domain(self, domain: Optional[int]) -> "Predictions":
+        """The images of one domain (``None``: all of them), in the same order."""
+        if domain is None:
+            return self
+        if not self.domains:
+            raise ValueError(f"these {self.split} predictions record no domains, so no domain {domain} can be "
+                             "taken from them (they were written before domains were recorded: evaluate again)")
+        keep = [i for i, d in enumerate(self.domains) if d == domain]
+        return Predictions(self.split, f"{self.images_sha1}:domain{domain}", [self.labels[i] for i in keep],
+                           [self.predictions[i] for i in keep], [domain] * len(keep))
 
 
 class PredictionRecord:
@@ -45,19 +58,23 @@ class PredictionRecord:
         self.digest = hashlib.sha1()
         self.labels: List[int] = []
         self.predictions: List[int] = []
+        self.domains: List[int] = []
 
-    def add(self, impaths: Optional[Sequence[str]], labels: Tensor, outputs: Tensor) -> None:
+    def add(self, impaths: Optional[Sequence[str]], labels: Tensor, outputs: Tensor,
+            domains: Optional[Tensor] = None) -> None:
         for path in impaths or []:
             self.digest.update(str(path).encode("utf-8") + b"\n")
         self.labels += labels.detach().cpu().tolist()
         self.predictions += outputs.detach().argmax(dim=1).cpu().tolist()
+        if domains is not None:
+            self.domains += [int(d) for d in domains]
 
     def write(self, output_dir: str) -> str:
         """Write (atomically) and return the path."""
         os.makedirs(output_dir, exist_ok=True)
         path = predictions_file(output_dir, self.split)
         record = {"split": self.split, "images_sha1": self.digest.hexdigest(), "labels": self.labels,
-                  "predictions": self.predictions}
+                  "predictions": self.predictions, "domains": self.domains}
         handle, tmp_path = tempfile.mkstemp(dir=output_dir, prefix=".predictions.", suffix=".tmp")
         with os.fdopen(handle, "w") as stream:
             json.dump(record, stream, separators=(",", ":"))
@@ -72,4 +89,5 @@ def read_predictions(run_dir: str, split: str = "test") -> Optional[Predictions]
         return None
     with open(path) as stream:
         data = json.load(stream)
-    return Predictions(data["split"], data["images_sha1"], list(data["labels"]), list(data["predictions"]))
+    return Predictions(data["split"], data["images_sha1"], list(data["labels"]), list(data["predictions"]),
+                       list(data.get("domains", [])))

@@ -267,7 +267,7 @@ class SimpleTrainer(TrainerBase):
             input, label = self.parse_batch_test(batch)
             output = timer.time(lambda: self.model_inference(input), label.shape[0])
             self.evaluator.process(output, label)
-            predictions.add(batch.get("impath"), label, output)
+            predictions.add(batch.get("impath"), label, output, batch.get("domain"))
         results = self.evaluator.evaluate()
         predictions.write(self.output_dir)
         # model time only (engine/timing.py says what it includes), read by `prompt-diffusion table` for Figure 4

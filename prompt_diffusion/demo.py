@@ -1,8 +1,11 @@
 """The demo: the experiment spec ``configs/experiments/demo.yaml``, run and printed like any other.
 
-``configs/experiments/demo.yaml`` is base-to-new on the toy world with the shipped small CLIP:
-zero-shot CLIP, a host trainer and its PD variant (the spec's comments say which settings differ
-from the upstream configs and why). The demo applies the command line's changes (methods, seeds,
+``configs/experiments/demo.yaml`` is base-to-new on the mixed-style toy world (``ToyWorldMixed``:
+each image's style drawn at random, so a prompt per image has something to gain) with the shipped
+small CLIP: zero-shot CLIP, the style-oracle ceiling, a host trainer and its PD variant, each
+column split by style (the spec's comments say which settings differ from the upstream configs and
+why). Under the table, one plain sentence per PD row says whether its difference to its host
+clears the noise. The demo applies the command line's changes (methods, seeds,
 shots, epochs, test images, extra ``KEY VALUE`` opts) to that spec, writes the result as
 ``<out>/demo.yaml``, runs it with the sweep's functions (``prompt_diffusion.sweep``: normal run
 folders under ``<out>/base2new/``, finished runs skipped, interrupted ones resumed) and prints the
@@ -27,18 +30,19 @@ from prompt_diffusion.results import ResultTable, plot_bars, to_csv, to_markdown
 from prompt_diffusion.sweep import EXPERIMENTS_DIR, Run, Spec, expand, load_spec, run_local, table_for, validate_spec
 
 DEMO_SPEC = EXPERIMENTS_DIR / "demo.yaml"
-ZERO_SHOT = "ZeroshotCLIP"
 # console lines of a run shown while it goes: Dassl's progress line, the evaluation and its result
 PROGRESS_LINE = re.compile(r"^(epoch \[\d+/\d+\] batch|Evaluate on|\* accuracy)")
 
 
-def demo_methods() -> Tuple[str, ...]:
-    """The methods of the demo spec a user can choose (zero-shot CLIP is added by ``zero_shot``)."""
-    return tuple(name for name in yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))["methods"]
-                 if name != ZERO_SHOT)
+def _spec_methods() -> Dict[str, dict]:
+    return yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))["methods"]
 
 
-DEMO_METHODS = demo_methods()
+#: the demo spec's rows with nothing to train (zero-shot CLIP, the style oracle): added by ``zero_shot``
+REFERENCE_ROWS = tuple(name for name, entry in _spec_methods().items()
+                       if isinstance(entry, dict) and entry.get("train") is False)
+#: the methods of the demo spec a user can choose
+DEMO_METHODS = tuple(name for name in _spec_methods() if name not in REFERENCE_ROWS)
 
 
 @dataclass
@@ -52,7 +56,7 @@ class DemoSettings:
     epochs: int = 2
     test_per_class: int = 10
     data_root: Optional[Path] = None  # DATASET.ROOT for the rendered toy world; None: <out_dir>/data
-    zero_shot: bool = True  # add the ZeroshotCLIP row (no training)
+    zero_shot: bool = True  # add the rows with nothing to train (REFERENCE_ROWS: zero-shot CLIP, the style oracle)
     verbose: bool = False  # show every console line of the runs (they always go to console.txt and log.txt)
     threads: int = 1  # torch threads per run
     jobs: int = 2  # runs at a time
@@ -76,11 +80,11 @@ class DemoSettings:
 def write_spec(settings: DemoSettings) -> Path:
     """``configs/experiments/demo.yaml`` with the settings' changes, as ``<out>/demo.yaml``."""
     data = yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))
-    chosen = ((ZERO_SHOT,) if settings.zero_shot else ()) + tuple(settings.methods)
+    chosen = (REFERENCE_ROWS if settings.zero_shot else ()) + tuple(settings.methods)
     data["methods"] = {name: entry for name, entry in data["methods"].items() if name in chosen}
     data["seeds"], data["shots"] = list(settings.seeds), settings.shots
     n_seeds = len(settings.seeds)
-    data["title"] = (f"Demo: base-to-new on ToyWorld (toy CLIP, {settings.shots} shot{'s' * (settings.shots > 1)}, "
+    data["title"] = (f"Demo: base-to-new on ToyWorldMixed (toy CLIP, {settings.shots} shot{'s' * (settings.shots > 1)}, "
                      f"{settings.epochs} epoch{'s' * (settings.epochs > 1)}, {n_seeds} seed{'s' * (n_seeds > 1)})")
     data["opts"].update({"OPTIM.MAX_EPOCH": settings.epochs, "DATASET.TOY.TEST_PER_CLASS": settings.test_per_class})
     data["opts"].update(zip(settings.extra_opts[::2], settings.extra_opts[1::2]))
@@ -130,14 +134,44 @@ def write_outputs(table: ResultTable, out_dir: Path, column_names: Dict[str, str
     return written
 
 
+def verdicts(table: ResultTable, column: str, column_name: str) -> List[str]:
+    """One plain sentence per row with a host: its H difference to the host on ``column``, paired
+    image by image, and whether that clears the noise of the test images and of the seeds."""
+    labels = {row.key: row.label for row in table.rows}
+    lines = []
+    for row in table.rows:
+        difference = row.paired.get(column, {}).get("hm") if row.host is not None else None
+        if difference is None:
+            continue
+        seeds = f"{difference.seeds} seed{'s' * (difference.seeds > 1)}"
+        head = (f"{row.label} vs {labels.get(row.host, str(row.host))}, H on {column_name}: "
+                f"{difference.mean:+.2f} ± {difference.se:.2f} points (paired over the same test images, {seeds})")
+        seed_se = difference.seed_se
+        if difference.within_noise():
+            verdict = "within the noise of the test images: this run shows no difference."
+        elif seed_se is not None and abs(difference.mean) <= seed_se:
+            verdict = (f"clears the test images' noise but not the spread of the seeds (± {seed_se:.2f}): "
+                       "it may be seed luck.")
+        else:
+            direction = "better" if difference.mean > 0 else "worse"
+            more = "" if seed_se is not None else "; one seed, so training noise is not in that error: run --seeds 1 2 3"
+            verdict = f"{direction} than its host by more than its standard error{more}."
+        lines.append(f"{head}: {verdict}")
+    return lines
+
+
 def main(settings: DemoSettings) -> ResultTable:
-    """Run the demo, print its table and where everything went; returns the table."""
+    """Run the demo, print its table, the verdict on each PD row and where everything went;
+    returns the table."""
     started = time.time()
     spec = demo_spec(settings)
     table = run_demo(settings, spec)
     written = write_outputs(table, settings.out_dir, spec.column_names)
     print()
     print(to_markdown(table, spec.column_names))
+    column = spec.datasets[0]
+    for line in verdicts(table, column, spec.column_names.get(column, column)):
+        print(line)
     print(f"demo wall time {time.time() - started:.0f} s ({settings.jobs} run(s) at a time, {settings.threads} "
           f"thread(s) each); runs under {settings.out_dir / 'base2new'}")
     for kind, path in written.items():
@@ -153,5 +187,5 @@ def run_dirs(settings: DemoSettings, method: str, seed: int) -> Sequence[Path]:
             if run.method == method and run.seed == seed]
 
 
-__all__ = ["DemoSettings", "DEMO_METHODS", "DEMO_SPEC", "write_spec", "demo_spec", "run_demo", "run_dirs",
+__all__ = ["DemoSettings", "DEMO_METHODS", "DEMO_SPEC", "REFERENCE_ROWS", "verdicts", "write_spec", "demo_spec", "run_demo", "run_dirs",
            "write_outputs", "main"]

@@ -22,13 +22,17 @@ def test_short_demo_writes_the_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| CoCoOpPD |" in printed and "| ZeroshotCLIP |" in printed
     with open(out / "demo_table.csv") as handle:  # the CSV `prompt-diffusion table --csv` writes
-        rows = {(row["method"], row["metric"]): row for row in csv.DictReader(handle)}
-    assert {method for method, _ in rows} == {"ZeroshotCLIP", "CoCoOp", "CoCoOpPD"}
-    for method in ("ZeroshotCLIP", "CoCoOp", "CoCoOpPD"):
+        rows = {(row["method"], row["metric"]): row for row in csv.DictReader(handle)
+                if row["column"] == "toy_world_mixed"}
+    assert {method for method, _ in rows} == {"ZeroshotCLIP", "StyleOracle", "CoCoOp", "CoCoOpPD"}
+    for method in ("ZeroshotCLIP", "StyleOracle", "CoCoOp", "CoCoOpPD"):
         assert 0.0 <= float(rows[method, "base"]["mean"]) <= 100.0 and 0.0 <= float(rows[method, "new"]["mean"]) <= 100.0
     assert rows["CoCoOpPD", "hm"]["host"] == "CoCoOp" and rows["CoCoOpPD", "hm"]["host_diff"] != ""
     assert float(rows["CoCoOpPD", "base"]["host_diff_se"]) >= 0.0 and float(rows["CoCoOpPD", "new"]["host_diff_se"]) >= 0.0
     assert "± its standard error over the test images" in printed  # the paired per-image difference
+    assert "### sketch" in printed  # every column split by the images' style
+    verdict = next(line for line in printed.splitlines() if line.startswith("CoCoOpPD vs CoCoOp, H on ToyWorldMixed: "))
+    assert "(paired over the same test images, 1 seed)" in verdict and verdict.endswith(".")
     # the runs are normal run folders: the training log has its base result, the model its checkpoint
     settings = DemoSettings(out_dir=out, shots=1, epochs=1)
     train_dir, test_dir = run_dirs(settings, "CoCoOpPD", 1)
@@ -45,7 +49,7 @@ def test_demo_is_a_spec_with_the_command_lines_changes(tmp_path):
     settings = DemoSettings(out_dir=tmp_path, methods=("CoOp", "CoOpPD"), seeds=(1, 2), shots=2, epochs=3,
                             test_per_class=4, extra_opts=["TRAINER.PD.NFE", "3"])
     spec = load_spec(str(write_spec(settings)))
-    assert [m.name for m in spec.methods] == ["ZeroshotCLIP", "CoOp", "CoOpPD"]
+    assert [m.name for m in spec.methods] == ["ZeroshotCLIP", "StyleOracle", "CoOp", "CoOpPD"]
     assert (spec.seeds, spec.shots) == ([1, 2], 2)
     opts = dict(zip(spec.opts[::2], spec.opts[1::2]))
     assert (opts["OPTIM.MAX_EPOCH"], opts["DATASET.TOY.TEST_PER_CLASS"], opts["TRAINER.PD.NFE"]) == ("3", "4", "3")

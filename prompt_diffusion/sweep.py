@@ -471,7 +471,7 @@ def expand(spec: Spec, output_root: Path, imports: Sequence[str] = ()) -> List[C
     """All chains of a spec, method by method (in the spec's order), then swept value, dataset, seed.
 
     Run dirs: ``<output_root>/<base2new|xd>/<phase>/<dataset>/shots_<S>/<trainer>/<config>[_<opts
-    hash>][_<setting><value>]/seed<N>``, as the upstream scripts lay them out. A method with
+    hash>][_<setting><value>][_weights-<method>]/seed<N>``, as the upstream scripts lay them out. A method with
     ``train: false`` gets a ``test_base`` (``test`` for cross_dataset) run in place of its training
     run; one with ``weights`` loads that method's model in each run, and its runs join that chain. ``imports``: ``--import`` modules every run gets (paths made absolute).
     """
@@ -484,6 +484,8 @@ def expand(spec: Spec, output_root: Path, imports: Sequence[str] = ()) -> List[C
     def run_dir(method: Method, train_value: Optional[Any], phase: str, on: str, seed: int,
                 eval_value: Optional[Any] = None) -> Path:
         name = Path(method.config).name + _dir_tag(spec.opts + method.opts) + _value_tag(spec, train_value)
+        if method.weights is not None:  # the same trainer and opts over another method's models: its own dirs
+            name += f"_weights-{method.weights}"
         return (output_root / kind / phase / on / f"shots_{spec.shots}" / method.trainer /
                 (name + _value_tag(spec, eval_value)) / f"seed{seed}")
 

@@ -50,11 +50,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 from tqdm import tqdm
 
-import prompt_diffusion.configs
 from prompt_diffusion.results import (COMPLETE, MISSING, Measurement, PaperTable, ResultTable, RowKey, build_table,
                                       load_paper_table, paper_table_ids, read_run)
+from prompt_diffusion.shipped import CONFIGS_DIR
 
-CONFIGS_DIR = Path(prompt_diffusion.configs.__file__).resolve().parent
 RUN_CONFIG = "run_config.yaml"  # in a run folder: the config the sweep launched the run with
 EXPERIMENTS_DIR = CONFIGS_DIR / "experiments"
 PROTOCOLS = ("base2new", "cross_dataset")

@@ -28,6 +28,7 @@ from yacs.config import CfgNode
 
 from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
 from prompt_diffusion.config import extend_cfg
+from prompt_diffusion.shipped import resolve_config_path, shipped_note
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -54,9 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
     parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
     parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
-    parser.add_argument("--config-file", type=str, default="", help="path to config file")
+    parser.add_argument("--config-file", action="append", default=[],
+                        help="path to config file (repeatable: merged in the order given, e.g. a trainer's config "
+                             "then configs/profiles/toy_cpu.yaml); a configs/... path not in the working folder "
+                             "is the installed package's")
     parser.add_argument("--dataset-config-file", type=str, default="",
-                        help="path to config file for dataset setup")
+                        help="path to config file for dataset setup (configs/... as --config-file)")
     parser.add_argument("--trainer", type=str, default="", help="name of trainer")
     parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
     parser.add_argument("--head", type=str, default="", help="name of head")
@@ -77,8 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="modify config options using the command-line, e.g. OPTIM.LR 0.01")
 
 
-def merge_config_file(cfg: CfgNode, path: str, flag: str) -> None:
-    """``cfg.merge_from_file(path)`` with errors that name the flag, the file and the key."""
+def merge_config_file(cfg: CfgNode, path: str, flag: str) -> bool:
+    """``cfg.merge_from_file(path)`` with errors that name the flag, the file and the key; a
+    ``configs/...`` path absent from the working folder is the shipped config (returns True then)."""
+    path, shipped = resolve_config_path(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f"{flag} {path}: no such file")
     try:
@@ -86,6 +92,7 @@ def merge_config_file(cfg: CfgNode, path: str, flag: str) -> None:
     except KeyError as error:
         raise KeyError(f"{flag} {path}: {error.args[0]} (not a key of the default config, "
                        "prompt_diffusion.config.extend_cfg or its trainer)") from error
+    return shipped
 
 
 def reset_cfg(cfg: CfgNode, args: argparse.Namespace) -> None:
@@ -112,16 +119,18 @@ def reset_cfg(cfg: CfgNode, args: argparse.Namespace) -> None:
         cfg.MODEL.HEAD.NAME = args.head
 
 
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Defaults -> dataset file -> trainer file -> flags -> opts; returns the frozen config."""
+def setup_cfg(args: argparse.Namespace, notes: Optional[List[str]] = None) -> CfgNode:
+    """Defaults -> dataset file -> trainer file(s) -> flags -> opts; returns the frozen config.
+    ``notes`` gets the lines the log should say (shipped configs used)."""
     from prompt_diffusion.engine import get_cfg_default
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
-    if args.dataset_config_file:
-        merge_config_file(cfg, args.dataset_config_file, "--dataset-config-file")
-    if args.config_file:
-        merge_config_file(cfg, args.config_file, "--config-file")
+    files = ([(args.dataset_config_file, "--dataset-config-file")] if args.dataset_config_file else []) + [
+        (path, "--config-file") for path in args.config_file]
+    shipped = [path for path, flag in files if merge_config_file(cfg, path, flag)]
+    if shipped and notes is not None:
+        notes.append(shipped_note(shipped))
     reset_cfg(cfg, args)
     opts = list(args.opts or [])
     if len(opts) % 2:
@@ -160,13 +169,13 @@ def prepare(args: argparse.Namespace) -> Tuple[CfgNode, List[str]]:
     if args.allow_unsafe_checkpoints:
         os.environ[UNSAFE_ENV] = "1"
     imported = load_plugins(args.imports)
-    cfg = setup_cfg(args)
+    notes = [f"Imported plug-in modules: {', '.join(imported)}"] if imported else []
+    cfg = setup_cfg(args, notes)
     check_backbone_weights(cfg)
     cfg.defrost()
     capped = cap_workers(cfg)
     cfg.freeze()
-    notes = ([f"Imported plug-in modules: {', '.join(imported)}"] if imported else []) + ([capped] if capped else [])
-    return cfg, notes
+    return cfg, notes + ([capped] if capped else [])
 
 
 def run(args: argparse.Namespace) -> int:

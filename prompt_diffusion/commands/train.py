@@ -159,9 +159,12 @@ def print_args(args: argparse.Namespace, cfg: CfgNode) -> None:
 def prepare(args: argparse.Namespace) -> Tuple[CfgNode, List[str]]:
     """What ``train`` and ``diagnose`` do before building a trainer, cheapest checks first: the
     registries (``--import``, plug-ins), the config, the data-loader workers (capped at the
-    available cores) and the CLIP weights file (before any data is rendered or read). Returns the
+    available cores), the CLIP weights file (before any data is rendered or read) and the dataset's
+    own checks (``check_before_run``: a benchmark's layout, an image folder's every image), so bad
+    input fails before the run folder is written. Returns the
     frozen config and the lines the log should start with (plug-ins imported, workers capped)."""
     from prompt_diffusion.backbones import check_backbone_weights
+    from prompt_diffusion.data import check_dataset_before_run
     from prompt_diffusion.engine.checkpoint import UNSAFE_ENV
     from prompt_diffusion.engine.utils import cap_workers
     from prompt_diffusion.plugins import load_plugins
@@ -172,6 +175,7 @@ def prepare(args: argparse.Namespace) -> Tuple[CfgNode, List[str]]:
     notes = [f"Imported plug-in modules: {', '.join(imported)}"] if imported else []
     cfg = setup_cfg(args, notes)
     check_backbone_weights(cfg)
+    check_dataset_before_run(cfg)
     cfg.defrost()
     capped = cap_workers(cfg)
     cfg.freeze()

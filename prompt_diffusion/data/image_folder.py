@@ -94,12 +94,10 @@ def seeded_split(entries: Sequence[SplitEntry]) -> Dict[str, List[SplitEntry]]:
     return splits
 
 
-def unreadable_images(dataset_dir: str, entries: Sequence[SplitEntry]) -> List[str]:
-    """``"<full path> (<PIL's error type>)"`` for every entry PIL cannot read as an image (header and data)."""
+def unreadable_images(paths: Sequence[str]) -> List[str]:
+    """``"<path> (<PIL's error type>)"`` for every file PIL cannot read as an image (header and data)."""
     bad = []
-    for relpath, _, _ in tqdm(entries, desc="checking images", leave=False,
-                              disable=True if len(entries) < 500 else None):
-        path = os.path.join(dataset_dir, relpath)
+    for path in tqdm(paths, desc="checking images", leave=False, disable=True if len(paths) < 500 else None):
         try:
             with Image.open(path) as image:
                 image.verify()
@@ -133,7 +131,7 @@ def _read_folder(dataset_dir: str, signature: Tuple[Tuple[str, int, int], ...]) 
         entries = {**seeded_split(entries["train"]), **({"val": entries["val"]} if "val" in entries else {})}
         if not entries["val"]:
             del entries["val"]
-    bad = unreadable_images(dataset_dir, [entry for items in entries.values() for entry in items])
+    bad = unreadable_images([os.path.join(dataset_dir, relpath) for items in entries.values() for relpath, _, _ in items])
     if bad:
         raise DatasetSetupError(f"not a readable image: {bad[0]}; remove or replace it" if len(bad) == 1 else
                                 f"{len(bad)} files under {dataset_dir} are not readable images: "

@@ -50,7 +50,7 @@ def check_dataset(
     ``expected``: ``{"train", "val", "test", "classes"}`` sizes to compare with; default CoOp's
     (``split_counts.json``), none for a dataset without published sizes (``ImageFolder``).
     """
-    dataset_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), cls.dataset_dir)
+    dataset_dir = os.path.normpath(os.path.join(os.path.abspath(os.path.expanduser(root)), cls.dataset_dir))
     if expected is None:
         expected = expected_split_counts().get(cls.__name__, {})
     check = DatasetCheck(cls.__name__, dataset_dir, expected=dict(expected))

@@ -46,12 +46,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def build_predictor(args: argparse.Namespace):
+    """The run's trainer, built from its record to score ``args.images`` against its class names (or
+    ``--classnames``), its weights loaded; every input checked before anything is built."""
     from prompt_diffusion import engine
     from prompt_diffusion.commands import train
-    from prompt_diffusion.predict import (csv_text, format_table, image_paths, json_text, predict,
-                                          prediction_config)
-    from prompt_diffusion.run_record import checkpoint_epoch, read_classnames, run_classnames, write_atomically
+    from prompt_diffusion.predict import image_paths, prediction_config
+    from prompt_diffusion.run_record import checkpoint_epoch, read_classnames, run_classnames
 
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: must be at least 1")
@@ -63,13 +64,19 @@ def run(args: argparse.Namespace) -> int:
     cfg.defrost()
     prediction_config(cfg, paths, classnames, args.batch_size)
     cfg.freeze()
-    build_output = io.StringIO()
-    with contextlib.redirect_stdout(sys.stdout if args.verbose else build_output):
+    with contextlib.redirect_stdout(sys.stdout if args.verbose else io.StringIO()):
         if cfg.SEED >= 0:
             engine.set_random_seed(cfg.SEED)
         trainer = engine.build_trainer(cfg)
         trainer.load_model(args.model_dir, epoch=checkpoint_epoch(args.model_dir, args.load_epoch))
-    predictions = predict(trainer, top_k=args.top_k, with_host=args.host)
+    return trainer
+
+
+def run(args: argparse.Namespace) -> int:
+    from prompt_diffusion.predict import csv_text, format_table, json_text, predict
+    from prompt_diffusion.run_record import write_atomically
+
+    predictions = predict(build_predictor(args), top_k=args.top_k, with_host=args.host)
     for path, text in ((args.json, json_text), (args.csv, csv_text)):
         if path:
             write_atomically(path, text(predictions))

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from helpers import make_image_folder
 
 REPO = Path(__file__).resolve().parent.parent

@@ -70,7 +70,7 @@ def run_config_path(model_dir: str) -> str:
     path = osp.join(model_dir, RUN_CONFIG)
     if not osp.isfile(path):
         raise FileNotFoundError(f"--model-dir {model_dir}: no {RUN_CONFIG} (the record prompt-diffusion train "
-                                "writes); give the --config-file, --trainer and opts it was trained with")
+                                "writes); give the --config-file or --trainer, and the opts, it was trained with")
     return path
 
 
@@ -97,6 +97,8 @@ def run_classnames(model_dir: str) -> List[str]:
 def check_same_model(recorded: CfgNode, cfg: CfgNode, model_dir: str) -> None:
     """A ``ValueError`` naming the first ``MODEL_KEYS`` key whose value in ``cfg`` is not the run's."""
     then, now = flat_keys(recorded), flat_keys(cfg)
+    if then.get("TRAINER.NAME") == "":  # recorded by the sweep before train wrote the records: no trainer
+        del then["TRAINER.NAME"]
     for key in sorted(k for k in then if is_model_key(k) and k in now):
         if then[key] != now[key]:
             raise ValueError(f"--model-dir {model_dir} was trained with {key} {then[key]!r}, this command gives "

@@ -124,3 +124,17 @@ def test_predict_refuses_bad_input_in_one_line(runs, tmp_path, capsys, breakage,
 def test_diagnose_needs_only_the_run_folder(runs, capsys):
     assert cli.main(["diagnose", "--model-dir", str(runs["pd"]), "--max-images", "4"]) == 0
     assert "host" in capsys.readouterr().out
+
+
+def test_a_record_the_sweep_wrote_without_its_trainer_checks_the_rest():
+    from prompt_diffusion.config import extend_cfg
+    from prompt_diffusion.engine import get_cfg_default
+    from prompt_diffusion.run_record import check_same_model
+
+    recorded = extend_cfg(get_cfg_default())  # TRAINER.NAME "": the sweep's record before train wrote one
+    cfg = recorded.clone()
+    cfg.TRAINER.NAME = "CoOp"
+    check_same_model(recorded, cfg, "RUN")
+    cfg.TRAINER.COOP.N_CTX = 4
+    with pytest.raises(ValueError, match=r"RUN was trained with TRAINER.COOP.N_CTX 16, this command gives 4"):
+        check_same_model(recorded, cfg, "RUN")

@@ -135,13 +135,15 @@ def setup_cfg(args: argparse.Namespace, notes: Optional[List[str]] = None) -> Cf
     ``--model-dir RUN`` without ``--config-file``: RUN's record (``run_config.yaml``) comes first, a
     dataset file replaces its dataset (``DATASET.ROOT`` kept), and the output folder is
     ``RUN/eval/<dataset>_<classes>`` unless ``--output-dir`` says otherwise. With or without, a key
-    of ``run_record.MODEL_KEYS`` that differs from RUN's record is an error naming both values."""
+    of ``run_record.MODEL_KEYS`` that differs from RUN's record is an error naming both values. A RUN
+    without a record (trained before records, or in Python) needs ``--config-file`` or ``--trainer``."""
     from prompt_diffusion.engine import get_cfg_default
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
     recorded = None
-    if args.model_dir and (not args.config_file or osp.isfile(osp.join(args.model_dir, RUN_CONFIG))):
+    has_record = bool(args.model_dir) and osp.isfile(osp.join(args.model_dir, RUN_CONFIG))
+    if args.model_dir and (has_record or not (args.config_file or args.trainer)):  # else: the flags say it all
         recorded = cfg.clone()
         record = run_config_path(args.model_dir)
         merge_config_file(recorded, record, "--model-dir")

@@ -39,7 +39,10 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest>=7"],
+        # open_clip_torch: the OpenCLIP backbones (MODEL.BACKBONE.NAME open_clip:<arch>); in dev so the
+        # parity tests run (about 12 s to install with its timm and huggingface-hub from a warm pip cache)
+        "dev": ["pytest>=7", "open_clip_torch>=3"],
+        "open_clip": ["open_clip_torch>=3"],
         "slurm": ["submitit"],
     },
     entry_points={"console_scripts": ["prompt-diffusion=prompt_diffusion.cli:main"]},

@@ -3,7 +3,8 @@
 The library never downloads weights. ``MODEL.BACKBONE.NAME`` (``RN50``, ``ViT-B/16`` ...) resolves
 to ``MODEL.BACKBONE.PATH`` if set, else to ``~/.cache/clip/<file>`` (the file names the ``clip``
 package uses). Official TorchScript archives, plain state dicts and the files ``save_clip`` writes
-all load. The name ``toy`` loads the small CLIP the project ships (``prompt_diffusion.toy_clip``).
+all load. The name ``toy`` loads the small CLIP the project ships (``prompt_diffusion.toy_clip``);
+``open_clip:<arch>`` an OpenCLIP checkpoint at ``MODEL.BACKBONE.PATH`` (``prompt_diffusion.open_clip_backbone``).
 
 Precision follows the CoOp family (``TRAINER.<NAME>.PREC``): ``fp16`` keeps CLIP's half-precision
 weights, ``fp32`` and ``amp`` run a float32 model (``amp`` under autocast).
@@ -17,6 +18,7 @@ from typing import Dict, Union
 import torch
 
 from prompt_diffusion.clip_package import openai_clip_modules
+from prompt_diffusion.open_clip_backbone import check_open_clip_weights, is_open_clip_name, load_open_clip
 
 _clip_clip, _clip_model = openai_clip_modules()
 _MODELS = _clip_clip._MODELS
@@ -194,6 +196,8 @@ def load_clip(name: str, path: str = "") -> CLIP:
         from prompt_diffusion.toy_clip import load_toy_state_dict
 
         return _build_from_state_dict(load_toy_state_dict())
+    if is_open_clip_name(name):
+        return load_open_clip(name, path)
     return load_clip_file(checked_weights_path(name, path))
 
 
@@ -242,7 +246,9 @@ def check_backbone_weights(cfg) -> None:
     archive. Only for CLIP backbones (a name of the ``clip`` package, or ``MODEL.BACKBONE.PATH``);
     the shipped ``toy`` CLIP needs no file."""
     name, path = cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH
-    if path or name in _MODELS:
+    if is_open_clip_name(name):
+        check_open_clip_weights(name, path)
+    elif path or name in _MODELS:
         checked_weights_path(name, path)
 
 

@@ -20,6 +20,7 @@ from prompt_diffusion import __version__
 SUBCOMMAND_MODULES: List[str] = [
     "prompt_diffusion.commands.train",
     "prompt_diffusion.commands.diagnose",
+    "prompt_diffusion.commands.predict",
     "prompt_diffusion.commands.data",
     "prompt_diffusion.commands.sweep",
     "prompt_diffusion.commands.table",

@@ -56,12 +56,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 from tqdm import tqdm
 
-import prompt_diffusion.configs
 from prompt_diffusion.results import (COMPLETE, MISSING, Measurement, PaperTable, ResultTable, RowKey, build_table,
                                       load_paper_table, paper_table_ids, read_run)
+from prompt_diffusion.run_record import PLACEMENT_KEYS, RUN_CONFIG, flat_keys
+from prompt_diffusion.shipped import CONFIGS_DIR
 
-CONFIGS_DIR = Path(prompt_diffusion.configs.__file__).resolve().parent
-RUN_CONFIG = "run_config.yaml"  # in a run folder: the config the sweep launched the run with
 EXPERIMENTS_DIR = CONFIGS_DIR / "experiments"
 PROTOCOLS = ("base2new", "cross_dataset")
 VARIANT_SCOPES = ("train", "eval")
@@ -374,9 +373,11 @@ class Run:
         return read_run(self.output_dir, self.training).status
 
     def config_text(self) -> str:
-        """The run's config as ``train`` resolves it, less the flags that place the run (root, seed,
-        output and model dirs): what ``run_one`` records in ``RUN_CONFIG`` and ``stale_runs`` compares."""
-        return _resolved_config(self.config_file, self.opts, self.dataset).dump()
+        """The run's config as ``train`` resolves it and records it in ``RUN_CONFIG``, less the flags
+        that place the run (root, seed, output and model dirs): what ``stale_runs`` compares."""
+        cfg = _resolved_config(self.config_file, self.opts, self.dataset)
+        cfg.TRAINER.NAME = self.trainer
+        return cfg.dump()
 
 
 @dataclass
@@ -625,8 +626,11 @@ def stale_runs(chains: Sequence[Chain]) -> List[str]:
         record = run.output_dir / RUN_CONFIG
         if not record.exists():
             continue
-        then, now = (_flat_keys(yaml.safe_load(text)) for text in (record.read_text(encoding="utf-8"), run.config_text()))
-        changed = sorted(key for key in then.keys() | now.keys() if then.get(key) != now.get(key))
+        then, now = (flat_keys(yaml.safe_load(text)) for text in (record.read_text(encoding="utf-8"), run.config_text()))
+        if then.get("TRAINER.NAME") == "":  # recorded by the sweep itself, before train wrote the records
+            then["TRAINER.NAME"] = now["TRAINER.NAME"]
+        changed = sorted(key for key in then.keys() | now.keys()
+                         if key not in PLACEMENT_KEYS and then.get(key) != now.get(key))
         if changed:
             shown = ", ".join(f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
             stale.append(f"{run.output_dir}: {shown}" + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""))
@@ -639,23 +643,12 @@ def stale_message(stale: Sequence[str]) -> str:
             "--output:\n" + "\n".join(stale))
 
 
-def _flat_keys(node: Any, prefix: str = "") -> Dict[str, Any]:
-    """``{"A.B": value}`` of a nested config dict."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    return {key: value for name, child in node.items()
-            for key, value in _flat_keys(child, f"{prefix}.{name}" if prefix else str(name)).items()}
-
-
 def run_one(run: Run, root: str, env: Optional[Dict[str, str]] = None,
             echo: Optional[Callable[[str], None]] = None) -> Tuple[int, str]:
     """Run one ``prompt-diffusion train`` in a child process; its console output goes, line by line
     as it comes, to ``<output_dir>/console.txt`` and to ``echo`` when given. Returns (exit code,
     the console's tail on failure)."""
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    record = run.output_dir / RUN_CONFIG
-    if not record.exists():
-        record.write_text(run.config_text(), encoding="utf-8")
     console_path = run.output_dir / "console.txt"
     command = [sys.executable, "-m", "prompt_diffusion"] + run.argv(root)
     with open(console_path, "a", encoding="utf-8", buffering=1) as console:

@@ -47,7 +47,7 @@ def test_shipped_spec_validates_and_its_commands_parse(name, tmp_path):
         assert line.startswith("prompt-diffusion train ")
         args = parser.parse_args(shlex.split(line)[1:])
         assert (args.command, args.trainer, args.seed, args.root) == ("train", run.trainer, run.seed, "/data")
-        assert Path(args.output_dir) == run.output_dir and Path(args.config_file).is_file()
+        assert Path(args.output_dir) == run.output_dir and [Path(path).is_file() for path in args.config_file] == [True]
         assert Path(args.dataset_config_file).name == f"{run.dataset}.yaml"
         assert args.eval_only == (not run.training)
         if not run.training and run.model_dir is not None:
@@ -283,8 +283,8 @@ def script_commands(script, *args):
 
 def parsed(line):
     args = build_parser().parse_args(shlex.split(line)[1:])
-    for key in ("config_file", "dataset_config_file"):
-        setattr(args, key, (REPO / getattr(args, key)).resolve())
+    args.dataset_config_file = (REPO / args.dataset_config_file).resolve()
+    args.config_file = [(REPO / path).resolve() for path in args.config_file]
     return args
 
 

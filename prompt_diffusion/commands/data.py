@@ -31,23 +31,24 @@ def add_parser(subparsers) -> None:
     )
     check.add_argument("--root", required=True, help="DATASET.ROOT: the folder holding the datasets")
     check.add_argument("--dataset", action="append", metavar="NAME",
-                       help="check only this dataset (registry name, e.g. OxfordPets); repeatable")
+                       help="check only this dataset (registry name, e.g. OxfordPets; ImageFolder: --root is a "
+                            "folder of one's own images, train/<class>/<image>); repeatable")
     check.set_defaults(func=run_check)
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from prompt_diffusion.data import BENCHMARK_DATASETS
+    from prompt_diffusion.data import BENCHMARK_DATASETS, CHECKABLE_DATASETS
     from prompt_diffusion.data.check import check_dataset, format_check
 
     names: List[str] = args.dataset or list(BENCHMARK_DATASETS)
-    unknown = [name for name in names if name not in BENCHMARK_DATASETS]
+    unknown = [name for name in names if name not in CHECKABLE_DATASETS]
     if unknown:
-        print(f"error: unknown dataset(s) {unknown}; choose from {sorted(BENCHMARK_DATASETS)}",
+        print(f"error: unknown dataset(s) {unknown}; choose from {sorted(CHECKABLE_DATASETS)}",
               file=sys.stderr)
         return 2
     print(f"Dataset root: {args.root}")
-    checks = [check_dataset(BENCHMARK_DATASETS[name], args.root)
+    checks = [check_dataset(CHECKABLE_DATASETS[name], args.root)
               for name in tqdm(names, desc="checking", leave=False, disable=True if len(names) == 1 else None)]
     for check in checks:
         print(format_check(check))

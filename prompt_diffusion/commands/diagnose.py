@@ -7,13 +7,12 @@ the predicted label (paired differences to the host with standard errors, predic
 broken), how the generated residuals align with the overfitted ones, and the diffusion fit
 (prompt_diffusion.diagnostics).
 
-Example (the run the toy benchmark trains for CoCoOpPD, seed 1, on its new classes):
+The run folder describes itself (its run_config.yaml: trainer, config files and opts), so
+--model-dir alone is enough; flags and opts given on top change it (a dataset, its classes, the
+split). Example (a CoCoOpPD run trained on base classes, diagnosed on the new ones):
 
-    prompt-diffusion diagnose --root data --trainer CoCoOpPD \\
-      --dataset-config-file configs/datasets/toy_world.yaml \\
-      --config-file configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml \\
-      --model-dir output/.../seed1 --load-epoch 2 --max-images 500 \\
-      DATASET.SUBSAMPLE_CLASSES new MODEL.BACKBONE.NAME toy INPUT.SIZE "(32, 32)" ...
+    prompt-diffusion diagnose --model-dir output/dtd/CoCoOpPD/seed1 --max-images 500 \\
+      DATASET.SUBSAMPLE_CLASSES new
 """
 import argparse
 import json
@@ -46,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from prompt_diffusion import engine
     from prompt_diffusion.diagnostics import diagnose, probe
+    from prompt_diffusion.run_record import checkpoint_epoch
 
     if not args.model_dir:
         raise SystemExit("prompt-diffusion diagnose: --model-dir (a trained PD run) is required")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(trainer, "pd_enabled", False):
         raise SystemExit(f"prompt-diffusion diagnose: trainer {cfg.TRAINER.NAME} is not a prompt-diffusion "
                          "trainer with TRAINER.PD.ENABLE True")
-    trainer.load_model(args.model_dir, epoch=args.load_epoch)
+    trainer.load_model(args.model_dir, epoch=checkpoint_epoch(args.model_dir, args.load_epoch))
     loader = {"test": trainer.test_loader, "val": trainer.val_loader, "train": trainer.train_loader_x}[args.split]
     if loader is None:
         raise SystemExit(f"prompt-diffusion diagnose: the dataset has no {args.split} split")

@@ -3,9 +3,16 @@
 Config: Dassl defaults + prompt_diffusion.config.extend_cfg -> --dataset-config-file ->
 --config-file -> flags (--root, --output-dir, --seed ...) -> KEY VALUE opts (flags may also come
 after the opts). Then <OUTPUT_DIR>/log.txt (written as the run goes; the environment report goes to
-<OUTPUT_DIR>/env.txt), the CLIP weights are checked, and the trainer is built: train() resumes from
-OUTPUT_DIR when it holds checkpoints, so an interrupted run is resumed by the same command;
---eval-only loads --model-dir at --load-epoch (default: model-best) and tests.
+<OUTPUT_DIR>/env.txt), the CLIP weights and the dataset's layout are checked, the run folder records
+its config (run_config.yaml) and class names (classnames.txt), and the trainer is built: train()
+resumes from OUTPUT_DIR when it holds checkpoints, so an interrupted run is resumed by the same
+command; --eval-only loads --model-dir at --load-epoch (default: model-best, else the last epoch) and
+tests. With --model-dir and no --config-file the run's record is the config (flags, a dataset file and
+opts change it; a different backbone, trainer or prompt shape is an error naming both values):
+
+  prompt-diffusion train --eval-only --model-dir output/dtd/CoCoOpPD/seed1 DATASET.SUBSAMPLE_CLASSES new
+
+Paths configs/... not in the working folder are the installed package's configs.
 
 A trainer defined outside this package is found with --import MODULE_OR_FILE (repeatable) or
 through an installed package's "prompt_diffusion.plugins" entry point.
@@ -28,6 +35,9 @@ from yacs.config import CfgNode
 
 from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
 from prompt_diffusion.config import extend_cfg
+from prompt_diffusion.run_record import (RUN_CONFIG, check_same_model, checkpoint_epoch, run_config_path,
+                                         write_classnames, write_run_config)
+from prompt_diffusion.shipped import resolve_config_path, shipped_note
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -54,9 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
     parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
     parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
-    parser.add_argument("--config-file", type=str, default="", help="path to config file")
+    parser.add_argument("--config-file", action="append", default=[],
+                        help="path to config file (repeatable: merged in the order given, e.g. a trainer's config "
+                             "then configs/profiles/toy_cpu.yaml); a configs/... path not in the working folder "
+                             "is the installed package's")
     parser.add_argument("--dataset-config-file", type=str, default="",
-                        help="path to config file for dataset setup")
+                        help="path to config file for dataset setup (configs/... as --config-file)")
     parser.add_argument("--trainer", type=str, default="", help="name of trainer")
     parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
     parser.add_argument("--head", type=str, default="", help="name of head")
@@ -77,8 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="modify config options using the command-line, e.g. OPTIM.LR 0.01")
 
 
-def merge_config_file(cfg: CfgNode, path: str, flag: str) -> None:
-    """``cfg.merge_from_file(path)`` with errors that name the flag, the file and the key."""
+def merge_config_file(cfg: CfgNode, path: str, flag: str) -> bool:
+    """``cfg.merge_from_file(path)`` with errors that name the flag, the file and the key; a
+    ``configs/...`` path absent from the working folder is the shipped config (returns True then)."""
+    path, shipped = resolve_config_path(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f"{flag} {path}: no such file")
     try:
@@ -86,6 +101,7 @@ def merge_config_file(cfg: CfgNode, path: str, flag: str) -> None:
     except KeyError as error:
         raise KeyError(f"{flag} {path}: {error.args[0]} (not a key of the default config, "
                        "prompt_diffusion.config.extend_cfg or its trainer)") from error
+    return shipped
 
 
 def reset_cfg(cfg: CfgNode, args: argparse.Namespace) -> None:
@@ -112,16 +128,39 @@ def reset_cfg(cfg: CfgNode, args: argparse.Namespace) -> None:
         cfg.MODEL.HEAD.NAME = args.head
 
 
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Defaults -> dataset file -> trainer file -> flags -> opts; returns the frozen config."""
+def setup_cfg(args: argparse.Namespace, notes: Optional[List[str]] = None) -> CfgNode:
+    """Defaults -> dataset file -> trainer file(s) -> flags -> opts; returns the frozen config.
+    ``notes`` gets the lines the log should say (shipped configs used, the run record read).
+
+    ``--model-dir RUN`` without ``--config-file``: RUN's record (``run_config.yaml``) comes first, a
+    dataset file replaces its dataset (``DATASET.ROOT`` kept), and the output folder is
+    ``RUN/eval/<dataset>_<classes>`` unless ``--output-dir`` says otherwise. With or without, a key
+    of ``run_record.MODEL_KEYS`` that differs from RUN's record is an error naming both values. A RUN
+    without a record (trained before records, or in Python) needs ``--config-file`` or ``--trainer``."""
     from prompt_diffusion.engine import get_cfg_default
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
-    if args.dataset_config_file:
-        merge_config_file(cfg, args.dataset_config_file, "--dataset-config-file")
-    if args.config_file:
-        merge_config_file(cfg, args.config_file, "--config-file")
+    recorded = None
+    has_record = bool(args.model_dir) and osp.isfile(osp.join(args.model_dir, RUN_CONFIG))
+    if args.model_dir and (has_record or not (args.config_file or args.trainer)):  # else: the flags say it all
+        recorded = cfg.clone()
+        record = run_config_path(args.model_dir)
+        merge_config_file(recorded, record, "--model-dir")
+        if not args.config_file:  # the run describes itself
+            cfg = recorded.clone()
+            cfg.OUTPUT_DIR = ""
+            if args.dataset_config_file:  # another dataset, described anew
+                root = cfg.DATASET.ROOT
+                cfg.DATASET = extend_cfg(get_cfg_default()).DATASET
+                cfg.DATASET.ROOT = root
+            if notes is not None:
+                notes.append(f"Config: the record of --model-dir, {record}, then the flags and opts given")
+    files = ([(args.dataset_config_file, "--dataset-config-file")] if args.dataset_config_file else []) + [
+        (path, "--config-file") for path in args.config_file]
+    shipped = [path for path, flag in files if merge_config_file(cfg, path, flag)]
+    if shipped and notes is not None:
+        notes.append(shipped_note(shipped))
     reset_cfg(cfg, args)
     opts = list(args.opts or [])
     if len(opts) % 2:
@@ -130,6 +169,10 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as error:  # yacs asserts that each key exists
         raise KeyError(f"command-line opts: {error.args[0]} (not a key of the merged config)") from error
+    if recorded is not None:
+        check_same_model(recorded, cfg, args.model_dir)
+        if not cfg.OUTPUT_DIR:
+            cfg.OUTPUT_DIR = osp.join(args.model_dir, "eval", f"{cfg.DATASET.NAME}_{cfg.DATASET.SUBSAMPLE_CLASSES}")
     cfg.freeze()
     return cfg
 
@@ -147,12 +190,16 @@ def print_args(args: argparse.Namespace, cfg: CfgNode) -> None:
     print(cfg)
 
 
-def prepare(args: argparse.Namespace) -> Tuple[CfgNode, List[str]]:
+def prepare(args: argparse.Namespace, check_dataset: bool = True) -> Tuple[CfgNode, List[str]]:
     """What ``train`` and ``diagnose`` do before building a trainer, cheapest checks first: the
     registries (``--import``, plug-ins), the config, the data-loader workers (capped at the
-    available cores) and the CLIP weights file (before any data is rendered or read). Returns the
+    available cores), the CLIP weights file (before any data is rendered or read) and the dataset's
+    own checks (``check_before_run``: a benchmark's layout, an image folder's every image), so bad
+    input fails before the run folder is written (``check_dataset=False``: not the dataset, for
+    ``predict``, which reads image files instead). Returns the
     frozen config and the lines the log should start with (plug-ins imported, workers capped)."""
     from prompt_diffusion.backbones import check_backbone_weights
+    from prompt_diffusion.data import check_dataset_before_run
     from prompt_diffusion.engine.checkpoint import UNSAFE_ENV
     from prompt_diffusion.engine.utils import cap_workers
     from prompt_diffusion.plugins import load_plugins
@@ -160,13 +207,15 @@ def prepare(args: argparse.Namespace) -> Tuple[CfgNode, List[str]]:
     if args.allow_unsafe_checkpoints:
         os.environ[UNSAFE_ENV] = "1"
     imported = load_plugins(args.imports)
-    cfg = setup_cfg(args)
+    notes = [f"Imported plug-in modules: {', '.join(imported)}"] if imported else []
+    cfg = setup_cfg(args, notes)
     check_backbone_weights(cfg)
+    if check_dataset:
+        check_dataset_before_run(cfg)
     cfg.defrost()
     capped = cap_workers(cfg)
     cfg.freeze()
-    notes = ([f"Imported plug-in modules: {', '.join(imported)}"] if imported else []) + ([capped] if capped else [])
-    return cfg, notes
+    return cfg, notes + ([capped] if capped else [])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,10 +239,12 @@ def run(args: argparse.Namespace) -> int:
         with open(env_file, "w", encoding="utf-8") as stream:
             stream.write(engine.collect_env_info() + "\n")
         print(f"System info (torch's environment report): {env_file}")
+        print(f"Run record: {write_run_config(cfg.OUTPUT_DIR, cfg)}")
         with sigint_remembered():  # a Ctrl-C swallowed by a finaliser is raised at the next batch
             trainer = engine.build_trainer(cfg)
+            write_classnames(cfg.OUTPUT_DIR, list(trainer.dm.dataset.classnames))
             if args.eval_only:
-                trainer.load_model(args.model_dir, epoch=args.load_epoch)
+                trainer.load_model(args.model_dir, epoch=checkpoint_epoch(args.model_dir, args.load_epoch))
                 trainer.test()
             elif not args.no_train:
                 trainer.train()
@@ -211,11 +262,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``train`` without the rest of the command line (``python -m prompt_diffusion.commands.train``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """``train``'s own parser (its flags and defaults, without the rest of the command line)."""
     parser = argparse.ArgumentParser(prog="prompt-diffusion train", description=__doc__, formatter_class=HelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``train`` without the rest of the command line (``python -m prompt_diffusion.commands.train``)."""
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 ``import prompt_diffusion.data`` registers OxfordPets, OxfordFlowers, FGVCAircraft,
 DescribableTextures, EuroSAT, StanfordCars, Food101, SUN397, Caltech101, UCF101, ImageNet,
 ImageNetV2, ImageNetSketch, ImageNetA and ImageNetR under those upstream names, so a Dassl-style
-``build_dataset(cfg)`` finds them by ``cfg.DATASET.NAME``. The shared pieces (few-shot sampling
+``build_dataset(cfg)`` finds them by ``cfg.DATASET.NAME``; so are the toy world's datasets and
+``ImageFolder`` (a user's own images, :mod:`prompt_diffusion.data.image_folder`). The shared pieces (few-shot sampling
 and its cache, base/new classes, split files) live in :mod:`prompt_diffusion.data.fewshot` and
 :mod:`prompt_diffusion.data.splits`.
 """
@@ -26,3 +27,19 @@ BENCHMARK_DATASETS = {
 
 # the toy world (another module) registers itself here:
 from prompt_diffusion.data import toy_datasets  # noqa: F401,E402  (registers ToyWorld, ToySizes ...)
+# a user's own images, one folder per class:
+from prompt_diffusion.data.image_folder import ImageFolder  # noqa: E402  (registers ImageFolder)
+
+# what `prompt-diffusion data check --dataset NAME` checks: the benchmarks, and ImageFolder on request
+CHECKABLE_DATASETS = {**BENCHMARK_DATASETS, "ImageFolder": ImageFolder}
+
+
+def check_dataset_before_run(cfg) -> None:
+    """The checks a dataset's class offers (``check_before_run(cfg)``: the benchmarks' layout, an
+    image folder's whole read), run before a run folder is written; other datasets have none here."""
+    from prompt_diffusion.engine import DATASET_REGISTRY
+
+    if cfg.DATASET.NAME in DATASET_REGISTRY.registered_names():
+        check = getattr(DATASET_REGISTRY.get(cfg.DATASET.NAME), "check_before_run", None)
+        if check is not None:
+            check(cfg)

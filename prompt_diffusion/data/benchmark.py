@@ -133,6 +133,12 @@ class BenchmarkDataset(DatasetBase):
                 + f"\n  (layouts: {COOP_DATASETS_MD})"
             )
 
+    @classmethod
+    def check_before_run(cls, cfg) -> None:
+        """The cheap layout checks (folder and required files), which ``train`` runs before it writes
+        the run folder; reading the splits waits for the dataset's build."""
+        cls.require_layout(cls.locate(os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))))
+
     # ---- reading ------------------------------------------------------------------------------
 
     @classmethod

@@ -48,11 +48,11 @@ def check_dataset(
     """Inspect ``<root>/<cls.dataset_dir>`` without loading images or needing a config.
 
     ``expected``: ``{"train", "val", "test", "classes"}`` sizes to compare with; default CoOp's
-    (``split_counts.json``).
+    (``split_counts.json``), none for a dataset without published sizes (``ImageFolder``).
     """
-    dataset_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), cls.dataset_dir)
+    dataset_dir = os.path.normpath(os.path.join(os.path.abspath(os.path.expanduser(root)), cls.dataset_dir))
     if expected is None:
-        expected = expected_split_counts()[cls.__name__]
+        expected = expected_split_counts().get(cls.__name__, {})
     check = DatasetCheck(cls.__name__, dataset_dir, expected=dict(expected))
     if not os.path.isdir(dataset_dir):
         check.fixes.append(f"create {dataset_dir} with:\n{cls.setup_text(dataset_dir)}")
@@ -71,7 +71,7 @@ def check_dataset(
         return check
 
     check.found = dict(split_sizes(entries), classes=count_classes(entries))
-    differing = [key for key in COUNT_KEYS if check.found.get(key) != check.expected.get(key)]
+    differing = [key for key in COUNT_KEYS if check.expected and check.found.get(key) != check.expected.get(key)]
     if differing:
         check.problems.append("sizes differ from CoOp's: " + ", ".join(
             f"{key} {check.found.get(key)} (expected {check.expected.get(key)})" for key in differing))

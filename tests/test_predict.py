@@ -96,6 +96,21 @@ def test_predict_with_new_class_names_and_the_hosts_prediction(runs, tmp_path, c
     assert table[0].startswith(str(image)) and table[1].lstrip().startswith("host:")
 
 
+def test_predicts_host_column_is_the_pd_model_evaluated_with_pd_switched_off(runs, tmp_path):
+    """``--host`` on a PD run gives the top-1 that evaluating the same run with
+    ``TRAINER.PD.ENABLE False`` gives (the host prompt alone), image by image."""
+    out = tmp_path / "p.json"
+    assert cli.main(["predict", "--model-dir", str(runs["pd"]), str(runs["root"] / "test"), "--host",
+                     "--json", str(out)]) == 0
+    host_top1 = [found["host_classes"][0] for found in json.loads(out.read_text())]
+    evaluation = tmp_path / "host_only"
+    assert cli.main(["train", "--model-dir", str(runs["pd"]), "--eval-only", "--output-dir", str(evaluation),
+                     "TRAINER.PD.ENABLE", "False"]) == 0
+    names = (runs["pd"] / "classnames.txt").read_text().split("\n")
+    evaluated = json.loads((evaluation / "predictions_test.json").read_text())["predictions"]
+    assert host_top1 == [names[i] for i in evaluated]
+
+
 @pytest.mark.parametrize("breakage, message", [
     ("missing", r"nope\.png: no such image file or folder"),
     ("unreadable", r"not a readable image: .*broken\.png"),

@@ -9,6 +9,10 @@ from helpers import shared_toy_root
 from prompt_diffusion.config import extend_cfg
 from prompt_diffusion.engine import build_trainer, get_cfg_default
 
+from prompt_diffusion.adapters import ProGradAdapter
+from prompt_diffusion.clip_prompting import encode_image, prompted_logits
+from prompt_diffusion.trainers.prograd import project_gradient, projected_gradient_loss, prograd_loss_terms
+
 import prompt_diffusion.data  # noqa: F401  (registers the datasets)
 import prompt_diffusion.trainers  # noqa: F401  (registers the trainers)
 
@@ -77,3 +81,63 @@ def test_clip_adapter_with_ratio_zero_is_zero_shot_clip_exactly(tmp_path):
     assert torch.equal(eval_logits(adapter), eval_logits(zero_shot))
     mixed = build_trainer(toy_cfg("CLIPAdapter", tmp_path / "m"))
     assert not torch.allclose(eval_logits(mixed), eval_logits(zero_shot))
+
+
+def test_projection_removes_the_opposing_component_and_keeps_an_aligned_gradient():
+    reference = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    opposing = torch.tensor([[-2.0, 1.0], [0.5, 0.0]])  # dot with the reference < 0
+    projected = project_gradient(opposing, reference, lam=1.0)
+    assert torch.dot(projected.flatten(), reference.flatten()).abs() < 1e-7  # orthogonal to it
+    assert torch.equal(projected, torch.tensor([[0.0, 1.0], [0.5, 0.0]]))
+    half = project_gradient(opposing, reference, lam=0.5)  # λ < 1: part of the opposing component stays
+    assert torch.allclose(half, torch.tensor([[-1.0, 1.0], [0.5, 0.0]]))
+    aligned = torch.tensor([[2.0, -3.0], [1.0, 1.0]])
+    assert project_gradient(aligned, reference, lam=1.0) is aligned
+
+
+def test_projected_gradient_loss_has_the_loss_value_and_the_projected_gradient():
+    param = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = (param[0] - 3.0) ** 2 + param[1]  # gradient [-4, 1]
+    reference_loss = 2.0 * param[0]  # gradient [2, 0]: opposes the loss's
+    surrogate = projected_gradient_loss(loss, reference_loss, [param], lam=1.0)
+    assert surrogate.item() == loss.item()
+    surrogate.backward()
+    assert torch.equal(param.grad, torch.tensor([0.0, 1.0]))
+
+
+def toy_prograd_cfg(trainer, output_dir):
+    return toy_cfg(trainer, output_dir, **{"TRAINER.PD.DENOISER.LAYERS": 1, "TRAINER.PD.DENOISER.WIDTH": 32,
+                                          "TRAINER.PD.DENOISER.HEADS": 2, "TRAINER.PD.OVERFIT.ITERS": 1,
+                                          "TRAINER.PD.SAMPLER": "dpmpp_2m", "TRAINER.PD.NFE": 2,
+                                          "TRAINER.PD.AMED.DISTILL_ITERS": 0, "TRAINER.PD.CALIBRATE": False})
+
+
+def test_prograd_pd_uses_the_prograd_adapter_and_its_step_projects_the_host_gradient(tmp_path):
+    trainer = build_trainer(toy_prograd_cfg("ProGradPD", tmp_path))
+    assert type(trainer.pd_adapter) is ProGradAdapter
+    model = trainer.model
+    batch = next(iter(trainer.train_loader_x))
+    images, labels = trainer.parse_batch_train(batch)
+    trainer.set_model_mode("train")
+    # the two gradients ProGrad compares, at the current prompt
+    logits = model(images)
+    with torch.no_grad():
+        teacher = prompted_logits(encode_image(model.image_encoder, images), model.zs_text_features,
+                                  model.logit_scale)
+    loss, distill = prograd_loss_terms(logits, teacher, labels, model.temperature)
+    ctx = model.prompt_learner.ctx
+    (reference,) = torch.autograd.grad(distill, ctx, retain_graph=True)
+    (plain,) = torch.autograd.grad(loss, ctx)
+    expected = project_gradient(plain, reference, model.lam) * trainer.cfg.TRAINER.PD.HOST_LOSS_WEIGHT
+    # the wrapper's step: the prompt learner's gradient is the projected host gradient only
+    optimizers = {name: trainer._optims[name] for name in trainer.get_model_names()}
+    steps = {name: optim.step for name, optim in optimizers.items()}
+    for optim in optimizers.values():  # keep the gradients: no step
+        optim.step = lambda *args, **kwargs: None
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
+    summary = trainer.forward_backward(batch)
+    for name, optim in optimizers.items():
+        optim.step = steps[name]
+    assert {"loss_ce", "loss_gen", "loss_host"} <= set(summary)
+    assert torch.allclose(ctx.grad, expected, atol=1e-6, rtol=1e-5)
+    assert torch.dot(ctx.grad.flatten(), reference.flatten()) >= -1e-6  # never against the distillation

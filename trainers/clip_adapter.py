@@ -20,30 +20,13 @@ from prompt_diffusion.clip_prompting import encode_image, prompted_logits
 from prompt_diffusion.engine import TRAINER_REGISTRY
 
 from ._common import PromptedCLIPTrainer, check_image_size
+from .coprompt import FeatureMLP  # upstream's ``Adapter``, which CoPrompt took over unchanged
 from .zsclip import class_text_features, zeroshot_template
 
 
-class Adapter(nn.Module):
-    """The bottleneck MLP ``fc``: ``[B, c_in] -> [B, c_in // reduction] -> [B, c_in]``, ReLU after both layers."""
-
-    def __init__(self, c_in: int, reduction: int = 4):
-        super().__init__()
-        if reduction < 1 or c_in // reduction < 1:
-            raise ValueError(f"TRAINER.CLIP_ADAPTER.REDUCTION={reduction}: must be in [1, {c_in}] "
-                             f"(the feature width is {c_in})")
-        self.fc = nn.Sequential(
-            nn.Linear(c_in, c_in // reduction, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(c_in // reduction, c_in, bias=False),
-            nn.ReLU(inplace=True),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(x)
-
-
 class CustomCLIP(nn.Module):
-    """``image_encoder`` (CLIP's visual tower), ``adapter``, the frozen ``text_features`` ``[K, E]``
+    """``image_encoder`` (CLIP's visual tower), ``adapter`` (``Linear(E, E / reduction) -> ReLU ->
+    Linear(E / reduction, E) -> ReLU``, no biases: upstream's ``Adapter``), the frozen ``text_features`` ``[K, E]``
     (normalised; a buffer that is not saved), ``logit_scale``, ``dtype``, ``ratio``."""
 
     def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module, template: str):
@@ -56,7 +39,10 @@ class CustomCLIP(nn.Module):
         self.logit_scale = clip_model.logit_scale
         self.dtype = clip_model.dtype
         embed_dim = clip_model.text_projection.shape[1]
-        self.adapter = Adapter(embed_dim, node.REDUCTION).to(clip_model.dtype)
+        if not 1 <= node.REDUCTION <= embed_dim:
+            raise ValueError(f"TRAINER.CLIP_ADAPTER.REDUCTION={node.REDUCTION}: must be in [1, {embed_dim}] "
+                             f"(the feature width)")
+        self.adapter = FeatureMLP(embed_dim, node.REDUCTION).to(clip_model.dtype)
         self.ratio = float(node.RATIO)
         print(f"Prompt template: {template!r}")
         self.register_buffer("text_features", class_text_features(clip_model, template, classnames,

@@ -36,24 +36,16 @@ from prompt_diffusion.engine import TRAINER_REGISTRY
 
 from ._common import TextPromptedCLIP, init_text_context
 from .coop import CoOp, PromptLearner
-from .zsclip import class_text_features, zeroshot_template
+from .zsclip import CUSTOM_TEMPLATES, class_text_features, zeroshot_template
 
+# upstream's templates: zero-shot CLIP's, six of them reworded
 PROGRAD_TEMPLATES = {
+    **CUSTOM_TEMPLATES,
     "OxfordPets": "a type of pet, a photo of a {}.",
     "OxfordFlowers": "a type of flower, a photo of a {}.",
     "FGVCAircraft": "a type of aircraft, a photo of a {}.",
     "DescribableTextures": "a texture of {}.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
     "Food101": "a type of food, a photo of {}.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-    "ImageNetSketch": "a photo of a {}.",
-    "ImageNetV2": "a photo of a {}.",
-    "ImageNetA": "a photo of a {}.",
-    "ImageNetR": "a photo of a {}.",
 }
 
 

@@ -118,6 +118,10 @@ def test_prograd_pd_uses_the_prograd_adapter_and_its_step_projects_the_host_grad
     model = trainer.model
     batch = next(iter(trainer.train_loader_x))
     images, labels = trainer.parse_batch_train(batch)
+    with torch.no_grad():  # the adapter's forward at the host prompt is ProGrad's own
+        features = trainer.pd_adapter.image_features(images)
+        host = trainer.pd_adapter.logits(images, trainer.pd_adapter.host_prompts(features), features)
+        assert torch.allclose(host, model(images), atol=1e-5)
     trainer.set_model_mode("train")
     # the two gradients ProGrad compares, at the current prompt
     logits = model(images)

@@ -31,7 +31,7 @@ def _set_defaults(node: CN, name: str, values: dict) -> None:
 
 
 def _add_trainer_keys(cfg: CN) -> None:
-    """Keys of the reference trainers (CoOp, CoCoOp, VPT, IVLP) and the CLIP backbone.
+    """Keys of the reference trainers (CoOp, CoCoOp, VPT, IVLP, CLIP-Adapter, ProGrad) and the CLIP backbone.
 
     Defaults as upstream ``train.py`` ``extend_cfg`` (CoOp repo and multimodal-prompt-learning);
     ``MODEL.BACKBONE.PATH`` (local CLIP file; empty: ``~/.cache/clip/<file>``) and
@@ -45,6 +45,11 @@ def _add_trainer_keys(cfg: CN) -> None:
         "IVLP": {"N_CTX_VISION": 2, "N_CTX_TEXT": 2, "CTX_INIT": "a photo of a", "PREC": "fp16",
                  "PROMPT_DEPTH_VISION": 9, "PROMPT_DEPTH_TEXT": 9},
         "VPT": {"N_CTX_VISION": 2, "CTX_INIT": "a photo of a", "PREC": "fp16", "PROMPT_DEPTH_VISION": 1},
+        # CLIP-Adapter (gaopengcuhk/CLIP-Adapter hard-codes these: reduction 4, ratio 0.2, CLIP in fp32)
+        "CLIP_ADAPTER": {"REDUCTION": 4, "RATIO": 0.2, "PREC": "fp32"},
+        # ProGrad's own keys (upstream LOSS.LAMBDA, LOSS.T; its prompt learner reads TRAINER.COOP);
+        # TEMPLATE_INIT: the context starts as the dataset's template words (upstream CTX_INIT True)
+        "PROGRAD": {"LAMBDA": 1.0, "T": 1.0, "TEMPLATE_INIT": True},
     }
     for name, keys in trainer_keys.items():
         _set_defaults(cfg.TRAINER, name, keys)

@@ -242,6 +242,8 @@ class PaperTable:
     labels: Dict[RowKey, str]
     errata: List[Dict[str, Any]]
     data: Dict[str, Any]
+    # rows the paper prints that this library cannot run (no public code): row -> why
+    references: Dict[RowKey, str] = field(default_factory=dict)
 
     def value(self, row: RowKey, column: str, metric: str) -> Optional[float]:
         return self.cells.get(row, {}).get(column, {}).get(metric)
@@ -263,15 +265,17 @@ def load_paper_table(table_id: str) -> PaperTable:
     if not path.is_file():
         raise KeyError(f"no paper table {table_id!r}; transcribed: {', '.join(paper_table_ids())}")
     data = json.loads(path.read_text(encoding="utf-8"))
-    cells, labels = {}, {}
+    cells, labels, references = {}, {}, {}
     for row in data["rows"]:
         key = RowKey.make(row["method"], row.get("variant"))
         cells[key] = row["cells"]
         labels[key] = row.get("label", str(key))
+        if "reference" in row:
+            references[key] = row["reference"]
     return PaperTable(
         id=data["id"], protocol=data["protocol"], caption=data["caption"], metrics=list(data["metrics"]),
         columns=list(data["columns"]), cells=cells, labels=labels, errata=list(data.get("errata", [])),
-        data=data,
+        data=data, references=references,
     )
 
 
@@ -557,6 +561,16 @@ def _paper_text(table: ResultTable, row: RowKey, column: str, metric: str, notes
     return _fmt(value) + f"[^{len(notes)}]"
 
 
+def _reference_rows(table: ResultTable, column: str) -> Dict[RowKey, str]:
+    """The paper's reference rows (methods without public code, ``"reference"`` in its JSON) with
+    cells in ``column`` that the table has no row of: shown under it with the paper's numbers only."""
+    if table.paper is None:
+        return {}
+    ours = {row.key for row in table.rows}
+    return {key: why for key, why in table.paper.references.items()
+            if key not in ours and table.paper.cells[key].get(column)}
+
+
 def _diff(table: ResultTable, row: ResultRow, column: str, metric: str) -> Optional[float]:
     ours, paper = row.cells[column][metric].mean, table.paper_value(row.key, column, metric)
     return None if ours is None or paper is None else ours - paper
@@ -600,6 +614,13 @@ def to_markdown(table: ResultTable, column_names: Optional[Mapping[str, str]] = 
                 line += [_fmt(_diff(table, row, column, m), signed=True) for m in paper_metrics]
                 line += [_paired_text(row, column, m) for m in host_metrics]
                 line.append(_seed_flag(row.cells[column].values(), len(table.seeds)))
+                out.append("| " + " | ".join(line) + " |")
+            for key, why in _reference_rows(table, column).items():  # the paper's numbers only, never ours
+                if why not in notes:
+                    notes.append(why)
+                line = [f"{table.paper.labels[key]} (paper only[^{notes.index(why) + 1}])"] + ["—"] * len(table.metrics)
+                line += [_paper_text(table, key, column, m, notes) for m in paper_metrics]
+                line += ["—"] * len(paper_metrics) + [""] * len(host_metrics) + ["not run"]
                 out.append("| " + " | ".join(line) + " |")
             out.append("")
     else:

@@ -161,6 +161,23 @@ def test_paper_errata_are_footnoted_beside_the_printed_value(tmp_path):
     assert "60.83[^1]" in text and "[^1]: MaPLe average Acc.: printed 60.83, recomputed" in text
 
 
+def test_reference_rows_show_the_paper_numbers_only_and_never_a_run(tmp_path):
+    run = tmp_path / "seed1"
+    write_log(run, 80.0)
+    measurement = Measurement(RowKey("MaPLe"), "imagenet", 1, run, True, (("accuracy", "base"),))
+    table = build_table("t7", ["base", "new", "hm"], ["imagenet"], [1], [measurement], average_of=["imagenet"],
+                        paper=load_paper_table("table7"))
+    lines = to_markdown(table).splitlines()
+    llu = [line for line in lines if line.startswith("| LLU (Ibing et al., 2023) (paper only[^")]
+    assert len(llu) == 1  # in the average panel only: the paper prints no per-dataset LLU cells
+    assert llu[0].split(" | ")[1:8] == ["—", "—", "—", "83.48", "74.47", "78.46[^2]", "—"]
+    assert llu[0].endswith("| not run |")
+    assert any(line.startswith("| LLU + Diffusion Prompt (paper only[^") for line in lines)
+    assert any("no public code that this project could check" in line for line in lines if line.startswith("[^"))
+    assert not any("(paper only" in line for line in to_markdown(build_table(
+        "t7", ["base", "new", "hm"], ["imagenet"], [1], [measurement], average_of=["imagenet"])).splitlines())
+
+
 def test_a_missing_time_line_is_reported(tmp_path):
     run = tmp_path / "seed1"
     write_log(run, 80.0, training=False, extra="* time_per_image_ms: 12.5\n")

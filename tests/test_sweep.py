@@ -14,9 +14,9 @@ from prompt_diffusion.results import RowKey, paper_table_ids
 from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_names, load_spec, measurements,
                                     registered_trainers, select, table_for, validate_spec)
 
-SHIPPED = ["demo", "figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6",
-           "toy_benchmark", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4"]
-PAPERLESS = {"demo", "toy_benchmark", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4"}  # specs of this project's own demo and benchmarks
+SHIPPED = ["demo", "figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6", "table7",
+           "toy_benchmark", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4", "toy_table7"]
+PAPERLESS = {"demo", "toy_benchmark", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4", "toy_table7"}  # specs of this project's own demo and benchmarks
 
 
 def run_cli(*argv):
@@ -214,8 +214,8 @@ def test_bad_specs_name_the_problem_and_the_valid_choices(tmp_path):
     nfe += "variants: {name: nfe, key: TRAINER.PD.NFE, values: [5, 0], scope: eval}\n"
     with pytest.raises(SpecError, match=r"at nfe=0: .*TRAINER.PD.NFE"):
         validate_spec(load_spec(write_spec(tmp_path, nfe)))
-    with pytest.raises(SpecError, match="unknown experiment 'table7'; shipped: demo, figure4, figure5, table1"):
-        load_spec("table7")
+    with pytest.raises(SpecError, match="unknown experiment 'table8'; shipped: demo, figure4, figure5, table1"):
+        load_spec("table8")
     with pytest.raises(SpecError, match=r"methods \['VPT'\] not in the spec; it has \['CoCoOp'\]"):
         select(load_spec(write_spec(tmp_path, GOOD)), methods=["VPT"])
 

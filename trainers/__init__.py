@@ -4,5 +4,7 @@ Importing this package registers every trainer in ``prompt_diffusion.engine.TRAI
 and (``pd_variants``, the one module here that imports the plug-in) its prompt-diffusion
 ``<Name>PD`` variant.
 """
-from prompt_diffusion.trainers import cocoop, coop, coprompt, ivlp, maple, promptsrc, vpt, zsclip  # noqa: F401  (registers the hosts)
-from prompt_diffusion.trainers import pd_variants  # noqa: F401,E402  (registers CoOpPD ... CoPromptPD)
+from prompt_diffusion.trainers import (  # noqa: F401  (registers the hosts)
+    clip_adapter, cocoop, coop, coprompt, ivlp, maple, prograd, promptsrc, vpt, zsclip,
+)
+from prompt_diffusion.trainers import pd_variants  # noqa: F401,E402  (registers CoOpPD ... ProGradPD)

@@ -239,7 +239,7 @@ class PromptedCLIPTrainer(TrainerX):
             param.requires_grad_(any(part in name for part in self.TRAINABLE))
         enabled = sorted(name for name, param in self.model.named_parameters() if param.requires_grad)
         print(f"Parameters to be updated: {enabled}")
-        learned = self.model.prompt_learner if self.OPTIMIZE_PROMPT_LEARNER_ONLY else self.model
+        learned = self.learned_module()
         if cfg.MODEL.INIT_WEIGHTS:
             load_pretrained_weights(learned, cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
@@ -248,6 +248,11 @@ class PromptedCLIPTrainer(TrainerX):
         self.register_model(self.MODEL_NAME, learned, self.optim, self.sched)
         self.scaler = (torch.amp.GradScaler("cuda")
                        if self.prec == "amp" and torch.device(self.device).type == "cuda" else None)
+
+    def learned_module(self) -> nn.Module:
+        """The module that is registered, optimised and saved (``MODEL_NAME``): ``model.prompt_learner``
+        or, without ``OPTIMIZE_PROMPT_LEARNER_ONLY``, the whole model."""
+        return self.model.prompt_learner if self.OPTIMIZE_PROMPT_LEARNER_ONLY else self.model
 
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)

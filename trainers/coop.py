@@ -4,7 +4,7 @@ Learned text context ``prompt_learner.ctx`` (``[n_ctx, D]``, or ``[K, n_ctx, D]`
 with ``CSC``) placed before, around or after the class name (``CLASS_TOKEN_POSITION``); CLIP frozen.
 Names, shapes, initialisation and checkpoint layout as KaiyangZhou/CoOp ``trainers/coop.py``.
 """
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -22,17 +22,21 @@ CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 class PromptLearner(nn.Module):
     """``ctx`` (learned) and the class-dependent ``token_prefix`` (SOS) / ``token_suffix`` buffers."""
 
-    def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module):
+    def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module,
+                 context: Optional[Tuple[Tensor, str, int]] = None):
+        """``context``: the initial ``(ctx, prompt prefix, n_ctx)`` when not CoOp's own
+        (``init_text_context`` of ``TRAINER.COOP``; ProGrad starts from its template words)."""
         super().__init__()
         node = cfg.TRAINER.COOP
         if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
             raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}: "
                              f"must be one of {CLASS_TOKEN_POSITIONS}")
         check_image_size(cfg, clip_model)
-        n_cls = len(classnames)
-        class_specific = node.CSC and not node.CTX_INIT  # upstream: CTX_INIT gives a generic context
-        ctx_vectors, prompt_prefix, n_ctx = init_text_context(
-            clip_model, node.CTX_INIT, node.N_CTX, shape_prefix=(n_cls,) if class_specific else ())
+        if context is None:
+            class_specific = node.CSC and not node.CTX_INIT  # upstream: CTX_INIT gives a generic context
+            context = init_text_context(clip_model, node.CTX_INIT, node.N_CTX,
+                                        shape_prefix=(len(classnames),) if class_specific else ())
+        ctx_vectors, prompt_prefix, n_ctx = context
         print(f'Initial context: "{prompt_prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx_vectors)  # [n_ctx, D] or [K, n_ctx, D]

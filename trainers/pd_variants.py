@@ -1,5 +1,5 @@
 """The prompt-diffusion variants of the reference trainers, all registered here: ``CoOpPD``,
-``CoCoOpPD``, ``VPTPD``, ``IVLPPD``, ``MaPLePD``, ``PromptSRCPD``, ``CoPromptPD``.
+``CoCoOpPD``, ``VPTPD``, ``IVLPPD``, ``MaPLePD``, ``PromptSRCPD``, ``CoPromptPD``, ``ProGradPD``.
 
 Each is ``DiffusionPromptWrapper.register(<Host>)``: a subclass of the host trainer, registered
 under ``<Host>PD`` in the engine's ``TRAINER_REGISTRY``. The host modules themselves never import
@@ -12,6 +12,7 @@ from .coop import CoOp
 from .coprompt import CoPrompt
 from .ivlp import IVLP
 from .maple import MaPLe
+from .prograd import ProGrad
 from .promptsrc import PromptSRC
 from .vpt import VPT
 
@@ -22,5 +23,6 @@ IVLPPD = DiffusionPromptWrapper.register(IVLP)
 MaPLePD = DiffusionPromptWrapper.register(MaPLe)
 PromptSRCPD = DiffusionPromptWrapper.register(PromptSRC)
 CoPromptPD = DiffusionPromptWrapper.register(CoPrompt)
+ProGradPD = DiffusionPromptWrapper.register(ProGrad)
 
-__all__ = ["CoOpPD", "CoCoOpPD", "VPTPD", "IVLPPD", "MaPLePD", "PromptSRCPD", "CoPromptPD"]
+__all__ = ["CoOpPD", "CoCoOpPD", "VPTPD", "IVLPPD", "MaPLePD", "PromptSRCPD", "CoPromptPD", "ProGradPD"]

@@ -25,6 +25,7 @@ from prompt_diffusion.adapters.coop import CoOpAdapter
 from prompt_diffusion.adapters.coprompt import CoPromptAdapter
 from prompt_diffusion.adapters.ivlp import IVLPAdapter
 from prompt_diffusion.adapters.maple import MaPLeAdapter
+from prompt_diffusion.adapters.prograd import ProGradAdapter
 from prompt_diffusion.adapters.promptsrc import PromptSRCAdapter
 from prompt_diffusion.adapters.vpt import VPTAdapter
 
@@ -34,6 +35,7 @@ __all__ = [
     "CoPromptAdapter",
     "IVLPAdapter",
     "MaPLeAdapter",
+    "ProGradAdapter",
     "PromptSRCAdapter",
     "VPTAdapter",
     "ParsedBatch",

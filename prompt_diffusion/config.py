@@ -141,6 +141,9 @@ def add_pd_keys(cfg: CN) -> None:
         # log-sum-exp of the logits over all classes: class-agnostic). Label-free targets need no label
         "TARGET": "label",
         "LABEL_WEIGHT": 0.0,  # a label-free TARGET plus this times the true-label CE (0: label-free)
+        # True: the generator learns V* − V_h minus the running mean of its class's residuals (what varies
+        # within a class; diffusion.overfit.remove_class_means). Training only: inference is unchanged
+        "REMOVE_CLASS_MEAN": False,
     })
     # GPT-2 style (paper §5.1); the size of every GENERATOR (generator_registry.generator_config)
     _set_defaults(pd, "DENOISER", {"LAYERS": 12, "HEADS": 16, "WIDTH": 512})
@@ -238,9 +241,10 @@ def validate_pd_cfg(cfg: CN) -> None:
         raise ValueError(f"TRAINER.PD.INFERENCE 'tune' tunes each test image without its label: it needs a label-free "
                          f"TRAINER.PD.OVERFIT.TARGET (entropy or agreement) and OVERFIT.LABEL_WEIGHT 0, got "
                          f"TARGET {pd.OVERFIT.TARGET!r}, LABEL_WEIGHT {pd.OVERFIT.LABEL_WEIGHT}")
-    for key in ("ENABLE", "CALIBRATE"):
-        if not isinstance(pd[key], bool):
-            raise ValueError(f"TRAINER.PD.{key} = {pd[key]!r} must be True or False")
+    for key, value in (("ENABLE", pd.ENABLE), ("CALIBRATE", pd.CALIBRATE),
+                       ("OVERFIT.REMOVE_CLASS_MEAN", pd.OVERFIT.REMOVE_CLASS_MEAN)):
+        if not isinstance(value, bool):
+            raise ValueError(f"TRAINER.PD.{key} = {value!r} must be True or False")
 
 
 def _add_toy_dataset_keys(cfg: CN) -> None:

@@ -39,7 +39,7 @@ from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_fo
 from prompt_diffusion.config import add_pd_keys, extend_cfg, validate_pd_cfg
 from prompt_diffusion.diagnostics import diagnose, residual_batches
 from prompt_diffusion.diffusion.amed import AMEDPredictor, StudentCheck, distill_amed
-from prompt_diffusion.diffusion.overfit import overfit_prompts, target_objective
+from prompt_diffusion.diffusion.overfit import overfit_prompts, remove_class_means, target_objective
 from prompt_diffusion.engine import (
     TRAINER_REGISTRY,
     backward_and_update,
@@ -329,6 +329,17 @@ class DiffusionPromptWrapper:
                 + torch.stack([self._pd_overfit_cache[i][1][name] for i in indices]).to(images.device)
                 for name, prompt in center.items()}
 
+    def _pd_within_class(self, targets: Prompts, center: Prompts, labels: Tensor) -> Prompts:
+        """``V_h + (V* − V_h − m_y)``: the targets less the running mean residual of each sample's
+        class (``OVERFIT.REMOVE_CLASS_MEAN``; the means live for one training, ``{group: [K, n, w]}``)."""
+        if not hasattr(self, "_pd_class_means"):
+            self._pd_class_means = {name: torch.zeros(self.num_classes, *prompt.shape[1:], device=prompt.device)
+                                    for name, prompt in center.items()}
+            self._pd_class_counts = torch.zeros(self.num_classes, dtype=torch.long)
+        residuals = {name: targets[name] - center[name] for name in center}
+        within = remove_class_means(residuals, labels, self._pd_class_means, self._pd_class_counts, NORM_MOMENTUM)
+        return {name: center[name] + within[name] for name in center}
+
     def _pd_update_scale(self, targets: Prompts, center: Prompts) -> None:
         """Move each group's scale towards the RMS of ``V* − V_h`` over the batch (exponential
         moving average, momentum ``NORM_MOMENTUM``; set outright on the first step of a fresh
@@ -390,6 +401,8 @@ class DiffusionPromptWrapper:
             center = self.pd_host_prompts(features)  # V_h: {group: [B, n, w]}, attached to the host
         fixed_center = {name: prompt.detach().float() for name, prompt in center.items()}
         targets = self._pd_targets(batch, images, labels, features, center)  # V*: {group: [B, n, w]}, detached
+        if pd.OVERFIT.REMOVE_CLASS_MEAN:
+            targets = self._pd_within_class(targets, fixed_center, labels)
         self._pd_update_scale(targets, center)
         with self._pd_autocast():
             pi = self.pd_condition(features)  # [B, C]

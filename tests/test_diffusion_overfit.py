@@ -136,3 +136,21 @@ def test_a_mixed_target_adds_the_weighted_label_ce_and_label_free_targets_need_n
         target_objective("label", logits, None)
     with pytest.raises(ValueError, match="unknown overfitting target 'margin'"):
         target_objective("margin", logits, labels)
+
+
+def test_removing_class_means_leaves_what_each_image_adds_to_its_class():
+    """Residual = class offset + the image's own part (zero mean within each class): after a pass
+    over the data the running class means are the offsets, and what is left is each image's part."""
+    from prompt_diffusion.diffusion.overfit import remove_class_means
+
+    torch.manual_seed(2)
+    offsets, own = torch.randn(CLASSES, 4, 3), torch.randn(CLASSES, 6, 4, 3)
+    own = own - own.mean(dim=1, keepdim=True)  # [K, 6 images, ...]: zero mean per class
+    means, counts = {"text": torch.zeros(CLASSES, 4, 3)}, torch.zeros(CLASSES, dtype=torch.long)
+    labels = torch.arange(CLASSES).repeat_interleave(6)  # [18]
+    residual = {"text": (offsets[:, None] + own).reshape(-1, 4, 3)}
+    remove_class_means(residual, labels, means, counts, momentum=0.0)  # one pass: plain averages
+    torch.testing.assert_close(means["text"], offsets)
+    assert counts.tolist() == [6] * CLASSES
+    within = remove_class_means(residual, labels, means, counts, momentum=0.0)  # the means move no more
+    torch.testing.assert_close(within["text"], own.reshape(-1, 4, 3), atol=1e-5, rtol=1e-5)

@@ -521,6 +521,19 @@ def test_a_label_free_target_trains_and_test_time_tuning_evaluates_the_trained_m
     assert "test-time tuning of every test image" in capsys.readouterr().out
 
 
+def test_removing_the_class_mean_trains_on_what_varies_within_each_class(world, tmp_path):
+    """``OVERFIT.REMOVE_CLASS_MEAN``: every training sample updates its class's running mean residual
+    once per step, and the generator's targets are the residuals less that mean."""
+    opts = ["TRAINER.PD.AMED.DISTILL_ITERS", 0, "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.DIAGNOSE_IMAGES", 0,
+            "TRAINER.PD.CALIBRATE", False, "TRAINER.PD.OVERFIT.REMOVE_CLASS_MEAN", True]
+    trainer = build(make_cfg(world, "CoCoOpPD", tmp_path / "run", opts, epochs=1))
+    trainer.train()
+    seen = len(trainer.train_loader_x) * trainer.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+    assert int(trainer._pd_class_counts.sum()) == seen and (trainer._pd_class_counts > 0).all()
+    means = trainer._pd_class_means["text"]  # [K, n, w]: the classes' residuals differ
+    assert means.shape[0] == len(CLASSNAMES) and not torch.allclose(means[0], means[1])
+
+
 def test_unwrapped_host_checkpoint_loads_into_the_wrapped_trainer(world, tmp_path, capsys):
     out = tmp_path / "host"
     host = build(make_cfg(world, "CoCoOp", out, epochs=1))
@@ -555,6 +568,7 @@ def test_missing_pd_keys_are_added_by_the_wrapped_trainer(world, tmp_path):
     ("OVERFIT.TARGET", "margin", r"TRAINER.PD.OVERFIT.TARGET = 'margin' is not allowed; choose one of \['label', "),
     ("OVERFIT.LABEL_WEIGHT", 0.5, r"with TARGET 'label' it must be 0"),
     ("INFERENCE", "tune", r"INFERENCE 'tune' tunes each test image without its label: it needs a label-free"),
+    ("OVERFIT.REMOVE_CLASS_MEAN", 1, r"TRAINER.PD.OVERFIT.REMOVE_CLASS_MEAN = 1 must be True or False"),
 ])
 def test_bad_pd_values_are_rejected_with_the_key_and_allowed_values(key, value, message):
     cfg = get_cfg_default()

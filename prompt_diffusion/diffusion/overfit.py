@@ -129,3 +129,22 @@ def overfit_prompts(
                 for name, grad in zip(names, grads)
             }
     return {name: prompts[name].detach() for name in names}
+
+
+def remove_class_means(residuals: Prompts, labels: Tensor, means: Prompts, counts: Tensor,
+                       momentum: float) -> Prompts:
+    """What of each sample's residual varies within its class: ``r_b − m_{y_b}``, per group.
+
+    ``means`` ``{group: [K, ...]}`` holds a running mean of each class's residuals, updated in place
+    with this batch first (each sample moves its class's mean by ``max(1 / count, momentum)`` of the
+    gap, so early means average and later ones follow residuals that drift as training goes);
+    ``counts`` ``[K]`` the samples seen per class, also updated. ``residuals`` ``{group: [B, ...]}``,
+    ``labels`` ``[B]``. The class mean is what the true label adds, which a generator that sees only
+    the image cannot predict; the rest is what the image itself decides.
+    """
+    for row, label in enumerate(labels.tolist()):
+        counts[label] += 1
+        rate = max(1.0 / float(counts[label]), momentum)
+        for name, residual in residuals.items():
+            means[name][label] += rate * (residual[row] - means[name][label])
+    return {name: residual - means[name][labels] for name, residual in residuals.items()}

@@ -40,13 +40,8 @@ from prompt_diffusion.config import add_pd_keys, extend_cfg, validate_pd_cfg
 from prompt_diffusion.diagnostics import diagnose, residual_batches
 from prompt_diffusion.diffusion.amed import AMEDPredictor, StudentCheck, distill_amed
 from prompt_diffusion.diffusion.overfit import overfit_prompts, remove_class_means, target_objective
-from prompt_diffusion.engine import (
-    TRAINER_REGISTRY,
-    backward_and_update,
-    build_lr_scheduler,
-    build_optimizer,
-    compute_accuracy,
-)
+from prompt_diffusion.engine import TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, compute_accuracy
+from prompt_diffusion.engine.amp import backward, update
 from prompt_diffusion.engine.checkpoint import checkpoint_file, load_state_dict_checked
 from prompt_diffusion.generators.base import PromptGenerator, plain_values
 from prompt_diffusion.generator_registry import build_generator, generator_config
@@ -195,6 +190,7 @@ class DiffusionPromptWrapper:
         self.pd_generator = self._pd_build_generator(cond_dim)
         self.pd_amed = self._pd_build_amed()
         self._pd_overfit_cache: Dict[int, Tuple[int, Prompts]] = {}
+        self._pd_host_pass_shared: Optional[bool] = None  # decided on the first training batch
         self._pd_eval_position = 0
 
     def _pd_adapter_class(self, model: nn.Module) -> Type[PromptAdapter]:
@@ -293,24 +289,27 @@ class DiffusionPromptWrapper:
         return self.pd_adapter.host_prompts(features)
 
     def pd_overfit(self, images: Tensor, labels: Optional[Tensor], features: Tensor, center: Prompts,
-                   target: Optional[str] = None) -> Prompts:
+                   target: Optional[str] = None, first_grad: Optional[Prompts] = None) -> Prompts:
         """Paper §4.1: I gradient steps of each sample's loss from its host prompt ``center``
         ``{group: [B, n, w]}``; ``V*`` detached (fp32). The loss is ``target``'s (default
         ``OVERFIT.TARGET``: the paper's true-label CE, or a label-free objective, for which
-        ``labels`` may be None)."""
+        ``labels`` may be None). ``first_grad``: the summed losses' gradient at ``center`` when the
+        caller has it (the host's pass, ``_pd_host_pass``), so the first step costs no pass."""
         overfit = self.cfg.TRAINER.PD.OVERFIT
         target = overfit.TARGET if target is None else target
         init = {name: prompt.detach().float() for name, prompt in center.items()}  # {group: [B, n, w]}
         return overfit_prompts(init, self._pd_per_sample_loss(images, labels, features, target), overfit.ITERS,
-                               overfit.LR, step_rule=overfit.STEP_RULE)
+                               overfit.LR, step_rule=overfit.STEP_RULE, first_grad=first_grad)
 
-    def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor, center: Prompts) -> Prompts:
+    def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor, center: Prompts,
+                    first_grad: Optional[Prompts]) -> Prompts:
         """``V*`` for the batch: overfitted now from ``center`` (online), or ``center`` plus the
         sample's cached residual ``V* − V_h`` (cached: the residual is recomputed every
-        ``OVERFIT.REFRESH`` epochs, the centre is always the current host prompt)."""
+        ``OVERFIT.REFRESH`` epochs, the centre is always the current host prompt). ``first_grad``:
+        each sample's first overfitting gradient from the host's pass, or None."""
         overfit = self.cfg.TRAINER.PD.OVERFIT
         if overfit.MODE == "online":
-            return self.pd_overfit(images, labels, features, center)
+            return self.pd_overfit(images, labels, features, center, first_grad=first_grad)
         if "index" not in batch:
             raise KeyError("TRAINER.PD.OVERFIT.MODE 'cached' needs the sample index in each batch (batch['index'], "
                            "as Dassl's DatasetWrapper gives); this data loader does not provide it")
@@ -321,7 +320,9 @@ class DiffusionPromptWrapper:
         if stale:
             rows = torch.tensor(stale, device=images.device)
             fresh = self.pd_overfit(images[rows], labels[rows], features[rows],
-                                    {name: prompt[rows] for name, prompt in center.items()})
+                                    {name: prompt[rows] for name, prompt in center.items()},
+                                    first_grad=None if first_grad is None else
+                                    {name: grad[rows] for name, grad in first_grad.items()})
             for position, row in enumerate(stale):
                 residual = {k: (v[position] - center[k][row].detach().float()).cpu() for k, v in fresh.items()}
                 self._pd_overfit_cache[indices[row]] = (self.epoch, residual)
@@ -394,13 +395,18 @@ class DiffusionPromptWrapper:
         if not self.pd_enabled:
             return super().forward_backward(batch)
         pd = self.cfg.TRAINER.PD
+        scaler = getattr(self, "scaler", None)  # the host's GradScaler (PREC amp), if any
         parsed = self.parse_batch_train(batch)  # (images, labels, ...): what the host's loss takes
         images, labels = parsed[:2]
         features = self.pd_adapter.image_features(images)  # [B, E], frozen
         with self._pd_autocast():
             center = self.pd_host_prompts(features)  # V_h: {group: [B, n, w]}, attached to the host
         fixed_center = {name: prompt.detach().float() for name, prompt in center.items()}
-        targets = self._pd_targets(batch, images, labels, features, center)  # V*: {group: [B, n, w]}, detached
+        # every registered optimizer (host's and wrapper's) steps once, on the gradients of two backward
+        # passes: the host's loss first (its pass may give the first overfitting step), then CE + generator
+        self.model_zero_grad()
+        loss_host, first_grad = self._pd_host_pass(parsed, images, labels, features, center, scaler)
+        targets = self._pd_targets(batch, images, labels, features, center, first_grad)  # V*: detached
         if pd.OVERFIT.REMOVE_CLASS_MEAN:
             targets = self._pd_within_class(targets, fixed_center, labels)
         self._pd_update_scale(targets, center)
@@ -417,19 +423,94 @@ class DiffusionPromptWrapper:
             logits = self.pd_adapter.logits(images, generated, features)
             loss_ce = F.cross_entropy(logits, labels)
             loss = pd.CE_WEIGHT * loss_ce + pd.BETA * loss_gen
-            summary = {"loss_ce": loss_ce.item(), "loss_gen": loss_gen.item()}
-            if pd.HOST_LOSS_WEIGHT > 0:
-                loss_host = self.pd_adapter.host_loss(parsed)
-                if loss_host is not None:
-                    loss = loss + pd.HOST_LOSS_WEIGHT * loss_host
-                    summary["loss_host"] = loss_host.item()
-        # every registered optimizer (host's and wrapper's); through the host's GradScaler when it has one
-        backward_and_update(self, loss, getattr(self, "scaler", None))
+        backward(self, loss, scaler)
+        update(self, scaler)  # through the host's GradScaler when it has one
+        summary = {"loss_ce": loss_ce.item(), "loss_gen": loss_gen.item()}
+        if loss_host is not None:
+            summary["loss_host"] = loss_host.item()
+            loss = loss + pd.HOST_LOSS_WEIGHT * loss_host
         summary["loss"] = loss.item()
         summary["acc"] = compute_accuracy(logits, labels)[0].item()
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+    def _pd_host_pass(self, parsed: tuple, images: Tensor, labels: Tensor, features: Tensor, center: Prompts,
+                      scaler) -> Tuple[Optional[Tensor], Optional[Prompts]]:
+        """Backpropagate ``HOST_LOSS_WEIGHT`` times the host's own loss now (its graph is freed before
+        the overfitting). Returns the loss (detached; None when off or the host has none) and, when
+        this pass is shared (``_pd_shares_host_pass``), each sample's first overfitting gradient at
+        ``V_h`` ``{group: [B, n, w]}`` (fp32), else None.
+
+        Shared, the loss is ``CE(adapter.logits(images, V_h), y)``: for the paper's target (the
+        true-label CE) its backward is the overfitting's first one too (the gradient of the batch
+        mean at row ``b`` is sample ``b``'s own over B); for a label-free target one more backward
+        from the same forward gives it. One forward-backward of the prompted encoders fewer per step."""
+        pd = self.cfg.TRAINER.PD
+        if pd.HOST_LOSS_WEIGHT == 0:
+            return None, None
+        if not self._pd_shares_host_pass(parsed, images, labels, features):
+            with self._pd_autocast():
+                loss = self.pd_adapter.host_loss(parsed)
+            if loss is not None:
+                backward(self, pd.HOST_LOSS_WEIGHT * loss, scaler)
+                loss = loss.detach()
+            return loss, None
+        overfit = pd.OVERFIT
+        with self._pd_autocast():
+            logits = self.pd_adapter.logits(images, center, features)
+            loss = F.cross_entropy(logits, labels)
+        first_grad = None
+        if overfit.ITERS > 0 and overfit.TARGET != "label":
+            objective = target_objective(overfit.TARGET, logits, labels, overfit.LABEL_WEIGHT).sum()
+            grads = torch.autograd.grad(objective, list(center.values()), retain_graph=True)
+            first_grad = {name: grad.float() for name, grad in zip(center, grads)}
+        elif overfit.ITERS > 0:
+            for prompt in center.values():
+                prompt.retain_grad()
+        backward(self, pd.HOST_LOSS_WEIGHT * loss, scaler)
+        if overfit.ITERS > 0 and first_grad is None:  # undo the mean over B, the weight and the amp scale
+            factor = pd.HOST_LOSS_WEIGHT * (scaler.get_scale() if scaler is not None else 1.0) / len(images)
+            first_grad = {name: prompt.grad.float() / factor for name, prompt in center.items()}
+        return loss.detach(), first_grad
+
+    def _pd_shares_host_pass(self, parsed: tuple, images: Tensor, labels: Tensor, features: Tensor) -> bool:
+        """Whether the host's loss goes through ``adapter.logits`` and shares its pass with the
+        overfitting: the adapter says the host's loss is the cross-entropy of its logits at its own
+        prompts (``host_loss_is_prompt_ce``) and, on the first training batch, the two agree in
+        value and in the gradient of every trainable host parameter (a fork whose loss differs keeps
+        its own pass). Decided once per training, said in the log."""
+        if self._pd_host_pass_shared is None:
+            self._pd_host_pass_shared, reason = self._pd_check_host_loss(parsed, images, labels, features)
+            print(f"Prompt diffusion: {reason}")
+        return self._pd_host_pass_shared
+
+    def _pd_check_host_loss(self, parsed: tuple, images: Tensor, labels: Tensor, features: Tensor) -> Tuple[bool, str]:
+        adapter = self.pd_adapter
+        if not adapter.host_loss_is_prompt_ce:
+            return False, (f"the {adapter.name} adapter's host loss is not the cross-entropy at the host's prompts, "
+                           "so it runs as its own pass before the overfitting")
+        with self._pd_autocast():
+            own = adapter.host_loss(parsed)
+            through = F.cross_entropy(adapter.logits(images, self.pd_host_prompts(features), features), labels)
+        if own is None:
+            return False, f"the {adapter.name} adapter gives no host loss"
+        params = [p for p in adapter.model.parameters() if p.requires_grad]
+        pairs = [(own.detach(), through.detach())]
+        for first, second in zip(torch.autograd.grad(own, params, allow_unused=True),
+                                 torch.autograd.grad(through, params, allow_unused=True)):
+            if first is not None or second is not None:
+                pairs.append((torch.zeros_like(second) if first is None else first,
+                              torch.zeros_like(first) if second is None else second))
+        tolerance = 1e-4 if through.dtype == torch.float32 and own.dtype == torch.float32 else 1e-2
+        worst = max(float((a - b).abs().max()) / max(float(a.abs().max()), float(b.abs().max()), 1e-12)
+                    for a, b in pairs)
+        values = f"first batch: {pairs[0][0].item():.6g} and {pairs[0][1].item():.6g}, gradients within {worst:.1e} relative"
+        if worst <= tolerance:
+            return True, (f"the host's loss is the cross-entropy of its logits at its own prompts ({values}): one "
+                          "pass gives the host loss and each sample's first overfitting step")
+        return False, (f"the host's own loss differs from the cross-entropy at its prompts ({values}, tolerance "
+                       f"{tolerance:g}), so it runs as its own pass before the overfitting")
 
     def after_epoch(self) -> None:
         """The host's ``after_epoch`` (checkpoints, validation), then one log line on how the

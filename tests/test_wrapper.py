@@ -436,9 +436,9 @@ def test_cached_mode_overfits_each_sample_once_per_refresh(world, tmp_path, caps
     overfitted = []
     overfit = trainer.pd_overfit
 
-    def counting_overfit(images, labels, features, center):
+    def counting_overfit(images, labels, features, center, first_grad=None):
         overfitted.append(len(images))
-        return overfit(images, labels, features, center)
+        return overfit(images, labels, features, center, first_grad=first_grad)
 
     trainer.pd_overfit = counting_overfit
     trainer.train()  # 2 epochs, refresh every 2: one overfitting per sample

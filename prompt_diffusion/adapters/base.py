@@ -142,6 +142,12 @@ class PromptAdapter(ABC):
     name: ClassVar[str] = ""
     #: dotted attribute paths that identify the layout (used by ``detect_adapter``)
     required_attributes: ClassVar[Tuple[str, ...]] = ()
+    #: whether ``host_loss`` is the cross-entropy of ``logits(images, host_prompts(features))`` with
+    #: the labels, in value and in gradient (CoOp, CoCoOp, VPT, IVLP, MaPLe; not a method whose loss
+    #: adds terms, PromptSRC, CoPrompt, or reshapes its gradient, ProGrad). The wrapper then computes
+    #: the host's loss through ``logits`` and takes each sample's first overfitting step from that
+    #: pass, after checking the two agree on the first batch. A subclass that changes the loss says False
+    host_loss_is_prompt_ce: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, cfg: Any = None):
         self.model = model

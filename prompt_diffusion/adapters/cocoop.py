@@ -19,6 +19,7 @@ __all__ = ["CoCoOpAdapter"]
 @register_adapter("CoCoOp")
 class CoCoOpAdapter(TextContextAdapter):
     required_attributes = TextContextAdapter.required_attributes + ("prompt_learner.meta_net",)
+    host_loss_is_prompt_ce = True
 
     def meta_net(self) -> Optional[nn.Module]:
         return self.find("prompt_learner.meta_net")

@@ -75,6 +75,8 @@ class TextContextAdapter(PromptAdapter):
 class CoOpAdapter(TextContextAdapter):
     """CoOp: the host's forward returns logits; its loss is their cross-entropy."""
 
+    host_loss_is_prompt_ce = True
+
     def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
         images, labels = images_and_labels(batch, type(self).__name__)
         return loss_of(self.model(images), labels)

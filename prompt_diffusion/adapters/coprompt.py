@@ -26,6 +26,7 @@ class CoPromptAdapter(MaPLeAdapter):
     required_attributes = MaPLeAdapter.required_attributes + (
         "adapter_image", "adapter_text", "image_adapter_m", "text_adapter_m",
     )
+    host_loss_is_prompt_ce = False  # the CE plus the consistency losses, on two views
 
     def features(self, images: Tensor, ctx: Tensor, deep_text: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
         return coprompt_features(self.model, images, ctx, deep_text, self.chunk_size)

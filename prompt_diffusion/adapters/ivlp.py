@@ -24,6 +24,7 @@ __all__ = ["IVLPAdapter"]
 @register_adapter("IVLP")
 class IVLPAdapter(VisualPromptsMixin, PromptAdapter):
     required_attributes = CoOpAdapter.required_attributes + ("text_encoder.transformer.resblocks.1.VPT_shallow",)
+    host_loss_is_prompt_ce = True
 
     def __init__(self, model, cfg=None):
         super().__init__(model, cfg)

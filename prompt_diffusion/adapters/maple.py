@@ -42,6 +42,7 @@ class MaPLeAdapter(VisualPromptsMixin, PromptAdapter):
         "image_encoder",
         "logit_scale",
     )
+    host_loss_is_prompt_ce = True
 
     def __init__(self, model: nn.Module, cfg=None):
         super().__init__(model, cfg)

@@ -21,6 +21,7 @@ __all__ = ["ProGradAdapter"]
 @register_adapter("ProGrad")
 class ProGradAdapter(CoOpAdapter):
     required_attributes = CoOpAdapter.required_attributes + ("zs_text_features",)
+    host_loss_is_prompt_ce = False  # its value is the CE, its gradient the projected one
 
     def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
         images, labels = images_and_labels(batch, type(self).__name__)

@@ -24,6 +24,7 @@ class PromptSRCAdapter(IVLPAdapter):
     (weights ``TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT`` / ``IMAGE_LOSS_WEIGHT``)."""
 
     required_attributes = IVLPAdapter.required_attributes + ("prompt_learner.fixed_embeddings",)
+    host_loss_is_prompt_ce = False  # the CE plus the self-regularisation terms
 
     def __init__(self, model, cfg=None):
         super().__init__(model, cfg)

@@ -45,6 +45,7 @@ class VisualPromptsMixin:
 @register_adapter("VPT")
 class VPTAdapter(VisualPromptsMixin, PromptAdapter):
     required_attributes = ("image_encoder.VPT", "embeddings.return_fixed_embeddings", "logit_scale")
+    host_loss_is_prompt_ce = True
 
     @property
     def groups(self) -> List[PromptGroup]:

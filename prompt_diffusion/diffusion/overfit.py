@@ -89,6 +89,7 @@ def overfit_prompts(
     iters: int,
     lr: float,
     step_rule: Union[str, StepRule] = "sgd",
+    first_grad: Optional[Prompts] = None,
 ) -> Prompts:
     """Overfit one prompt per sample and return the results, detached.
 
@@ -100,6 +101,9 @@ def overfit_prompts(
         iters: number of gradient steps I (0 returns a detached copy of ``init``).
         lr: the step size η.
         step_rule: ``"sgd"`` (default), ``"sign"``, or a callable ``(prompt, grad, lr) -> prompt``.
+        first_grad: each sample's gradient at ``init`` (``{name: [B, ...]}``, the gradient of the
+            summed losses), when the caller already has it (the wrapper takes it from the pass of
+            the host's own loss): the first iteration steps with it instead of a forward/backward.
     Only the prompts are differentiated (``torch.autograd.grad``): no ``.grad`` of any model
     parameter is touched. Gradients are enabled inside even if the caller runs under no_grad.
     """
@@ -114,18 +118,24 @@ def overfit_prompts(
     if len(set(sizes.values())) != 1:
         raise ValueError(f"all prompt groups need the same batch size, got {sizes}")
     batch = sizes[names[0]]
+    shapes = {name: tuple(init[name].shape) for name in names}
+    if first_grad is not None and {name: tuple(grad.shape) for name, grad in first_grad.items()} != shapes:
+        raise ValueError(f"first_grad must hold a gradient shaped as init for every prompt group {shapes}, "
+                         f"got {({name: tuple(grad.shape) for name, grad in first_grad.items()})}")
     prompts = {name: init[name].detach().clone() for name in names}
     with torch.enable_grad():
-        for _ in range(int(iters)):
-            leaves = {name: prompts[name].requires_grad_(True) for name in names}
-            losses = per_sample_loss(leaves)
-            if losses.shape != (batch,):
-                raise ValueError(
-                    f"per_sample_loss must return one loss per sample, shape [{batch}], got {list(losses.shape)}"
-                )
-            grads = torch.autograd.grad(losses.sum(), [leaves[name] for name in names], allow_unused=True)
+        for iteration in range(int(iters)):
+            if iteration == 0 and first_grad is not None:
+                grads = [first_grad[name] for name in names]
+            else:
+                leaves = {name: prompts[name].requires_grad_(True) for name in names}
+                losses = per_sample_loss(leaves)
+                if losses.shape != (batch,):
+                    raise ValueError(f"per_sample_loss must return one loss per sample, shape [{batch}], "
+                                     f"got {list(losses.shape)}")
+                grads = torch.autograd.grad(losses.sum(), [leaves[name] for name in names], allow_unused=True)
             prompts = {
-                name: step_rule(leaves[name].detach(), torch.zeros_like(leaves[name]) if grad is None else grad, lr)
+                name: step_rule(prompts[name].detach(), torch.zeros_like(prompts[name]) if grad is None else grad, lr)
                 for name, grad in zip(names, grads)
             }
     return {name: prompts[name].detach() for name in names}

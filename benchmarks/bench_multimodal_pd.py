@@ -1,5 +1,7 @@
-"""Prompt diffusion's cost on the hosts with visual or multi-modal prompts: VPTPD, MaPLePD,
-PromptSRCPD and CoPromptPD against their hosts, side by side in one process, and where the time goes.
+"""Prompt diffusion's inference cost on the hosts with visual or multi-modal prompts: VPTPD, MaPLePD,
+PromptSRCPD and CoPromptPD against their hosts, side by side in one process, and where the time goes
+(the training step of every host: ``bench_training_step.py``). ``--hosts CoCoOp`` times CoCoOpPD
+against CoCoOp the same way (the paper config ``CoCoOp/*_pd_paper.yaml``, 4 prompt tokens).
 
 ViT-B/16 architecture with random weights (timing only), fp32, B images per batch, K classes, the
 paper's settings (``*_pd_paper.yaml``: VPT 4 tokens at depth 12; MaPLe, PromptSRC, CoPrompt depth 9
@@ -21,25 +23,19 @@ Combine with ``+`` (``layer+w256``).
 
     python benchmarks/bench_multimodal_pd.py                                  # CPU, 1 thread, B=4, K=10
     python benchmarks/bench_multimodal_pd.py --hosts VPT --levers vector layer layer+w256
-    python benchmarks/bench_multimodal_pd.py --device cuda --repeats 10 --train-repeats 3
+    python benchmarks/bench_multimodal_pd.py --device cuda --repeats 10
 """
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import torch
 
 from bench_samplers import timings  # interleaved rounds, fastest wall / CPU time (this folder is on sys.path)
-from trainer_timing import inference_runs, make_timed_trainer, timing_parser, write_world
-from multimodal_setup import write_descriptions  # noqa: E402  (tests/ is on sys.path via trainer_timing)
+from trainer_timing import PAPER_CONFIGS, inference_runs, make_paper_trainer, timing_parser, write_world
 
-# host -> (its paper config under configs/trainers, the node of its PREC key)
-PAPER_CONFIGS = {
-    "VPT": ("VPT/vit_b16_c4_ep50_batch32_4_pd_paper.yaml", "VPT"),
-    "MaPLe": ("MaPLe/vit_b16_c2_ep50_batch32_2ctx_pd_paper.yaml", "MAPLE"),
-    "PromptSRC": ("PromptSRC/vit_b16_c2_ep50_batch32_2+2ctx_pd_paper.yaml", "PROMPTSRC"),
-    "CoPrompt": ("CoPrompt/coprompt_ep50_batch32_pd_paper.yaml", "CoPrompt"),
-}
+# the hosts with visual or multi-modal prompts (their paper configs: trainer_timing.PAPER_CONFIGS)
+MULTIMODAL_HOSTS = ("VPT", "MaPLe", "PromptSRC", "CoPrompt")
 LEVERS = {
     "layer": ["TRAINER.PD.DEEP_TOKENS", "layer"],
     "vector": ["TRAINER.PD.DEEP_TOKENS", "vector"],
@@ -59,23 +55,6 @@ def lever_opts(spec: str) -> List:
     return [item for name in spec.split("+") for item in LEVERS[name]]
 
 
-def write_descriptions_for(root: Path, n_classes: int) -> None:
-    """CoPrompt's class descriptions for ``write_images``'s classes, in ``root/descriptions``."""
-    (root / "descriptions").mkdir(exist_ok=True)
-    write_descriptions(root / "descriptions", [f"class_{k}" for k in range(n_classes)])
-
-
-def make_trainer(name: str, root: Path, clip_path: Path, batch: int, device: str, opts: Sequence = (),
-                 prec: str = "fp32"):
-    """``name`` (host or ``<host>PD``) with its host's paper config at ``prec``; AMED distilled for
-    one batch; CoPrompt's descriptions from ``write_descriptions_for``."""
-    config, node = PAPER_CONFIGS[name[:-2] if name.endswith("PD") else name]
-    return make_timed_trainer(name, config, node, root, clip_path, batch, device, [
-        "TRAINER.CoPrompt.DESCRIPTIONS_DIR", str(root / "descriptions"),
-        "TRAINER.PD.AMED.DISTILL_ITERS", 1, "TRAINER.PD.AMED.BATCH", batch, *opts,
-    ], prec)
-
-
 def compare(trainers: Dict[str, object], images: torch.Tensor, repeats: int, device: torch.device, batch: int) -> None:
     """Inference of every trainer and the parts of every PD one in interleaved rounds; ms per batch
     and per image, and each row's ratio to the host's inference (the first trainer)."""
@@ -92,22 +71,10 @@ def compare(trainers: Dict[str, object], images: torch.Tensor, repeats: int, dev
               f"(CPU {1000 * cpu:9.1f} ms)  {wall / base:5.2f}x {host}", flush=True)
 
 
-def compare_training(trainers: Dict[str, object], batch: dict, repeats: int, device: torch.device) -> None:
-    """One training step of every trainer in interleaved rounds, with its ratio to the host's."""
-    for trainer in trainers.values():
-        trainer.set_model_mode("train")
-    best = timings({label: (lambda t=trainer: t.forward_backward(batch)) for label, trainer in trainers.items()},
-                   repeats, device)
-    host = next(iter(trainers))
-    for label, (wall, cpu) in best.items():
-        print(f"  {label:28s} {'training step':36s} {1000 * wall:9.1f} ms/batch "
-              f"(CPU {1000 * cpu:9.1f} ms)  {wall / best[host][0]:5.2f}x {host}", flush=True)
-
-
 def main() -> None:
-    parser = timing_parser(__doc__, repeats=3, train_repeats=0)
+    parser = timing_parser(__doc__, repeats=3)
     parser.set_defaults(threads=1)
-    parser.add_argument("--hosts", nargs="+", default=list(PAPER_CONFIGS), choices=list(PAPER_CONFIGS))
+    parser.add_argument("--hosts", nargs="+", default=list(MULTIMODAL_HOSTS), choices=list(PAPER_CONFIGS))
     parser.add_argument("--levers", nargs="+", default=["default"],
                         help="PD settings timed side by side: 'default' or levers joined with '+' "
                              f"({', '.join(sorted(LEVERS))})")
@@ -123,18 +90,14 @@ def main() -> None:
         root = Path(tmp)
         per_class = -(-args.batch // args.classes)  # enough images for one batch, no more (π pass of AMED)
         clip_path = write_world(root, args.classes, per_class)
-        write_descriptions_for(root, args.classes)
         for host in args.hosts:
-            trainers = {host: make_trainer(host, root, clip_path, args.batch, args.device)}
+            trainers = {host: make_paper_trainer(host, root, clip_path, args.batch, args.device)}
             for spec, opts in levers.items():
-                trainers[f"{host}PD {spec}"] = make_trainer(f"{host}PD", root, clip_path, args.batch, args.device,
-                                                            opts)
+                trainers[f"{host}PD {spec}"] = make_paper_trainer(f"{host}PD", root, clip_path, args.batch,
+                                                                  args.device, opts)
             images = trainers[host].parse_batch_test(next(iter(trainers[host].test_loader)))[0]
             print(f"\nInference, {host} family")
             compare(trainers, images, args.repeats, device, args.batch)
-            if args.train_repeats > 0:
-                print(f"\nTraining step, {host} family")
-                compare_training(trainers, next(iter(trainers[host].train_loader_x)), args.train_repeats, device)
             del trainers
 
 

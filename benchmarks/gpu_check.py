@@ -36,11 +36,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from bench_multimodal_pd import PAPER_CONFIGS as MULTIMODAL_CONFIGS
-from bench_multimodal_pd import make_trainer, write_descriptions_for
-from bench_pd_overhead import COCOOP_PAPER
+from bench_multimodal_pd import MULTIMODAL_HOSTS
 from bench_samplers import timings
-from trainer_timing import REPO, make_timed_trainer, write_images
+from trainer_timing import REPO, make_paper_trainer, write_descriptions_for, write_images
 from prompt_diffusion.backbones import build_random_clip, build_tiny_clip, save_clip
 from prompt_diffusion.results import load_paper_table
 
@@ -104,12 +102,8 @@ class World:
     def trainer(self, name: str, classes: int, batch: int, opts: Sequence = ()):
         """``name`` with its host's paper config on ``classes`` classes, AMED distilled for one batch."""
         extra = list(self.scale.pd_opts) + (["INPUT.SIZE", (32, 32)] if self.scale.tiny else []) + list(opts)
-        host = name[:-2] if name.endswith("PD") else name
-        if host == "CoCoOp":
-            return make_timed_trainer(name, *COCOOP_PAPER, self.folder(classes), self.clip_path, batch, self.scale.device, [
-                "TRAINER.PD.AMED.DISTILL_ITERS", 1, "TRAINER.PD.AMED.BATCH", batch, *extra], self.scale.prec)
-        return make_trainer(name, self.folder(classes), self.clip_path, batch, self.scale.device, extra,
-                            self.scale.prec)
+        return make_paper_trainer(name, self.folder(classes), self.clip_path, batch, self.scale.device, extra,
+                                  self.scale.prec)
 
 
 def timed_ms(runs: dict, scale: Scale) -> dict:
@@ -161,7 +155,7 @@ def multimodal_table(world: World, scale: Scale) -> List[str]:
     """Markdown rows: each multi-modal host and its PD variant at NFE 5, ms per image and ratio."""
     rows = ["| host | B | host ms/image | PD ms/image | PD / host |", "|---|---|---|---|---|"]
     classes = scale.multimodal_classes
-    for host in MULTIMODAL_CONFIGS:
+    for host in MULTIMODAL_HOSTS:
         trainers = {name: world.trainer(name, classes, max(scale.batches)) for name in (host, f"{host}PD")}
         for trainer in trainers.values():
             trainer.set_model_mode("eval")

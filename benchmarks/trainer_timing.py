@@ -1,6 +1,7 @@
-"""What the host-vs-PD trainer benchmarks share (``bench_pd_overhead.py``, ``bench_multimodal_pd.py``):
-their command-line options, a generated image folder with a random-weight ViT-B/16, trainers built
-from a shipped config for timing, and the inference split into prompt diffusion's parts.
+"""What the host-vs-PD trainer benchmarks share (``bench_multimodal_pd.py``, ``bench_training_step.py``,
+``gpu_check.py``): their command-line options, a generated image folder
+with a random-weight ViT-B/16, trainers built from a host's paper config for timing, and the
+inference split into prompt diffusion's parts.
 """
 import argparse
 import sys
@@ -19,17 +20,27 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "trainers"
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import make_image_folder, register_tiny_folder_dataset  # noqa: E402  (generated image folder)
+from multimodal_setup import write_descriptions  # noqa: E402  (CoPrompt's class descriptions)
+
+# host -> (its paper config under configs/trainers, the node of its PREC key): the settings the
+# shipped ``*_pd_paper.yaml`` configs give a host and its PD variant alike
+PAPER_CONFIGS = {
+    "CoCoOp": ("CoCoOp/vit_b16_c4_ep50_batch4_ctxv1_pd_paper.yaml", "COCOOP"),
+    "VPT": ("VPT/vit_b16_c4_ep50_batch32_4_pd_paper.yaml", "VPT"),
+    "IVLP": ("IVLP/vit_b16_c2_ep50_batch32_2+2ctx_pd_paper.yaml", "IVLP"),
+    "MaPLe": ("MaPLe/vit_b16_c2_ep50_batch32_2ctx_pd_paper.yaml", "MAPLE"),
+    "PromptSRC": ("PromptSRC/vit_b16_c2_ep50_batch32_2+2ctx_pd_paper.yaml", "PROMPTSRC"),
+    "CoPrompt": ("CoPrompt/coprompt_ep50_batch32_pd_paper.yaml", "CoPrompt"),
+}
 
 
-def timing_parser(description: str, repeats: int, train_repeats: int) -> argparse.ArgumentParser:
-    """The options of both benchmarks: B, K, threads, timed rounds (inference / training step), device."""
+def timing_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The options of the ViT-B/16 benchmarks: B, K, threads, timed rounds, device."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4, help="images per batch (B)")
     parser.add_argument("--classes", type=int, default=10, help="classes (K)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=repeats, help="timed inference rounds (fastest counts)")
-    parser.add_argument("--train-repeats", type=int, default=train_repeats,
-                        help="timed training-step rounds (fastest counts)")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds (the fastest counts)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     return parser
 
@@ -39,10 +50,17 @@ def write_images(root: Path, n_classes: int, per_class: int, size: int = 224) ->
     make_image_folder(root / "images", [f"class_{k}" for k in range(n_classes)], per_class, size=size)
 
 
+def write_descriptions_for(root: Path, n_classes: int) -> None:
+    """CoPrompt's class descriptions for ``write_images``'s classes, in ``root/descriptions``."""
+    (root / "descriptions").mkdir(exist_ok=True)
+    write_descriptions(root / "descriptions", [f"class_{k}" for k in range(n_classes)])
+
+
 def write_world(root: Path, n_classes: int, per_class: int) -> Path:
-    """``write_images`` (224 px) and a random-weight ViT-B/16 CLIP file (timing only); returns the
-    CLIP file's path."""
+    """``write_images`` (224 px), their CoPrompt descriptions and a random-weight ViT-B/16 CLIP file
+    (timing only); returns the CLIP file's path."""
     write_images(root, n_classes, per_class)
+    write_descriptions_for(root, n_classes)
     clip_path = root / "vit_b16_random.pt"
     save_clip(build_random_clip("ViT-B/16"), clip_path)
     return clip_path
@@ -73,6 +91,17 @@ def make_timed_trainer(name: str, config_file: str, prec_node: str, root: Path, 
     if getattr(trainer, "pd_amed", None) is not None:
         trainer.pd_distill_amed()
     return trainer
+
+
+def make_paper_trainer(name: str, root: Path, clip_path: Path, batch: int, device: str, opts: Sequence = (),
+                       prec: str = "fp32"):
+    """``name`` (a host of ``PAPER_CONFIGS`` or its ``<host>PD``) with the host's paper config at
+    ``prec``; AMED distilled for one batch; CoPrompt's descriptions from ``write_descriptions_for``."""
+    config, node = PAPER_CONFIGS[name[:-2] if name.endswith("PD") else name]
+    return make_timed_trainer(name, config, node, root, clip_path, batch, device, [
+        "TRAINER.CoPrompt.DESCRIPTIONS_DIR", str(root / "descriptions"),
+        "TRAINER.PD.AMED.DISTILL_ITERS", 1, "TRAINER.PD.AMED.BATCH", batch, *opts,
+    ], prec)
 
 
 def inference_runs(trainer, images: torch.Tensor, prefix: str = "") -> Dict[str, Callable[[], object]]:

@@ -16,7 +16,7 @@ def test_gpu_check_dry_run_prints_every_table(capsys, monkeypatch):
     for classes in scale.classes:
         for batch in scale.batches:
             assert sum(row.startswith(f"| {classes} | {batch} | ") for row in rows) == 2  # streamed + final table
-    for host in gpu_check.MULTIMODAL_CONFIGS:
+    for host in gpu_check.MULTIMODAL_HOSTS:
         for batch in scale.batches:
             assert any(row.startswith(f"| {host} | {batch} | ") and row.endswith("x |") for row in rows), host
     assert "| CoCoOpPD | n/a (CPU) | n/a (CPU) |" in rows

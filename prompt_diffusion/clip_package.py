@@ -5,6 +5,7 @@ Forks ship their own ``clip`` package (multimodal-prompt-learning's ``build_mode
 first and loading OpenAI weights with it fails. ``openai_clip_modules()`` then loads the installed
 openai-clip under a private name (with a warning), or raises naming the shadowing package.
 """
+import functools
 import importlib.metadata
 import importlib.util
 import inspect
@@ -56,9 +57,11 @@ def _load_private_clip(init: Path) -> Tuple[ModuleType, ModuleType]:
     return sys.modules[_PRIVATE_CLIP_NAME + ".clip"], sys.modules[_PRIVATE_CLIP_NAME + ".model"]
 
 
+@functools.lru_cache(maxsize=None)
 def openai_clip_modules() -> Tuple[ModuleType, ModuleType]:
     """OpenAI CLIP's ``clip.clip`` and ``clip.model``: the importable ``clip`` if it is OpenAI's,
-    else the installed openai-clip loaded under a private name (warning once, naming both)."""
+    else the installed openai-clip loaded under a private name (warning once, naming both: the
+    answer is kept, so ``backbones`` and ``open_clip_backbone`` asking both get it without a second warning)."""
     if _is_openai_clip(clip.model):
         return clip.clip, clip.model
     shadowing = Path(clip.__file__).parent

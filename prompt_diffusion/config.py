@@ -3,18 +3,15 @@
 ``extend_cfg(cfg)`` adds every key the project's trainers, datasets and the prompt-diffusion
 wrapper read. Each family of keys has its own ``_add_*`` function below; ``extend_cfg`` calls them
 all. Adding a key that already exists is a no-op, so a user's own ``extend_cfg`` can run first.
+
+Dependencies point one way: config reads the defaults and choices that live with the code that
+interprets them (the adapters' ``DEFAULT_TEXT_CHUNK``, ``DEFAULT_DEEP_TOKENS`` and ``DEEP_TOKENS``;
+the samplers, schedules and generators), and nothing it imports imports config. Those imports sit
+inside the functions, so ``import prompt_diffusion.config`` needs yacs only.
 """
 from typing import Callable, Sequence
 
 from yacs.config import CfgNode as CN
-
-
-#: ``MODEL.TEXT_CHUNK``: text sequences encoded at once (0: all); adapters given no config use it too
-DEFAULT_TEXT_CHUNK = 1024
-#: ``TRAINER.PD.DEEP_TOKENS``: a denoiser token per prompted layer (see ``adapters.deep``). The paper
-#: is silent; measured (docs/cost.md): VPTPD 2.14x VPT's inference instead of 2.58x with ``vector``,
-#: and on the toy benchmark VPTPD +0.76 ± 0.11 points over ``vector`` (paired; ± 0.44 over 3 seeds)
-DEFAULT_DEEP_TOKENS = "layer"
 
 
 def _set_default(node: CN, key: str, value) -> None:
@@ -37,6 +34,8 @@ def _add_trainer_keys(cfg: CN) -> None:
     ``MODEL.BACKBONE.PATH`` (local CLIP file; empty: ``~/.cache/clip/<file>``) and
     ``MODEL.TEXT_CHUNK`` (text sequences encoded at once; 0: all) are the project's.
     """
+    from prompt_diffusion.adapters.base import DEFAULT_TEXT_CHUNK
+
     _set_default(cfg.MODEL.BACKBONE, "PATH", "")
     _set_default(cfg.MODEL, "TEXT_CHUNK", DEFAULT_TEXT_CHUNK)
     trainer_keys = {
@@ -93,6 +92,8 @@ def _add_multimodal_trainer_keys(cfg: CN) -> None:
 
 def add_pd_keys(cfg: CN) -> None:
     """``TRAINER.PD``: the prompt-diffusion wrapper (paper §4-5 defaults); checked by ``validate_pd_cfg``."""
+    from prompt_diffusion.adapters.deep import DEFAULT_DEEP_TOKENS
+
     _set_defaults(cfg.TRAINER, "PD", {
         "ENABLE": True,  # False: the wrapped trainer behaves exactly as its host
         # what generates the residual from π: diffusion (the method) | mlp | transformer (regressors)

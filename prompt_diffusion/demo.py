@@ -26,8 +26,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 from tqdm import tqdm
 
-from prompt_diffusion.results import ResultTable, plot_bars, to_csv, to_markdown
-from prompt_diffusion.sweep import EXPERIMENTS_DIR, Run, Spec, expand, load_spec, run_local, table_for, validate_spec
+from prompt_diffusion.results.plots import plot_bars
+from prompt_diffusion.results.render import to_csv, to_markdown
+from prompt_diffusion.results.table import ResultTable
+from prompt_diffusion.sweep.executors import run_local
+from prompt_diffusion.sweep.plan import Run, expand, table_for
+from prompt_diffusion.sweep.spec import EXPERIMENTS_DIR, Spec, load_spec
+from prompt_diffusion.sweep.validate import validate_spec
 
 DEMO_SPEC = EXPERIMENTS_DIR / "demo.yaml"
 # console lines of a run shown while it goes: Dassl's progress line, the evaluation and its result

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prompt_diffusion.results import PairedDifference, paired_difference
+from prompt_diffusion.results.paired import PairedDifference, paired_difference
 
 __all__ = ["Diagnosis", "ProbeResult", "ResidualBatch", "group_share", "mean_pairwise_cosine", "residual_batches", "diagnose",
            "probe"]

@@ -23,6 +23,8 @@ from typing import List, Union
 import torch
 from torch import nn
 
+from prompt_diffusion.clip_package import openai_clip_modules
+
 OPEN_CLIP_PREFIX = "open_clip:"
 INSTALL_HINT = "pip install 'prompt-diffusion[open_clip]' (or pip install open_clip_torch)"
 
@@ -142,12 +144,10 @@ def _set_heads(attention: nn.Module, heads: int) -> None:
 def to_openai_clip(model: nn.Module, name: str):
     """An openai ``clip.model.CLIP`` holding the weights of OpenCLIP's ``model`` (fp32, eval), with
     OpenCLIP's activation and head counts; a model that does not convert is an error saying why."""
-    from prompt_diffusion.backbones import CLIP
-
     problems = unconvertible(model)
     if problems:
         raise ValueError(f"MODEL.BACKBONE.NAME {name}: cannot be used here: {'; '.join(problems)}")
-    converted = CLIP(**openai_architecture(model)).float()
+    converted = openai_clip_modules()[1].CLIP(**openai_architecture(model)).float()
     converted.load_state_dict({k: v for k, v in model.state_dict().items() if k != "attn_mask"})
     if type(model.visual).__name__ == "VisionTransformer":
         towers = [(converted.visual.transformer.resblocks, model.visual.transformer.resblocks)]

@@ -10,7 +10,7 @@
 ``predict``): flags and opts given on top change it, a dataset file replaces its dataset, and a key
 that makes another model (``MODEL_KEYS``: backbone, trainer, input size, prompt and generator
 shapes) differing from the record is an error naming both values. The sweep compares the same
-record with what its spec now gives a run (``sweep.stale_runs``), less ``PLACEMENT_KEYS``.
+record with what its spec now gives a run (``sweep.run.stale_runs``), less ``PLACEMENT_KEYS``.
 """
 import os
 import os.path as osp

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prompt_diffusion.clip_prompting import encode_image
-from prompt_diffusion.config import DEFAULT_TEXT_CHUNK
 
 __all__ = [
+    "DEFAULT_TEXT_CHUNK",
     "PromptGroup",
     "PromptLayoutError",
     "PromptAdapter",
@@ -54,6 +54,10 @@ __all__ = [
     "detect_adapter",
 ]
 
+
+#: ``MODEL.TEXT_CHUNK``: text sequences encoded at once (0: all); adapters given no config use it too
+#: (``config.extend_cfg`` sets the key's default from it)
+DEFAULT_TEXT_CHUNK = 1024
 
 #: a training batch as the host trainer's ``parse_batch_train`` returns it: ``(images, labels, ...)``
 ParsedBatch = Tuple[Tensor, ...]

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import List
 
 from prompt_diffusion.commands import HelpFormatter
-from prompt_diffusion.sweep import (SpecError, experiment_names, expand, load_spec, missing_datasets,
-                                    registered_trainers, run_local, select, stale_message, stale_runs, submit_slurm,
-                                    validate_spec)
+from prompt_diffusion.sweep.executors import run_local, submit_slurm
+from prompt_diffusion.sweep.plan import expand
+from prompt_diffusion.sweep.run import stale_message, stale_runs
+from prompt_diffusion.sweep.spec import SpecError, experiment_names, load_spec, select
+from prompt_diffusion.sweep.validate import missing_datasets, registered_trainers, validate_spec
 
 
 def comma_list(text: str) -> List[str]:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from prompt_diffusion.commands import HelpFormatter
 from prompt_diffusion.commands.sweep import add_selection_arguments, load_selected
-from prompt_diffusion.results import (group_run_dirs, log_files, plot_sweep, run_groups_csv, run_groups_markdown,
-                                      to_csv, to_markdown)
-from prompt_diffusion.sweep import SpecError, experiment_names, resolve_spec, table_for
+from prompt_diffusion.results.plots import plot_sweep
+from prompt_diffusion.results.render import run_groups_csv, run_groups_markdown, to_csv, to_markdown
+from prompt_diffusion.results.runs import group_run_dirs, log_files
+from prompt_diffusion.sweep.plan import table_for
+from prompt_diffusion.sweep.spec import SpecError, experiment_names, resolve_spec
 
 DATASET_NAMES = {
     "imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",

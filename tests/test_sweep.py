@@ -15,8 +15,9 @@ from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_n
                                     registered_trainers, select, table_for, validate_spec)
 
 SHIPPED = ["demo", "figure4", "figure5", "table1", "table2", "table3", "table4", "table5", "table6", "table7",
-           "toy_benchmark", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4", "toy_table7"]
-PAPERLESS = {"demo", "toy_benchmark", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4", "toy_table7"}  # specs of this project's own demo and benchmarks
+           "toy_benchmark", "toy_cost", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4", "toy_table7"]
+# specs of this project's own demo and benchmarks
+PAPERLESS = {"demo", "toy_benchmark", "toy_cost", "toy_figure4", "toy_ladder", "toy_mixed", "toy_table4", "toy_table7"}
 
 
 def run_cli(*argv):

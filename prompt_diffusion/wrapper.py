@@ -7,7 +7,9 @@ training step (batch of B images, labels y)
     π = Meta-Net(frozen CLIP image feature)                     [B, C]
     V_h = the host's own prompt for each image (adapter.host_prompts: CoCoOp ctx + Meta-Net(f),
           the others their shared prompts)                     {group: [B, n, w]}
-    V* = I gradient steps of each sample's CE from V_h, detached
+    L_host = the host's own loss, backpropagated first; where it is the CE of its logits at V_h
+         its pass also gives each sample's first overfitting gradient (per_sample_targets.py)
+    V* = I gradient steps of each sample's OVERFIT.TARGET (the true-label CE) from V_h, detached
          (online: every step; cached: the residual V* − V_h reused for OVERFIT.REFRESH epochs)
     the generator (TRAINER.PD.GENERATOR: the diffusion denoiser, or a Table-4 alternative) models
     the residual (V* − V_h) / scale; its loss returns a prediction, V̂ = V_h + scale·prediction
@@ -23,6 +25,10 @@ The generator (and its parts, e.g. the GAN's discriminator, a Meta-Net when the 
 and the AMED predictor) are registered models of the trainer: they share its optimizer/scheduler
 settings (``OPTIM``), checkpoints, resume and ``--eval-only`` loading. ``TRAINER.PD.ENABLE False``
 leaves the host untouched.
+
+Two jobs live beside this module as mixins of the wrapper: ``per_sample_targets.PerSampleTargets``
+(V* of a batch and the host's pass) and ``after_training.AfterTraining`` (AMED distillation,
+residual calibration, the generator's fit).
 """
 import os.path as osp
 from contextlib import contextmanager
@@ -32,22 +38,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 from yacs.config import CfgNode
 
 from prompt_diffusion.adapters import PromptAdapter, adapter_by_name, adapter_for_trainer, detect_adapter
+from prompt_diffusion.after_training import AfterTraining, AMEDModule
 from prompt_diffusion.config import add_pd_keys, extend_cfg, validate_pd_cfg
-from prompt_diffusion.diagnostics import diagnose, residual_batches
-from prompt_diffusion.diffusion.amed import AMEDPredictor, StudentCheck, distill_amed
-from prompt_diffusion.diffusion.overfit import overfit_prompts, remove_class_means, target_objective
+from prompt_diffusion.diagnostics import diagnose
+from prompt_diffusion.diffusion.amed import AMEDPredictor
 from prompt_diffusion.engine import TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, compute_accuracy
 from prompt_diffusion.engine.amp import backward, update
 from prompt_diffusion.engine.checkpoint import checkpoint_file, load_state_dict_checked
-from prompt_diffusion.generators.base import PromptGenerator, plain_values
+from prompt_diffusion.generators.base import PromptGenerator
 from prompt_diffusion.generator_registry import build_generator, generator_config
+from prompt_diffusion.per_sample_targets import PerSampleTargets
 from prompt_diffusion.prompt_methods import MetaNet
 
-__all__ = ["DiffusionPromptWrapper", "MetaNet", "AMEDModule"]
+__all__ = ["DiffusionPromptWrapper", "MetaNet"]
 
 Prompts = Dict[str, Tensor]
 
@@ -55,51 +61,6 @@ Prompts = Dict[str, Tensor]
 GENERATOR_NAME = "pd_generator"  # its parts (the GAN's discriminator): pd_<part>
 META_NET_NAME = "pd_meta_net"
 AMED_NAME = "pd_amed"
-# weight of the newest batch in the moving average of the prompt scale (see _pd_update_scale)
-NORM_MOMENTUM = 0.1
-# held-out images the residual gain is calibrated on after training (see pd_calibrate)
-CALIBRATION_IMAGES = 512
-# held-out images the AMED student is compared with its teacher on during distillation, and how
-# often (in batches); the predictor keeps the weights that came closest (see distill_amed)
-AMED_CHECK_IMAGES = 128
-AMED_CHECK_EVERY = 5
-
-
-class AMEDModule(nn.Module):
-    """The registered ``pd_amed``: one ``AMEDPredictor`` per NFE of ``TRAINER.PD.AMED.NFES`` (its σ
-    grid depends on the NFE, so each budget has its own) and whether they have been distilled
-    (a buffer, so the flag travels with the checkpoint)."""
-
-    def __init__(self, predictors: Dict[int, AMEDPredictor]):
-        super().__init__()
-        self.predictors = nn.ModuleDict({str(nfe): predictors[nfe] for nfe in sorted(predictors)})
-        self.register_buffer("distilled_flag", torch.zeros((), dtype=torch.bool))
-
-    @property
-    def distilled(self) -> bool:
-        return bool(self.distilled_flag)
-
-    @property
-    def nfes(self) -> List[int]:
-        return [int(nfe) for nfe in self.predictors]
-
-    def predictor(self, nfe: int) -> AMEDPredictor:
-        """The predictor distilled for ``nfe`` evaluations."""
-        return self.predictors[str(nfe)]
-
-    def get_extra_state(self) -> dict:
-        return {nfe: dict(predictor.config) for nfe, predictor in self.predictors.items()}
-
-    def set_extra_state(self, state: dict) -> None:
-        built = self.get_extra_state()
-        if set(state) != set(built):
-            raise ValueError(f"the checkpoint has AMED predictors for NFE {sorted(int(n) for n in state)}, "
-                             f"TRAINER.PD.AMED.NFES builds {self.nfes}: evaluate with the NFES the model was "
-                             "trained with (an NFE outside them needs a model trained with it listed)")
-        for nfe, config in state.items():
-            if plain_values(config) != plain_values(built[nfe]):
-                raise ValueError(f"the checkpoint's AMED predictor {config} differs from the one TRAINER.PD "
-                                 f"builds {built[nfe]} (denoiser width changed?)")
 
 
 def with_pd_keys(cfg: CfgNode) -> CfgNode:
@@ -118,7 +79,7 @@ def sample_seed(base_seed: int, position: int, draw: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF
 
 
-class DiffusionPromptWrapper:
+class DiffusionPromptWrapper(PerSampleTargets, AfterTraining):
     """Mixin that turns a Dassl-style prompt-learning trainer into its prompt-diffusion variant.
 
     Use ``DiffusionPromptWrapper.register(Host)`` (registers ``HostPD``) or ``.wrap(Host)``.
@@ -274,106 +235,10 @@ class DiffusionPromptWrapper:
         dtype = next(self.pd_cond_net.parameters()).dtype
         return self.pd_cond_net(image_features.to(dtype)).float()
 
-    def _pd_per_sample_loss(self, images: Tensor, labels: Optional[Tensor], features: Tensor, target: str):
-        label_weight = self.cfg.TRAINER.PD.OVERFIT.LABEL_WEIGHT
-
-        def per_sample_loss(prompts: Prompts) -> Tensor:
-            logits = self.pd_adapter.logits(images, prompts, features)
-            return target_objective(target, logits, labels, label_weight)
-
-        return per_sample_loss
-
     def pd_host_prompts(self, features: Tensor) -> Prompts:
         """The host's own prompt for each image ``{group: [B, n, w]}`` (``adapter.host_prompts``),
         attached to the host's parameters: the centre of every residual the generator models."""
         return self.pd_adapter.host_prompts(features)
-
-    def pd_overfit(self, images: Tensor, labels: Optional[Tensor], features: Tensor, center: Prompts,
-                   target: Optional[str] = None, first_grad: Optional[Prompts] = None) -> Prompts:
-        """Paper §4.1: I gradient steps of each sample's loss from its host prompt ``center``
-        ``{group: [B, n, w]}``; ``V*`` detached (fp32). The loss is ``target``'s (default
-        ``OVERFIT.TARGET``: the paper's true-label CE, or a label-free objective, for which
-        ``labels`` may be None). ``first_grad``: the summed losses' gradient at ``center`` when the
-        caller has it (the host's pass, ``_pd_host_pass``), so the first step costs no pass."""
-        overfit = self.cfg.TRAINER.PD.OVERFIT
-        target = overfit.TARGET if target is None else target
-        init = {name: prompt.detach().float() for name, prompt in center.items()}  # {group: [B, n, w]}
-        return overfit_prompts(init, self._pd_per_sample_loss(images, labels, features, target), overfit.ITERS,
-                               overfit.LR, step_rule=overfit.STEP_RULE, first_grad=first_grad)
-
-    def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor, center: Prompts,
-                    first_grad: Optional[Prompts]) -> Prompts:
-        """``V*`` for the batch: overfitted now from ``center`` (online), or ``center`` plus the
-        sample's cached residual ``V* − V_h`` (cached: the residual is recomputed every
-        ``OVERFIT.REFRESH`` epochs, the centre is always the current host prompt). ``first_grad``:
-        each sample's first overfitting gradient from the host's pass, or None."""
-        overfit = self.cfg.TRAINER.PD.OVERFIT
-        if overfit.MODE == "online":
-            return self.pd_overfit(images, labels, features, center, first_grad=first_grad)
-        if "index" not in batch:
-            raise KeyError("TRAINER.PD.OVERFIT.MODE 'cached' needs the sample index in each batch (batch['index'], "
-                           "as Dassl's DatasetWrapper gives); this data loader does not provide it")
-        indices = [int(i) for i in batch["index"]]
-        stale = [row for row, index in enumerate(indices)
-                 if index not in self._pd_overfit_cache
-                 or self.epoch - self._pd_overfit_cache[index][0] >= overfit.REFRESH]
-        if stale:
-            rows = torch.tensor(stale, device=images.device)
-            fresh = self.pd_overfit(images[rows], labels[rows], features[rows],
-                                    {name: prompt[rows] for name, prompt in center.items()},
-                                    first_grad=None if first_grad is None else
-                                    {name: grad[rows] for name, grad in first_grad.items()})
-            for position, row in enumerate(stale):
-                residual = {k: (v[position] - center[k][row].detach().float()).cpu() for k, v in fresh.items()}
-                self._pd_overfit_cache[indices[row]] = (self.epoch, residual)
-        return {name: prompt.detach().float()
-                + torch.stack([self._pd_overfit_cache[i][1][name] for i in indices]).to(images.device)
-                for name, prompt in center.items()}
-
-    def _pd_within_class(self, targets: Prompts, center: Prompts, labels: Tensor) -> Prompts:
-        """``V_h + (V* − V_h − m_y)``: the targets less the running mean residual of each sample's
-        class (``OVERFIT.REMOVE_CLASS_MEAN``; the means live for one training, ``{group: [K, n, w]}``)."""
-        if not hasattr(self, "_pd_class_means"):
-            self._pd_class_means = {name: torch.zeros(self.num_classes, *prompt.shape[1:], device=prompt.device)
-                                    for name, prompt in center.items()}
-            self._pd_class_counts = torch.zeros(self.num_classes, dtype=torch.long)
-        residuals = {name: targets[name] - center[name] for name in center}
-        within = remove_class_means(residuals, labels, self._pd_class_means, self._pd_class_counts, NORM_MOMENTUM)
-        return {name: center[name] + within[name] for name in center}
-
-    def _pd_update_scale(self, targets: Prompts, center: Prompts) -> None:
-        """Move each group's scale towards the RMS of ``V* − V_h`` over the batch (exponential
-        moving average, momentum ``NORM_MOMENTUM``; set outright on the first step of a fresh
-        training)."""
-        momentum = 1.0 if self.epoch == 0 and self.batch_idx == 0 else NORM_MOMENTUM
-        residuals = {name: targets[name] - center[name].detach().float() for name in targets}
-        self.pd_generator.update_scale(residuals, momentum)
-
-    @torch.no_grad()
-    def pd_generator_fit(self, data_loader=None, draws: int = 4, seed: int = 0) -> float:
-        """How well the generator's training prediction reconstructs the overfitted prompts of a data
-        set (default: the training set): ``Σ‖V* − V̂‖² / Σ‖V* − V_h‖²`` in normalised space over
-        ``draws`` seeded draws of the loss's randomness per sample (diffusion: the denoiser's x0
-        from a random timestep and noise; GAN and flow: a sample; VAE: the reconstruction).
-        1: no better than the host's prompts; 0: exact. Batches of the training set are parsed as
-        training batches, others as test batches."""
-        self.set_model_mode("eval")
-        model = self.pd_generator
-        generator = torch.Generator().manual_seed(seed)
-        parse = self.parse_batch_train if data_loader is None else self.parse_batch_test
-        error = baseline = 0.0
-        for batch in data_loader if data_loader is not None else self.train_loader_x:
-            images, labels = parse(batch)[:2]
-            features = self.pd_adapter.image_features(images)
-            center = {k: v.float() for k, v in self.pd_host_prompts(features).items()}
-            targets = self.pd_overfit(images, labels, features, center)
-            pi = self.pd_condition(features)
-            residual = model.layout.flatten(model.normalize(targets, center)).float()  # [B, N]
-            for _ in range(draws):
-                predicted = model.residual_loss(residual, pi, generator)[1]  # normalized, as ``residual``
-                error += float((predicted.float() - residual).pow(2).mean()) * len(images)
-                baseline += float(residual.pow(2).mean()) * len(images)
-        return error / baseline
 
     # ------------------------------------------------------------------ training
     def before_train(self) -> None:
@@ -385,11 +250,6 @@ class DiffusionPromptWrapper:
             else:
                 print(f"Prompt diffusion: per-sample overfitting cached ({self._pd_overfit_text()}; "
                       f"each sample's V* recomputed every {overfit.REFRESH} epoch(s))")
-
-    def _pd_overfit_text(self) -> str:
-        overfit = self.cfg.TRAINER.PD.OVERFIT
-        mix = f" + {overfit.LABEL_WEIGHT} x label CE" if overfit.LABEL_WEIGHT > 0 else ""
-        return f"target {overfit.TARGET}{mix}, I={overfit.ITERS}, {overfit.STEP_RULE} steps of lr={overfit.LR}"
 
     def forward_backward(self, batch: dict) -> dict:
         if not self.pd_enabled:
@@ -435,83 +295,6 @@ class DiffusionPromptWrapper:
             self.update_lr()
         return summary
 
-    def _pd_host_pass(self, parsed: tuple, images: Tensor, labels: Tensor, features: Tensor, center: Prompts,
-                      scaler) -> Tuple[Optional[Tensor], Optional[Prompts]]:
-        """Backpropagate ``HOST_LOSS_WEIGHT`` times the host's own loss now (its graph is freed before
-        the overfitting). Returns the loss (detached; None when off or the host has none) and, when
-        this pass is shared (``_pd_shares_host_pass``), each sample's first overfitting gradient at
-        ``V_h`` ``{group: [B, n, w]}`` (fp32), else None.
-
-        Shared, the loss is ``CE(adapter.logits(images, V_h), y)``: for the paper's target (the
-        true-label CE) its backward is the overfitting's first one too (the gradient of the batch
-        mean at row ``b`` is sample ``b``'s own over B); for a label-free target one more backward
-        from the same forward gives it. One forward-backward of the prompted encoders fewer per step."""
-        pd = self.cfg.TRAINER.PD
-        if pd.HOST_LOSS_WEIGHT == 0:
-            return None, None
-        if not self._pd_shares_host_pass(parsed, images, labels, features):
-            with self._pd_autocast():
-                loss = self.pd_adapter.host_loss(parsed)
-            if loss is not None:
-                backward(self, pd.HOST_LOSS_WEIGHT * loss, scaler)
-                loss = loss.detach()
-            return loss, None
-        overfit = pd.OVERFIT
-        with self._pd_autocast():
-            logits = self.pd_adapter.logits(images, center, features)
-            loss = F.cross_entropy(logits, labels)
-        first_grad = None
-        if overfit.ITERS > 0 and overfit.TARGET != "label":
-            objective = target_objective(overfit.TARGET, logits, labels, overfit.LABEL_WEIGHT).sum()
-            grads = torch.autograd.grad(objective, list(center.values()), retain_graph=True)
-            first_grad = {name: grad.float() for name, grad in zip(center, grads)}
-        elif overfit.ITERS > 0:
-            for prompt in center.values():
-                prompt.retain_grad()
-        backward(self, pd.HOST_LOSS_WEIGHT * loss, scaler)
-        if overfit.ITERS > 0 and first_grad is None:  # undo the mean over B, the weight and the amp scale
-            factor = pd.HOST_LOSS_WEIGHT * (scaler.get_scale() if scaler is not None else 1.0) / len(images)
-            first_grad = {name: prompt.grad.float() / factor for name, prompt in center.items()}
-        return loss.detach(), first_grad
-
-    def _pd_shares_host_pass(self, parsed: tuple, images: Tensor, labels: Tensor, features: Tensor) -> bool:
-        """Whether the host's loss goes through ``adapter.logits`` and shares its pass with the
-        overfitting: the adapter says the host's loss is the cross-entropy of its logits at its own
-        prompts (``host_loss_is_prompt_ce``) and, on the first training batch, the two agree in
-        value and in the gradient of every trainable host parameter (a fork whose loss differs keeps
-        its own pass). Decided once per training, said in the log."""
-        if self._pd_host_pass_shared is None:
-            self._pd_host_pass_shared, reason = self._pd_check_host_loss(parsed, images, labels, features)
-            print(f"Prompt diffusion: {reason}")
-        return self._pd_host_pass_shared
-
-    def _pd_check_host_loss(self, parsed: tuple, images: Tensor, labels: Tensor, features: Tensor) -> Tuple[bool, str]:
-        adapter = self.pd_adapter
-        if not adapter.host_loss_is_prompt_ce:
-            return False, (f"the {adapter.name} adapter's host loss is not the cross-entropy at the host's prompts, "
-                           "so it runs as its own pass before the overfitting")
-        with self._pd_autocast():
-            own = adapter.host_loss(parsed)
-            through = F.cross_entropy(adapter.logits(images, self.pd_host_prompts(features), features), labels)
-        if own is None:
-            return False, f"the {adapter.name} adapter gives no host loss"
-        params = [p for p in adapter.model.parameters() if p.requires_grad]
-        pairs = [(own.detach(), through.detach())]
-        for first, second in zip(torch.autograd.grad(own, params, allow_unused=True),
-                                 torch.autograd.grad(through, params, allow_unused=True)):
-            if first is not None or second is not None:
-                pairs.append((torch.zeros_like(second) if first is None else first,
-                              torch.zeros_like(first) if second is None else second))
-        tolerance = 1e-4 if through.dtype == torch.float32 and own.dtype == torch.float32 else 1e-2
-        worst = max(float((a - b).abs().max()) / max(float(a.abs().max()), float(b.abs().max()), 1e-12)
-                    for a, b in pairs)
-        values = f"first batch: {pairs[0][0].item():.6g} and {pairs[0][1].item():.6g}, gradients within {worst:.1e} relative"
-        if worst <= tolerance:
-            return True, (f"the host's loss is the cross-entropy of its logits at its own prompts ({values}): one "
-                          "pass gives the host loss and each sample's first overfitting step")
-        return False, (f"the host's own loss differs from the cross-entropy at its prompts ({values}, tolerance "
-                       f"{tolerance:g}), so it runs as its own pass before the overfitting")
-
     def after_epoch(self) -> None:
         """The host's ``after_epoch`` (checkpoints, validation), then one log line on how the
         generator does on ``TRAINER.PD.DIAGNOSE_IMAGES`` held-out (val) images: the generator's fit,
@@ -538,85 +321,6 @@ class DiffusionPromptWrapper:
             self.pd_calibrate()
             self._pd_resave(GENERATOR_NAME)
         super().after_train()
-
-    def pd_calibrate(self, max_images: int = CALIBRATION_IMAGES) -> Dict[str, float]:
-        """Scale generated residuals by how much of them points the right way (``calibrate_gain``),
-        measured on up to ``max_images`` held-out images (the val split; the training images when
-        there is none) against the residuals overfitted with their true labels. A generator that
-        learned nothing then leaves the host's prompt as it is. Returns the gain per group."""
-        model = self.pd_generator
-        for name in model.layout.names:
-            getattr(model, f"{name}_gain").fill_(1.0)
-        held_out = getattr(self, "val_loader", None) is not None
-        loader = self.val_loader if held_out else self.train_loader_x
-        generated, targets, seen = [], [], 0
-        for item in residual_batches(self, loader, max_images, training=not held_out):
-            generated.append(model.normalize(item.generated, item.center))
-            targets.append(model.normalize(item.overfit, item.center))
-            seen += len(item.labels)
-        gains = model.calibrate_gain({k: torch.cat([g[k] for g in generated]) for k in model.layout.names},
-                                     {k: torch.cat([t[k] for t in targets]) for k in model.layout.names})
-        where = "held-out val" if held_out else "training"
-        print(f"Prompt diffusion: residual gain calibrated on {seen} {where} images: "
-              + ", ".join(f"{name} {gain:.3f}" for name, gain in gains.items()))
-        return gains
-
-    @torch.no_grad()
-    def _pd_conditions(self, loader, training: bool, max_images: Optional[int] = None) -> Tensor:
-        """π of the images of ``loader`` (the first ``max_images``; all by default), ``[N, C]``."""
-        self.set_model_mode("eval")
-        conditions, seen = [], 0
-        for batch in tqdm(loader, desc="π of the images", leave=False, disable=None):
-            images = (self.parse_batch_train(batch) if training else self.parse_batch_test(batch))[0]
-            conditions.append(self.pd_condition(self.pd_adapter.image_features(images)))
-            seen += len(images)
-            if max_images is not None and seen >= max_images:
-                break
-        return torch.cat(conditions)[:max_images]
-
-    def pd_distill_amed(self) -> Dict[int, List[float]]:
-        """Distil the AMED predictor of every NFE in ``TRAINER.PD.AMED.NFES`` from the teacher
-        solver on the π of the training images and fresh noise; returns the loss per distillation
-        batch, per NFE. Each predictor keeps the weights whose student came closest to the teacher
-        on held-out (val) conditions (``distill_amed``'s check); the log gives that error before and
-        after distillation, what distillation is for (the loss per batch moves with each batch's
-        random conditions and noise)."""
-        amed = self.cfg.TRAINER.PD.AMED
-        conditions = self._pd_conditions(self.train_loader_x, training=True)
-        denoiser = self.pd_generator
-        held_out = getattr(self, "val_loader", None) is not None
-        check_conditions = (self._pd_conditions(self.val_loader, training=False, max_images=AMED_CHECK_IMAGES)
-                            if held_out else conditions[:AMED_CHECK_IMAGES])
-        check_noise = torch.randn(len(check_conditions), denoiser.layout.numel,  # own generator: the run's
-                                  generator=torch.Generator().manual_seed(self.cfg.SEED)).to(conditions.device)
-        check = StudentCheck(denoiser.denoise_fn(check_conditions), check_noise, denoiser.schedule,
-                             teacher=amed.TEACHER, inserted=amed.INSERTED)
-
-        def batches():  # random training conditions and fresh noise (the run's seeded global RNG)
-            for _ in range(amed.DISTILL_ITERS):
-                rows = torch.randint(len(conditions), (min(amed.BATCH, len(conditions)),))
-                noise = torch.randn(len(rows), denoiser.layout.numel).to(conditions.device)
-                yield denoiser.denoise_fn(conditions[rows.to(conditions.device)]), noise
-
-        self.pd_amed.train()
-        histories = {}
-        for nfe in self.pd_amed.nfes:
-            print(f"Prompt diffusion: distilling the AMED predictor (NFE={nfe}) from {amed.TEACHER} with "
-                  f"{amed.INSERTED} inserted points, {amed.DISTILL_ITERS} batches of {amed.BATCH}")
-            predictor = self.pd_amed.predictor(nfe)
-            check.errors.clear()
-            history = distill_amed(predictor, batches(), denoiser.schedule, teacher=amed.TEACHER,
-                                   inserted=amed.INSERTED, lr=amed.LR, check=check, check_every=AMED_CHECK_EVERY,
-                                   log_every=max(1, amed.DISTILL_ITERS // 10))
-            print(f"Prompt diffusion: AMED (NFE={nfe}) student-vs-teacher error on {len(check_conditions)} "
-                  f"{'held-out val' if held_out else 'training'} images {check.errors[0]:.4g} -> "
-                  f"{min(check.errors):.4g}, "
-                  f"the best of every {AMED_CHECK_EVERY} batches (distillation loss per batch "
-                  f"{history[0]:.4g} -> {history[-1]:.4g})")
-            histories[nfe] = history
-        self.pd_amed.eval()
-        self.pd_amed.distilled_flag.fill_(True)
-        return histories
 
     def _pd_resave(self, name: str) -> None:
         """Write the registered model ``name`` (the distilled AMED predictor, the calibrated

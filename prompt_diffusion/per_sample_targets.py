@@ -12,7 +12,7 @@ where it can: when the host's loss is the cross-entropy of its logits at ``V_h``
 the host loss and each sample's first overfitting gradient, one prompted pass of the encoders
 fewer per step; I = 1 then costs no pass of its own.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,29 +61,36 @@ class PerSampleTargets:
         return overfit_prompts(init, self._pd_per_sample_loss(images, labels, features, target), overfit.ITERS,
                                overfit.LR, step_rule=overfit.STEP_RULE, first_grad=first_grad)
 
-    def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor, center: Prompts,
-                    first_grad: Optional[Prompts]) -> Prompts:
-        """``V*`` for the batch: overfitted now from ``center`` (online), or ``center`` plus the
-        sample's cached residual ``V* − V_h`` (cached: the residual is recomputed every
-        ``OVERFIT.REFRESH`` epochs, the centre is always the current host prompt). ``first_grad``:
-        each sample's first overfitting gradient from the host's pass, or None."""
+    def _pd_rows_to_overfit(self, batch: dict, size: int) -> List[int]:
+        """The rows of a batch of ``size`` overfitted in this step: all of them online; cached, those
+        whose residual is missing or ``OVERFIT.REFRESH`` epochs old."""
         overfit = self.cfg.TRAINER.PD.OVERFIT
         if overfit.MODE == "online":
-            return self.pd_overfit(images, labels, features, center, first_grad=first_grad)
+            return list(range(size))
         if "index" not in batch:
             raise KeyError("TRAINER.PD.OVERFIT.MODE 'cached' needs the sample index in each batch (batch['index'], "
                            "as Dassl's DatasetWrapper gives); this data loader does not provide it")
+        return [row for row, index in enumerate(int(i) for i in batch["index"])
+                if index not in self._pd_overfit_cache
+                or self.epoch - self._pd_overfit_cache[index][0] >= overfit.REFRESH]
+
+    def _pd_targets(self, batch: dict, images: Tensor, labels: Tensor, features: Tensor, center: Prompts,
+                    rows: List[int], first_grad: Optional[Prompts]) -> Prompts:
+        """``V*`` for the batch: overfitted now from ``center`` (online), or ``center`` plus the
+        sample's cached residual ``V* − V_h`` (cached: the residual is recomputed every
+        ``OVERFIT.REFRESH`` epochs, the centre is always the current host prompt). ``rows``: those
+        overfitted now (``_pd_rows_to_overfit``); ``first_grad``: each sample's first overfitting
+        gradient from the host's pass, or None."""
+        if self.cfg.TRAINER.PD.OVERFIT.MODE == "online":
+            return self.pd_overfit(images, labels, features, center, first_grad=first_grad)
         indices = [int(i) for i in batch["index"]]
-        stale = [row for row, index in enumerate(indices)
-                 if index not in self._pd_overfit_cache
-                 or self.epoch - self._pd_overfit_cache[index][0] >= overfit.REFRESH]
-        if stale:
-            rows = torch.tensor(stale, device=images.device)
-            fresh = self.pd_overfit(images[rows], labels[rows], features[rows],
-                                    {name: prompt[rows] for name, prompt in center.items()},
+        if rows:
+            stale = torch.tensor(rows, device=images.device)
+            fresh = self.pd_overfit(images[stale], labels[stale], features[stale],
+                                    {name: prompt[stale] for name, prompt in center.items()},
                                     first_grad=None if first_grad is None else
-                                    {name: grad[rows] for name, grad in first_grad.items()})
-            for position, row in enumerate(stale):
+                                    {name: grad[stale] for name, grad in first_grad.items()})
+            for position, row in enumerate(rows):
                 residual = {k: (v[position] - center[k][row].detach().float()).cpu() for k, v in fresh.items()}
                 self._pd_overfit_cache[indices[row]] = (self.epoch, residual)
         return {name: prompt.detach().float()
@@ -115,11 +122,12 @@ class PerSampleTargets:
         return f"target {overfit.TARGET}{mix}, I={overfit.ITERS}, {overfit.STEP_RULE} steps of lr={overfit.LR}"
 
     def _pd_host_pass(self, parsed: tuple, images: Tensor, labels: Tensor, features: Tensor, center: Prompts,
-                      scaler) -> Tuple[Optional[Tensor], Optional[Prompts]]:
+                      scaler, overfitting: bool) -> Tuple[Optional[Tensor], Optional[Prompts]]:
         """Backpropagate ``HOST_LOSS_WEIGHT`` times the host's own loss now (its graph is freed before
         the overfitting). Returns the loss (detached; None when off or the host has none) and, when
-        this pass is shared (``_pd_shares_host_pass``), each sample's first overfitting gradient at
-        ``V_h`` ``{group: [B, n, w]}`` (fp32), else None.
+        this pass is shared (``_pd_shares_host_pass``) and the step overfits (``overfitting``: I > 0
+        and some row to overfit), each sample's first overfitting gradient at ``V_h``
+        ``{group: [B, n, w]}`` (fp32), else None.
 
         Shared, the loss is ``CE(adapter.logits(images, V_h), y)``: for the paper's target (the
         true-label CE) its backward is the overfitting's first one too (the gradient of the batch
@@ -140,15 +148,15 @@ class PerSampleTargets:
             logits = self.pd_adapter.logits(images, center, features)
             loss = F.cross_entropy(logits, labels)
         first_grad = None
-        if overfit.ITERS > 0 and overfit.TARGET != "label":
+        if overfitting and overfit.TARGET != "label":
             objective = target_objective(overfit.TARGET, logits, labels, overfit.LABEL_WEIGHT).sum()
             grads = torch.autograd.grad(objective, list(center.values()), retain_graph=True)
             first_grad = {name: grad.float() for name, grad in zip(center, grads)}
-        elif overfit.ITERS > 0:
+        elif overfitting:
             for prompt in center.values():
                 prompt.retain_grad()
         backward(self, pd.HOST_LOSS_WEIGHT * loss, scaler)
-        if overfit.ITERS > 0 and first_grad is None:  # undo the mean over B, the weight and the amp scale
+        if overfitting and first_grad is None:  # undo the mean over B, the weight and the amp scale
             factor = pd.HOST_LOSS_WEIGHT * (scaler.get_scale() if scaler is not None else 1.0) / len(images)
             first_grad = {name: prompt.grad.float() / factor for name, prompt in center.items()}
         return loss.detach(), first_grad

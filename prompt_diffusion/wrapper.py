@@ -265,8 +265,10 @@ class DiffusionPromptWrapper(PerSampleTargets, AfterTraining):
         # every registered optimizer (host's and wrapper's) steps once, on the gradients of two backward
         # passes: the host's loss first (its pass may give the first overfitting step), then CE + generator
         self.model_zero_grad()
-        loss_host, first_grad = self._pd_host_pass(parsed, images, labels, features, center, scaler)
-        targets = self._pd_targets(batch, images, labels, features, center, first_grad)  # V*: detached
+        rows = self._pd_rows_to_overfit(batch, len(images))  # all online; cached: the stale samples
+        loss_host, first_grad = self._pd_host_pass(parsed, images, labels, features, center, scaler,
+                                                   overfitting=pd.OVERFIT.ITERS > 0 and bool(rows))
+        targets = self._pd_targets(batch, images, labels, features, center, rows, first_grad)  # V*: detached
         if pd.OVERFIT.REMOVE_CLASS_MEAN:
             targets = self._pd_within_class(targets, fixed_center, labels)
         self._pd_update_scale(targets, center)

@@ -98,6 +98,19 @@ def test_the_shared_pass_gives_the_same_vstar_losses_and_step(name, target, rule
     assert sorted(passes_apart) == ["host forward"] + ["logits"] * (ITERS + 1)
 
 
+@pytest.mark.parametrize("target", ["label", "agreement"])
+def test_cached_overfitting_shares_the_pass_for_its_stale_samples_only(target, world, tmp_path):
+    """OVERFIT.MODE cached: the first step overfits every sample (shared as online), the second, all
+    cached, runs the host's pass and the CE of Eq. 8 and nothing else."""
+    opts = PD_OPTS + ["TRAINER.PD.OVERFIT.TARGET", target, "TRAINER.PD.OVERFIT.MODE", "cached"]
+    shared = one_step(trainer_for("CoCoOpPD", world, None, tmp_path / "shared", opts), shared=True)
+    apart = one_step(trainer_for("CoCoOpPD", world, None, tmp_path / "apart", opts), shared=False)
+    for group in shared[0]:
+        torch.testing.assert_close(shared[0][group], apart[0][group], rtol=0, atol=1e-6)
+    assert shared[3] == ["logits", "logits"]
+    assert sorted(apart[3]) == ["host forward", "logits"]
+
+
 def test_a_host_loss_that_is_not_the_ce_at_its_prompts_keeps_its_own_pass(world, tmp_path, capsys):
     """A fork whose loss differs from the CE at its prompts (here: label smoothing) though its adapter
     says otherwise is caught on the first batch and keeps its own pass, said in the log."""

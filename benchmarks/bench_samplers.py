@@ -15,7 +15,7 @@ fitted from log error vs log NFE at NFE 17, 33, 65, 129.
 """
 import argparse
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -32,11 +32,12 @@ from prompt_diffusion.diffusion import (
 from prompt_diffusion.diffusion.analytic import GaussianDenoiser
 
 
-def timings(runs: Dict[str, Callable[[], object]], repeats: int, device: torch.device) -> Dict[str, Tuple[float, float]]:
-    """Fastest (wall, process CPU) seconds of each run over ``repeats`` interleaved rounds.
+def round_times(runs: Dict[str, Callable[[], object]], repeats: int,
+                device: torch.device) -> Dict[str, List[Tuple[float, float]]]:
+    """(wall, process CPU) seconds of each run in each of ``repeats`` interleaved rounds.
 
     One warm-up call each first. Rounds interleave the runs so that load from other processes
-    on a shared machine hits all of them alike; the minimum is the least disturbed measurement.
+    on a shared machine hits all of them alike.
     """
     def synchronize() -> None:
         if device.type == "cuda":
@@ -45,15 +46,21 @@ def timings(runs: Dict[str, Callable[[], object]], repeats: int, device: torch.d
     for run in runs.values():
         run()
     synchronize()
-    best = {name: (float("inf"), float("inf")) for name in runs}
+    times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             wall, cpu = time.perf_counter(), time.process_time()
             run()
             synchronize()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    return best
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
+
+
+def timings(runs: Dict[str, Callable[[], object]], repeats: int, device: torch.device) -> Dict[str, Tuple[float, float]]:
+    """Fastest (wall, process CPU) seconds of each run over ``repeats`` interleaved rounds
+    (``round_times``): the least disturbed measurement on a shared machine."""
+    return {name: (min(wall for wall, _ in rounds), min(cpu for _, cpu in rounds))
+            for name, rounds in round_times(runs, repeats, device).items()}
 
 
 def accuracy(nfe: int) -> None:

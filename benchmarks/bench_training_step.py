@@ -1,8 +1,8 @@
 """The training step of every host and of its PD variant, side by side in one run, and where the PD
 step goes.
 
-Two model sizes, each timed in interleaved rounds in one process (the fastest of ``--repeats``
-after a warm-up step; ``forward_backward`` on one training batch, no scheduler step):
+Two model sizes, each timed in interleaved rounds in one process (the median of ``--repeats``
+rounds after a warm-up step; ``forward_backward`` on one training batch, no scheduler step):
 
 - ``--spec SPEC`` (default ``toy_cost``): every method of a shipped experiment spec, built with
   exactly the config its sweep runs get (``sweep.merged_config``) on the spec's first dataset:
@@ -29,6 +29,7 @@ follows from the config's ``MAX_EPOCH`` and ``REFRESH`` (the refresh epochs: 0, 
 """
 import argparse
 import math
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -38,7 +39,7 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 
-from bench_samplers import timings  # interleaved rounds, fastest wall/CPU time per run
+from bench_samplers import round_times  # interleaved rounds: wall / CPU time of each run in each round
 from trainer_timing import PAPER_CONFIGS, make_paper_trainer, write_world
 
 import prompt_diffusion.data  # noqa: F401  (registers the datasets)
@@ -139,7 +140,9 @@ def refresh_share(cfg) -> float:
 def compare(trainers: Dict[str, Tuple[object, str]], batches: Dict[str, dict], repeats: int,
             device: torch.device) -> List[str]:
     """Time every trainer's step (``trainers``: label -> (trainer, its host's label)) in interleaved
-    rounds and split every PD step; returns the markdown rows."""
+    rounds and split every PD step; returns the markdown rows. A step's time is its median over the
+    rounds (on this project's shared CPUs single steps have fast outliers that a fastest-of would
+    pick for one trainer and not the other); the ratio is of medians."""
     runs = {}
     for label, (trainer, _) in trainers.items():
         trainer.set_model_mode("train")
@@ -148,29 +151,30 @@ def compare(trainers: Dict[str, Tuple[object, str]], batches: Dict[str, dict], r
             runs[(label, "cache hit")] = step_run(trainer, batches[label])
         else:
             runs[(label, "")] = step_run(trainer, batches[label])
-    best = timings(runs, repeats, device)
+    median = {key: tuple(statistics.median(times) for times in zip(*rounds))
+              for key, rounds in round_times(runs, repeats, device).items()}  # (wall, CPU)
     rows = []
-    for (label, kind), (wall, cpu) in best.items():
+    for (label, kind), (wall, cpu) in median.items():
         trainer, host = trainers[label]
-        host_wall = best[(host, "")][0]
-        name = f"{label} ({kind})" if kind else label
-        cells = ["", "", *[""] * len(PARTS)]
+        host_wall = median[(host, "")][0]
+        cells = [""] * (len(PARTS) + 1)
         if hasattr(trainer, "pd_adapter"):
             parts = split(trainer, runs[(label, kind)], device, steps=2)
             cells = [f"{1000 * parts[p]:.1f}" for p in ("rest", *PARTS)]
         ratio = "" if label == host else f"{wall / host_wall:.2f}x"
+        name = f"{label} ({kind})" if kind else label
         rows.append(f"| {name} | {1000 * wall:.1f} | {1000 * cpu:.1f} | {ratio} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
         if kind == "cache hit":
             share = refresh_share(trainer.cfg)
-            mean = share * best[(label, "refresh")][0] + (1 - share) * wall
+            mean = share * median[(label, "refresh")][0] + (1 - share) * wall
             rows.append(f"| {label} (mean over the training: {share:.0%} refresh steps) | {1000 * mean:.1f} | | "
                         f"{mean / host_wall:.2f}x |" + " |" * (len(PARTS) + 1))
             print(rows[-1], flush=True)
     return rows
 
 
-HEADER = ["| trainer | step ms | CPU ms | × host | frozen pass, π, V_h, rest | " + " | ".join(PARTS) + " |",
+HEADER = ["| trainer | step ms (median) | CPU ms | × host | frozen pass, π, V_h, rest | " + " | ".join(PARTS) + " |",
           "|---|---|---|---|---|" + "---|" * len(PARTS)]
 
 
@@ -223,7 +227,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rounds = f"{args.threads} thread(s), {args.device}, fastest of {args.repeats} interleaved rounds after a warm-up step"
+    rounds = f"{args.threads} thread(s), {args.device}, median of {args.repeats} interleaved rounds after a warm-up step"
     if not args.vit:
         if args.root is None:
             parser.error("--root is needed for the spec's datasets (or --vit)")

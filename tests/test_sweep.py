@@ -371,13 +371,27 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
     # a finished run whose config is no longer what the spec gives it (here: as if OPTIM.LR's value had
     # changed in a trainer file or a default since): the folder name cannot show it; the record does
     record = first.output_dir / "run_config.yaml"
-    recorded = yaml.safe_load(record.read_text())
+    original = record.read_text()
+    recorded = yaml.safe_load(original)
     recorded["OPTIM"]["LR"] = 0.125
     record.write_text(yaml.safe_dump(recorded))
     for argv in (sweep, sweep + ["--dry-run"]):
         code, text = run_cli(*argv)
         assert code == 1 and "nothing was launched" in text
         assert f"{first.output_dir}: OPTIM.LR: 0.125 -> " in text and text.count("OPTIM.LR") == 1
+
+    # a changed TRAINER.PD default makes a PD run stale, not a host run (which never reads those keys)
+    record.write_text(original)
+    runs = [run for chain in expand(load_spec(str(spec_path)), out) for run in chain.runs]
+    host_run = next(run for run in runs if run.trainer == "CoOp")
+    pd_run = next(run for run in runs if run.trainer == "CoOpPD")
+    for run in (host_run, pd_run):
+        changed = yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
+        changed["TRAINER"]["PD"]["OVERFIT"]["ITERS"] = 7
+        (run.output_dir / "run_config.yaml").write_text(yaml.safe_dump(changed))
+    code, text = run_cli(*sweep, "--dry-run")
+    assert code == 1 and f"{pd_run.output_dir}: TRAINER.PD.OVERFIT.ITERS: 7 -> " in text
+    assert str(host_run.output_dir) + ":" not in text
 
 
 def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):

@@ -32,7 +32,7 @@ from typing import Dict, List
 import torch
 
 from bench_samplers import timings  # interleaved rounds, fastest wall / CPU time (this folder is on sys.path)
-from trainer_timing import PAPER_CONFIGS, inference_runs, make_paper_trainer, timing_parser, write_world
+from trainer_timing import PAPER_CONFIGS, inference_runs, lever_opts, make_paper_trainer, timing_parser, write_world
 
 # the hosts with visual or multi-modal prompts (their paper configs: trainer_timing.PAPER_CONFIGS)
 MULTIMODAL_HOSTS = ("VPT", "MaPLe", "PromptSRC", "CoPrompt")
@@ -43,16 +43,6 @@ LEVERS = {
     "w384": ["TRAINER.PD.DENOISER.WIDTH", 384],
     "w512": ["TRAINER.PD.DENOISER.WIDTH", 512],
 }
-
-
-def lever_opts(spec: str) -> List:
-    """``"layer+w256"`` -> the ``[key, value, ...]`` of each named lever; ``"default"`` -> []."""
-    if spec == "default":
-        return []
-    unknown = [name for name in spec.split("+") if name not in LEVERS]
-    if unknown:
-        raise SystemExit(f"unknown lever(s) {unknown}; choose from {sorted(LEVERS)} (joined with '+') or 'default'")
-    return [item for name in spec.split("+") for item in LEVERS[name]]
 
 
 def compare(trainers: Dict[str, object], images: torch.Tensor, repeats: int, device: torch.device, batch: int) -> None:
@@ -79,7 +69,7 @@ def main() -> None:
                         help="PD settings timed side by side: 'default' or levers joined with '+' "
                              f"({', '.join(sorted(LEVERS))})")
     args = parser.parse_args()
-    levers = {spec: lever_opts(spec) for spec in args.levers}
+    levers = {spec: lever_opts(spec, LEVERS) for spec in args.levers}
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -25,7 +25,7 @@ follows from the config's ``MAX_EPOCH`` and ``REFRESH`` (the refresh epochs: 0, 
 
     python benchmarks/bench_training_step.py --root /tmp/toy_data             # toy_cost, 1 thread, 10 rounds
     python benchmarks/bench_training_step.py --vit --repeats 2                # ViT-B/16, every host
-    python benchmarks/bench_training_step.py --vit --hosts VPT --levers iters1 cached
+    python benchmarks/bench_training_step.py --vit --levers iters5 iters5+cached    # and the paper's I = 5
 """
 import argparse
 import math
@@ -40,7 +40,7 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 import torch
 
 from bench_samplers import round_times  # interleaved rounds: wall / CPU time of each run in each round
-from trainer_timing import PAPER_CONFIGS, make_paper_trainer, write_world
+from trainer_timing import PAPER_CONFIGS, lever_opts, make_paper_trainer, write_world
 
 import prompt_diffusion.data  # noqa: F401  (registers the datasets)
 import prompt_diffusion.trainers  # noqa: F401  (registers the trainers and their PD variants)
@@ -48,10 +48,11 @@ import prompt_diffusion.wrapper as wrapper_module
 from prompt_diffusion.engine import build_trainer, set_random_seed
 from prompt_diffusion.sweep import CONFIGS_DIR, load_spec, merged_config
 
-# --vit levers: TRAINER.PD keys timed beside what the paper configs ship (the cost does not depend on
-# OVERFIT.LR, so `iters1` is any one-step setting)
+# --vit levers: TRAINER.PD keys timed beside what the paper configs ship (the default overfitting, one
+# step), joined with '+': `iters5` the paper's I = 5 steps of 0.005, `cached` each sample's V* reused
+# for OVERFIT.REFRESH epochs
 LEVERS = {
-    "iters1": ["TRAINER.PD.OVERFIT.ITERS", 1],
+    "iters5": ["TRAINER.PD.OVERFIT.ITERS", 5, "TRAINER.PD.OVERFIT.LR", 0.005],
     "cached": ["TRAINER.PD.OVERFIT.MODE", "cached"],
 }
 PARTS = ("host pass", "overfitting", "generator loss", "CE forward", "CE + generator backward", "optimizer steps")
@@ -208,7 +209,7 @@ def vit_trainers(host: str, levers: Sequence[str], root: Path, clip_path: Path, 
                 f"{host}PD": (make_paper_trainer(f"{host}PD", root, clip_path, batch, device, no_amed), host)}
     for lever in levers:
         trainers[f"{host}PD {lever}"] = (make_paper_trainer(f"{host}PD", root, clip_path, batch, device,
-                                                            no_amed + LEVERS[lever]), host)
+                                                            no_amed + lever_opts(lever, LEVERS)), host)
     return trainers
 
 
@@ -218,7 +219,8 @@ def main() -> None:
     parser.add_argument("--root", help="DATASET.ROOT of the spec (the toy world is rendered there once)")
     parser.add_argument("--vit", action="store_true", help="ViT-B/16 with the paper configs instead of the spec")
     parser.add_argument("--hosts", nargs="+", default=list(PAPER_CONFIGS), choices=list(PAPER_CONFIGS))
-    parser.add_argument("--levers", nargs="*", default=[], choices=sorted(LEVERS))
+    parser.add_argument("--levers", nargs="*", default=[],
+                        help=f"--vit: PD settings timed beside the shipped one, levers joined with '+' ({', '.join(LEVERS)})")
     parser.add_argument("--batch", type=int, default=4, help="--vit: images per batch (B)")
     parser.add_argument("--classes", type=int, default=10, help="--vit: classes (K)")
     parser.add_argument("--threads", type=int, default=1)

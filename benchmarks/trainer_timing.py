@@ -34,6 +34,16 @@ PAPER_CONFIGS = {
 }
 
 
+def lever_opts(spec: str, levers: Dict[str, list]) -> list:
+    """``"a+b"`` -> the ``[key, value, ...]`` of the levers ``a`` and ``b`` of ``levers``; ``"default"`` -> []."""
+    if spec == "default":
+        return []
+    unknown = [name for name in spec.split("+") if name not in levers]
+    if unknown:
+        raise SystemExit(f"unknown lever(s) {unknown}; choose from {sorted(levers)} (joined with '+') or 'default'")
+    return [item for name in spec.split("+") for item in levers[name]]
+
+
 def timing_parser(description: str, repeats: int) -> argparse.ArgumentParser:
     """The options of the ViT-B/16 benchmarks: B, K, threads, timed rounds, device."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)

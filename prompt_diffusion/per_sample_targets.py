@@ -21,7 +21,7 @@ from torch import Tensor
 from prompt_diffusion.diffusion.overfit import overfit_prompts, remove_class_means, target_objective
 from prompt_diffusion.engine.amp import backward
 
-__all__ = ["PerSampleTargets", "NORM_MOMENTUM", "relative_difference"]
+__all__ = ["PerSampleTargets"]
 
 Prompts = Dict[str, Tensor]
 
@@ -30,7 +30,7 @@ Prompts = Dict[str, Tensor]
 NORM_MOMENTUM = 0.1
 
 
-def relative_difference(first: Tensor, second: Tensor) -> float:
+def _relative_difference(first: Tensor, second: Tensor) -> float:
     """``max |first − second|`` over the larger of their largest magnitudes (0 for two zeros)."""
     scale = max(float(first.abs().max()), float(second.abs().max()), 1e-12)
     return float((first - second).abs().max()) / scale
@@ -189,7 +189,7 @@ class PerSampleTargets:
             (torch.zeros_like(b) if a is None else a, torch.zeros_like(a) if b is None else b)
             for a, b in zip(torch.autograd.grad(own, params, allow_unused=True),
                             torch.autograd.grad(through, params, allow_unused=True)) if a is not None or b is not None]
-        worst = max(relative_difference(a, b) for a, b in pairs)
+        worst = max(_relative_difference(a, b) for a, b in pairs)
         tolerance = 1e-4 if own.dtype == through.dtype == torch.float32 else 1e-2
         values = (f"first batch: {pairs[0][0].item():.6g} and {pairs[0][1].item():.6g}, gradients within {worst:.1e} "
                   "relative")

@@ -9,23 +9,13 @@ import pytest
 import torch
 
 import prompt_diffusion.trainers  # noqa: F401  (registers the trainers and their PD variants)
-from helpers import make_image_folder
 from multimodal_setup import build_world, make_cfg as multimodal_cfg
-from prompt_diffusion.backbones import build_tiny_clip, save_clip
 from prompt_diffusion.engine import build_trainer, set_random_seed
-from test_wrapper import CLASSNAMES, make_cfg
+from test_wrapper import make_cfg, world  # noqa: F401  (world: the tiny image folder fixture)
 
 ITERS = 3
 PD_OPTS = ["TRAINER.PD.OVERFIT.ITERS", ITERS, "TRAINER.PD.OVERFIT.LR", 0.02, "TRAINER.PD.DIAGNOSE_IMAGES", 0,
            "TRAINER.PD.AMED.DISTILL_ITERS", 0, "TRAINER.PD.CALIBRATE", False]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pd_shared")
-    make_image_folder(root / "images", CLASSNAMES, per_class=6)
-    save_clip(build_tiny_clip(), root / "tiny_clip.pt")
-    return root
 
 
 @pytest.fixture(scope="module")

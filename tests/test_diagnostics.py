@@ -56,7 +56,8 @@ def test_diagnose_reports_alignment_where_the_residual_is_learnable(tmp_path, ca
             "TRAINER.COOP.PREC", "fp32", "TRAINER.COOP.N_CTX", "4",
             "TRAINER.PD.DENOISER.LAYERS", "1", "TRAINER.PD.DENOISER.HEADS", "2", "TRAINER.PD.DENOISER.WIDTH", "32",
             "TRAINER.PD.COND", "image_feature", "TRAINER.PD.DIFFUSION_DRAWS", "8", "TRAINER.PD.SAMPLER", "dpmpp_2m",
-            "TRAINER.PD.AMED.DISTILL_ITERS", "0", "TRAINER.PD.OVERFIT.ITERS", "2", "TRAINER.PD.DIAGNOSE_IMAGES", "8"]
+            "TRAINER.PD.AMED.DISTILL_ITERS", "0", "TRAINER.PD.OVERFIT.ITERS", "2", "TRAINER.PD.OVERFIT.LR", "0.005",
+            "TRAINER.PD.DIAGNOSE_IMAGES", "8"]
     assert cli.main(["train", *common, "--output-dir", str(run), *opts]) == 0
     log = (run / "log.txt").read_text()
     assert log.count("held-out: fit") == 6  # one diagnosis line per epoch

@@ -25,7 +25,7 @@ PLACEMENT_KEYS = ("DATASET.ROOT", "OUTPUT_DIR", "SEED", "RESUME", "DATALOADER.NU
 # keys whose value makes another model: a checkpoint of one does not load (or means nothing) in the other
 MODEL_KEYS = ("TRAINER.NAME", "MODEL.BACKBONE.NAME", "INPUT.SIZE", "TRAINER.PD.GENERATOR", "TRAINER.PD.COND",
               "TRAINER.PD.DEEP_TOKENS")
-MODEL_KEY_PARTS = ("N_CTX", "PROMPT_DEPTH", "TRAINER.PD.DENOISER.")
+MODEL_KEY_PARTS = ("N_CTX", "PROMPT_DEPTH", "TRAINER.PD.GENERATOR_SIZE.")
 
 
 def flat_keys(node: Any, prefix: str = "") -> Dict[str, Any]:

@@ -205,12 +205,20 @@ def assert_one_step_moves_the_generator_and_inference_is_finite(trainer) -> None
     batch = next(iter(trainer.train_loader_x))
     trainer.set_model_mode("train")
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
-    before = [p.detach().clone() for p in trainer.pd_generator.parameters()]
+    before = [p.detach().clone() for p in trainer.pd.generator.parameters()]
     summary = trainer.forward_backward(batch)
     assert {"loss_ce", "loss_gen", "loss_host"} <= set(summary)
-    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_generator.parameters(), before))
-    images, _ = trainer.parse_batch_test(next(iter(trainer.test_loader)))
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd.generator.parameters(), before))
     trainer.set_model_mode("eval")
+    logits = inference(trainer, next(iter(trainer.test_loader)))
+    assert logits.shape == (len(logits), trainer.num_classes) and torch.isfinite(logits).all()
+
+
+def inference(trainer, batch: dict):
+    """``model_inference`` on a loader ``batch`` parsed as the engine's test loop parses it (a
+    prompt-diffusion trainer seeds each image's noise by its dataset index, ``batch["index"]``)."""
+    import torch
+
+    images, _ = trainer.parse_batch_test(batch)
     with torch.no_grad():
-        logits = trainer.model_inference(images)
-    assert logits.shape == (len(images), trainer.num_classes) and torch.isfinite(logits).all()
+        return trainer.model_inference(images)

@@ -12,8 +12,8 @@ from prompt_diffusion.results import read_run
 from helpers import make_image_folder
 
 CLASSES = ["red_thing", "green_thing", "blue_thing", "yellow_thing"]
-TINY = ["OPTIM.MAX_EPOCH", "1", "TRAINER.PD.DENOISER.LAYERS", "1", "TRAINER.PD.DENOISER.WIDTH", "32",
-        "TRAINER.PD.DENOISER.HEADS", "2", "TRAINER.PD.OVERFIT.ITERS", "1", "TRAINER.PD.DIAGNOSE_IMAGES", "8"]
+TINY = ["OPTIM.MAX_EPOCH", "1", "TRAINER.PD.GENERATOR_SIZE.LAYERS", "1", "TRAINER.PD.GENERATOR_SIZE.WIDTH", "32",
+        "TRAINER.PD.GENERATOR_SIZE.HEADS", "2", "TRAINER.PD.OVERFIT.ITERS", "1", "TRAINER.PD.DIAGNOSE_IMAGES", "8"]
 
 
 def train_run(root: Path, out: Path, trainer: str, *config_files: str) -> Path:

@@ -20,10 +20,10 @@ def read_weights_file(path: Union[str, Path], what: str) -> object:
     unpickled). A truncated, corrupt or foreign file is one ValueError: ``MODEL.BACKBONE.PATH <path>:
     not <what> (<error type>)``."""
     path = Path(path).expanduser()
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import load_file  # outside the try: a missing package is not a corrupt file
     try:
         if path.suffix == SAFETENSORS_SUFFIX:
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, pickled objects: one line, never unpickled

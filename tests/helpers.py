@@ -214,3 +214,40 @@ def assert_one_step_moves_the_generator_and_inference_is_finite(trainer) -> None
     with torch.no_grad():
         logits = trainer.model_inference(images)
     assert logits.shape == (len(images), trainer.num_classes) and torch.isfinite(logits).all()
+
+
+# the prompted trainers and their opts for one training step on a converted backbone (OpenCLIP, transformers):
+# 2-3 prompt tokens, depth <= 3 (the test backbones have 3 layers), fp32; the PD variants with a 1-layer generator
+ONE_STEP_SETTINGS = {
+    "CoOp": ["TRAINER.COOP.N_CTX", 4, "TRAINER.COOP.PREC", "fp32"],
+    "CoCoOp": ["TRAINER.COCOOP.N_CTX", 4, "TRAINER.COCOOP.CTX_INIT", "a photo of a", "TRAINER.COCOOP.PREC", "fp32"],
+    "VPT": ["TRAINER.VPT.N_CTX_VISION", 4, "TRAINER.VPT.PROMPT_DEPTH_VISION", 2, "TRAINER.VPT.PREC", "fp32"],
+    "IVLP": ["TRAINER.IVLP.N_CTX_TEXT", 2, "TRAINER.IVLP.N_CTX_VISION", 2, "TRAINER.IVLP.PROMPT_DEPTH_TEXT", 2,
+             "TRAINER.IVLP.PROMPT_DEPTH_VISION", 2, "TRAINER.IVLP.PREC", "fp32"],
+    "MaPLe": ["TRAINER.MAPLE.N_CTX", 2, "TRAINER.MAPLE.PROMPT_DEPTH", 3, "TRAINER.MAPLE.PREC", "fp32"],
+}
+ONE_STEP_PD = ["TRAINER.PD.DENOISER.LAYERS", 1, "TRAINER.PD.DENOISER.WIDTH", 32, "TRAINER.PD.DENOISER.HEADS", 2,
+               "TRAINER.PD.OVERFIT.ITERS", 1, "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.NFE", 2]
+ONE_STEP_TRAINERS = [name + pd for name in ONE_STEP_SETTINGS for pd in ("", "PD")]
+
+
+def one_step_options(trainer: str) -> list:
+    """The opts of ``trainer`` (one of ``ONE_STEP_TRAINERS``) for ``assert_one_training_step``."""
+    return [*ONE_STEP_SETTINGS[trainer.removesuffix("PD")], *(ONE_STEP_PD if trainer.endswith("PD") else [])]
+
+
+def assert_one_training_step(trainer) -> None:
+    """One training step of a built trainer on its first batch: a PD variant moves its generator (and infers
+    finite logits), a host gives a finite loss and changes some learned parameter."""
+    import torch
+
+    if hasattr(trainer, "pd_generator"):
+        assert_one_step_moves_the_generator_and_inference_is_finite(trainer)
+        return
+    learned = [p for p in trainer.model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in learned]
+    trainer.set_model_mode("train")
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
+    summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    assert torch.isfinite(torch.tensor(summary["loss"]))
+    assert learned and any(not torch.equal(p, q) for p, q in zip(learned, before))

@@ -27,19 +27,24 @@ trained (``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``: the folder's ``preprocessor_confi
 """
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List
+from types import ModuleType
+from typing import TYPE_CHECKING, Dict, Iterable, List
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from prompt_diffusion.clip_conversion import load_weights_or_refuse, read_weights_file, set_attention_heads, use_gelu
 from prompt_diffusion.clip_package import openai_clip_modules
+
+if TYPE_CHECKING:  # the optional extra: imported when a folder is read
+    from transformers import CLIPConfig
 
 HF_NAME = "hf"
 INSTALL_HINT = "pip install 'prompt-diffusion[hf]' (or pip install transformers safetensors)"
 CONFIG_FILE = "config.json"
 # the files transformers writes the weights to, in the order from_pretrained prefers them
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
 INDEX_SUFFIX = ".index.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # sentences on which the folder's tokenizer must give the trainers' ids (class prompts, digits, punctuation)
@@ -81,7 +86,7 @@ def is_hf_name(name: str) -> bool:
     return name == HF_NAME
 
 
-def transformers_package():
+def transformers_package() -> ModuleType:
     """The installed ``transformers`` module; without it an ImportError saying how to install it."""
     try:
         import transformers
@@ -105,7 +110,7 @@ def hf_folder(path: str) -> Path:
     return folder
 
 
-def read_clip_config(folder: Path):
+def read_clip_config(folder: Path) -> "CLIPConfig":
     """The folder's ``config.json`` as transformers' ``CLIPConfig`` (its defaults filled in); another model
     type, or a field the openai layout cannot represent, is one ValueError naming the field and value."""
     path = folder / CONFIG_FILE
@@ -131,7 +136,7 @@ def read_clip_config(folder: Path):
     return config
 
 
-def unrepresentable(config) -> List[str]:
+def unrepresentable(config: "CLIPConfig") -> List[str]:
     """The fields of a ``CLIPConfig`` (with their values) that the openai layout cannot represent (empty: none)."""
     problems = []
     for tower in ("text_config", "vision_config"):
@@ -162,7 +167,7 @@ def unrepresentable(config) -> List[str]:
     return problems
 
 
-def openai_architecture(config) -> dict:
+def openai_architecture(config: "CLIPConfig") -> dict:
     """The ``clip.model.CLIP`` constructor arguments with the dimensions of a ``CLIPConfig``."""
     text, vision = config.text_config, config.vision_config
     return dict(embed_dim=config.projection_dim, image_resolution=vision.image_size,
@@ -242,7 +247,8 @@ def check_tokenizer(folder: Path) -> None:
     try:
         tokenizer = transformers_package().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as error:  # a corrupt or foreign tokenizer file
-        raise ValueError(f"MODEL.BACKBONE.PATH {folder}: its tokenizer does not load ({type(error).__name__})") from None
+        raise ValueError(f"MODEL.BACKBONE.PATH {folder}: its tokenizer does not load "
+                         f"({type(error).__name__})") from None
     tokenized = openai_clip_modules()[0].tokenize(list(TOKENIZER_PROBES))  # [P, 77], zero-padded after the EOT
     for text, row in zip(TOKENIZER_PROBES, tokenized):
         ours = row[: int(row.argmax()) + 1].tolist()  # SOT ... EOT
@@ -252,7 +258,7 @@ def check_tokenizer(folder: Path) -> None:
                              f"the trainers use {ours}")
 
 
-def load_hf_clip(path: str):
+def load_hf_clip(path: str) -> nn.Module:
     """The ``CLIPModel`` folder at ``path`` as an openai ``clip.model.CLIP`` (fp32, CPU, eval), with the
     config's head counts and activations."""
     folder = hf_folder(path)

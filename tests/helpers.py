@@ -251,3 +251,19 @@ def assert_one_training_step(trainer) -> None:
     summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
     assert torch.isfinite(torch.tensor(summary["loss"]))
     assert learned and any(not torch.equal(p, q) for p, q in zip(learned, before))
+
+
+def write_clip_bpe_tokenizer(folder: Path, swap: Sequence[str] = ()) -> None:
+    """``vocab.json`` and ``merges.txt`` of OpenAI's BPE (the openai-clip package's), as transformers' CLIP
+    folders hold them; ``swap``: two tokens whose ids are exchanged (a tokenizer that differs)."""
+    import json
+
+    from clip.simple_tokenizer import SimpleTokenizer  # the trainers' tokenizer (trainers/_common.py)
+
+    bpe = SimpleTokenizer()
+    vocab = dict(bpe.encoder)
+    if swap:
+        vocab[swap[0]], vocab[swap[1]] = vocab[swap[1]], vocab[swap[0]]
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))

@@ -14,7 +14,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from helpers import ONE_STEP_TRAINERS, assert_one_training_step, make_image_folder, one_step_options, tiny_trainer_cfg
+from helpers import (
+    ONE_STEP_TRAINERS, assert_one_training_step, make_image_folder, one_step_options, tiny_trainer_cfg,
+    write_clip_bpe_tokenizer,
+)
 from prompt_diffusion.backbones import check_backbone_weights, load_clip
 from prompt_diffusion.clip_package import openai_clip_modules
 from prompt_diffusion.clip_prompting import encode_image, encode_token_embeddings
@@ -38,18 +41,6 @@ def clip_config(hidden_act: str, eos_token_id: int):
     vision = dict(hidden_size=64, intermediate_size=256, num_attention_heads=2, num_hidden_layers=3, image_size=32,
                   patch_size=8, hidden_act=hidden_act)
     return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
-
-
-def write_clip_bpe_tokenizer(folder, swap=()) -> None:
-    """``vocab.json`` and ``merges.txt`` of OpenAI's BPE (the openai-clip package's), as transformers' CLIP
-    folders hold them; ``swap``: two tokens whose ids are exchanged (a tokenizer that differs)."""
-    bpe = openai_clip_modules()[0]._tokenizer
-    vocab = dict(bpe.encoder)
-    if swap:
-        vocab[swap[0]], vocab[swap[1]] = vocab[swap[1]], vocab[swap[0]]
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
 
 
 def save_clip_folder(folder, hidden_act: str, eos_token_id: int, storage: str, seed: int):

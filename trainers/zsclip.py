@@ -134,7 +134,7 @@ class ZeroshotCLIP(TrainerX):
     def model_inference(self, image: Tensor) -> Tensor:
         with torch.no_grad():
             image_features = encode_image(self.clip_model.visual, image)  # [B, E]
-        if self.text_features.dim() == 2:
+        if self.combine not in PER_IMAGE_COMBINE:  # text features [K, E]
             return prompted_logits(image_features, self.text_features, self.clip_model.logit_scale)
         n_templates, n_classes = self.text_features.shape[:2]
         logits = prompted_logits(image_features, self.text_features.flatten(0, 1),  # [B, T * K] -> [B, T, K]

@@ -28,7 +28,7 @@ def _set_defaults(node: CN, name: str, values: dict) -> None:
 
 
 def _add_trainer_keys(cfg: CN) -> None:
-    """Keys of the reference trainers (CoOp, CoCoOp, VPT, IVLP, CLIP-Adapter, ProGrad) and the CLIP backbone.
+    """Keys of the reference trainers (CoOp, CoCoOp, VPT, IVLP, CLIP-Adapter, ProGrad, ZeroshotCLIP) and the backbone.
 
     Defaults as upstream ``train.py`` ``extend_cfg`` (CoOp repo and multimodal-prompt-learning);
     ``MODEL.BACKBONE.PATH`` (local CLIP file; empty: ``~/.cache/clip/<file>``) and
@@ -49,6 +49,9 @@ def _add_trainer_keys(cfg: CN) -> None:
         # ProGrad's own keys (upstream LOSS.LAMBDA, LOSS.T; its prompt learner reads TRAINER.COOP);
         # TEMPLATE_INIT: the context starts as the dataset's template words (upstream CTX_INIT True)
         "PROGRAD": {"LAMBDA": 1.0, "T": 1.0, "TEMPLATE_INIT": True},
+        # ZeroshotCLIP's templates: "" the dataset's one | "imagenet" (CLIP's ImageNet templates) | a file, one
+        # per line; COMBINE: ensemble (mean text feature) | weighted | select (per image, label-free)
+        "ZEROSHOT": {"TEMPLATES": "", "COMBINE": "ensemble"},
     }
     for name, keys in trainer_keys.items():
         _set_defaults(cfg.TRAINER, name, keys)

@@ -62,17 +62,19 @@ def test_adapters_and_shared_modules_import_no_trainer(path):
     assert not offending, f"{path.relative_to(PACKAGE)} imports a reference trainer: {offending}"
 
 
-PURE_TORCH = sorted([*(PACKAGE / "diffusion").glob("*.py"), *(PACKAGE / "generators").glob("*.py")])
-# what the diffusion core and the generators may import besides the standard library
+PURE_TORCH = sorted([*(PACKAGE / "diffusion").glob("*.py"), *(PACKAGE / "generators").glob("*.py"),
+                     PACKAGE / "test_time.py"])
+# what the diffusion core, the generators and the per-image test-time rules may import besides the
+# standard library (and torchvision)
 PURE_TORCH_ALLOWED = ("torch", "numpy", "tqdm", "prompt_diffusion.diffusion", "prompt_diffusion.generators")
 # one way: diffusion/ implements the generator interface of generators/; generators/ never imports diffusion/
 # (prompt_diffusion.generator_registry, above both, names them all)
 
 
 @pytest.mark.parametrize("path", PURE_TORCH, ids=lambda p: p.relative_to(PACKAGE).as_posix())
-def test_diffusion_and_generators_are_pure_torch(path):
-    """``diffusion/`` and ``generators/`` never import CLIP, Dassl, yacs or the rest of the plug-in."""
-    package = f"prompt_diffusion.{path.parent.name}"
+def test_diffusion_generators_and_test_time_rules_are_pure_torch(path):
+    """``diffusion/``, ``generators/``, ``test_time.py`` never import CLIP, Dassl, yacs or the rest of the plug-in."""
+    package = f"prompt_diffusion.{path.parent.name}" if path.parent != PACKAGE else "prompt_diffusion"
     third_party = sorted({name for name in imported_modules(path, package)
                           if name.split(".")[0] in ("clip", "dassl", "yacs", "prompt_diffusion", "trainers")
                           and not any(name == root or name.startswith(root + ".") for root in PURE_TORCH_ALLOWED)})

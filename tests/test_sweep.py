@@ -385,13 +385,23 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
     runs = [run for chain in expand(load_spec(str(spec_path)), out) for run in chain.runs]
     host_run = next(run for run in runs if run.trainer == "CoOp")
     pd_run = next(run for run in runs if run.trainer == "CoOpPD")
+    records = {run.output_dir: (run.output_dir / "run_config.yaml").read_text() for run in (host_run, pd_run)}
     for run in (host_run, pd_run):
-        changed = yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
+        changed = yaml.safe_load(records[run.output_dir])
         changed["TRAINER"]["PD"]["OVERFIT"]["ITERS"] = 7
         (run.output_dir / "run_config.yaml").write_text(yaml.safe_dump(changed))
     code, text = run_cli(*sweep, "--dry-run")
     assert code == 1 and f"{pd_run.output_dir}: TRAINER.PD.OVERFIT.ITERS: 7 -> " in text
     assert str(host_run.output_dir) + ":" not in text
+
+    # keys only zero-shot CLIP reads (TRAINER.ZEROSHOT), absent from a record made before they existed:
+    # neither a prompt learner's run nor a PD run is stale
+    for run in (host_run, pd_run):
+        older = yaml.safe_load(records[run.output_dir])
+        del older["TRAINER"]["ZEROSHOT"]
+        (run.output_dir / "run_config.yaml").write_text(yaml.safe_dump(older))
+    code, text = run_cli(*sweep, "--dry-run")
+    assert code == 0 and "nothing was launched" not in text
 
 
 def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):

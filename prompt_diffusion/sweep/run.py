@@ -29,9 +29,9 @@ def stale_runs(chains: Sequence[Chain]) -> List[str]:
         then, now = (flat_keys(yaml.safe_load(text)) for text in (record.read_text(encoding="utf-8"), run.config_text()))
         if then.get("TRAINER.NAME") == "":  # recorded by the sweep itself, before train wrote the records
             then["TRAINER.NAME"] = now["TRAINER.NAME"]
-        reads_pd = reads_pd_keys(run.trainer)
+        unread = unread_key_prefixes(run.trainer)
         changed = sorted(key for key in then.keys() | now.keys()
-                         if key not in PLACEMENT_KEYS and (reads_pd or not key.startswith("TRAINER.PD."))
+                         if key not in PLACEMENT_KEYS and not key.startswith(unread)
                          and then.get(key) != now.get(key))
         if changed:
             shown = ", ".join(f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
@@ -39,15 +39,18 @@ def stale_runs(chains: Sequence[Chain]) -> List[str]:
     return stale
 
 
-def reads_pd_keys(trainer: str) -> bool:
-    """Whether the registered trainer ``trainer`` reads ``TRAINER.PD`` (a prompt-diffusion trainer;
-    a name not registered counts as one): a host's runs do not change with a PD default."""
+def unread_key_prefixes(trainer: str) -> Tuple[str, ...]:
+    """The config keys (by prefix) that the registered trainer ``trainer`` never reads, so its runs do
+    not change with their defaults: ``TRAINER.PD.`` unless it is a prompt-diffusion trainer,
+    ``TRAINER.ZEROSHOT.`` unless it is zero-shot CLIP. A name not registered reads them all."""
     from prompt_diffusion.engine import TRAINER_REGISTRY
+    from prompt_diffusion.trainers.zsclip import ZeroshotCLIP
     from prompt_diffusion.wrapper import DiffusionPromptWrapper
 
     if trainer not in TRAINER_REGISTRY.registered_names():
-        return True
-    return issubclass(TRAINER_REGISTRY.get(trainer), DiffusionPromptWrapper)
+        return ()
+    readers = {"TRAINER.PD.": DiffusionPromptWrapper, "TRAINER.ZEROSHOT.": ZeroshotCLIP}
+    return tuple(prefix for prefix, reader in readers.items() if not issubclass(TRAINER_REGISTRY.get(trainer), reader))
 
 
 def stale_message(stale: Sequence[str]) -> str:

@@ -424,3 +424,36 @@ def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):
     failures = jobs[0].result()
     assert len(failures) == 1 and str(train.output_dir) in failures[0] and "no_such_config.yaml" in failures[0]
     assert not broken.runs[1].output_dir.exists()  # the evaluation of the failed training never ran
+
+
+def test_profiles_put_their_keys_before_the_opts_and_the_table_says_how_pd_differs(tmp_path):
+    """A spec's ``profiles`` (every method) and a method's (its runs) are the shipped profiles' keys,
+    before the opts that follow them; the PD rows' settings beside the shipped defaults are listed."""
+    from prompt_diffusion.plugins import load_plugins
+    from prompt_diffusion.sweep.plan import merged_config, pd_settings_notes
+
+    load_plugins()
+    spec = load_spec(str(write_spec(tmp_path, """
+protocol: base2new
+seeds: [1]
+profiles: [toy_cpu]
+opts: {OPTIM.MAX_EPOCH: 3}
+methods:
+  CoCoOp: CoCoOp/vit_b16_c4_ep10_batch1_ctxv1
+  CoCoOpPD:
+    config: CoCoOp/vit_b16_c4_ep10_batch1_ctxv1
+    profiles: [toy_pd]
+    opts: {TRAINER.PD.OVERFIT.ITERS: 2}
+datasets: [toy_world]
+""")))
+    host, pd = spec.methods
+    host_cfg, pd_cfg = merged_config(host, spec), merged_config(pd, spec)
+    assert host_cfg.MODEL.BACKBONE.NAME == "toy" and host_cfg.OPTIM.MAX_EPOCH == 3  # the profile, then the opts
+    assert pd_cfg.TRAINER.PD.COND == "image_feature" and pd_cfg.TRAINER.PD.OVERFIT.ITERS == 2
+    assert host_cfg.TRAINER.PD.COND == "meta_net"  # toy_pd is the PD method's only
+    (note,) = pd_settings_notes(spec)
+    assert note.startswith("CoCoOpPD: ") and "COND image_feature (shipped meta_net)" in note
+    assert "OVERFIT.ITERS 2 (shipped 1)" in note and "GENERATOR_SIZE.WIDTH 128 (shipped 512)" in note
+    with pytest.raises(SpecError, match=r"profiles must name shipped profiles \(.*toy_cpu.*\); got \['toy_gpu'\]"):
+        load_spec(str(write_spec(tmp_path, "protocol: base2new\nseeds: [1]\nprofiles: [toy_gpu]\n"
+                                           "methods: {CoOp: CoOp/vit_b16}\ndatasets: [toy_world]\n")))

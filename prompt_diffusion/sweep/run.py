@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from prompt_diffusion.results.runs import COMPLETE, MISSING, read_run
 from prompt_diffusion.run_record import PLACEMENT_KEYS, RUN_CONFIG, flat_keys
-from prompt_diffusion.sweep.plan import Chain, Run
+from prompt_diffusion.sweep.plan import Chain, Run, unread_key_prefixes
 
 
 def stale_runs(chains: Sequence[Chain]) -> List[str]:
@@ -37,20 +37,6 @@ def stale_runs(chains: Sequence[Chain]) -> List[str]:
             shown = ", ".join(f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
             stale.append(f"{run.output_dir}: {shown}" + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""))
     return stale
-
-
-def unread_key_prefixes(trainer: str) -> Tuple[str, ...]:
-    """The config keys (by prefix) that the registered trainer ``trainer`` never reads, so its runs do
-    not change with their defaults: ``TRAINER.PD.`` unless it is a prompt-diffusion trainer,
-    ``TRAINER.ZEROSHOT.`` unless it is zero-shot CLIP. A name not registered reads them all."""
-    from prompt_diffusion.engine import TRAINER_REGISTRY
-    from prompt_diffusion.trainers.zsclip import ZeroshotCLIP
-    from prompt_diffusion.wrapper import DiffusionPromptWrapper
-
-    if trainer not in TRAINER_REGISTRY.registered_names():
-        return ()
-    readers = {"TRAINER.PD.": DiffusionPromptWrapper, "TRAINER.ZEROSHOT.": ZeroshotCLIP}
-    return tuple(prefix for prefix, reader in readers.items() if not issubclass(TRAINER_REGISTRY.get(trainer), reader))
 
 
 def stale_message(stale: Sequence[str]) -> str:

@@ -275,3 +275,15 @@ def write_clip_bpe_tokenizer(folder: Path, swap: Sequence[str] = ()) -> None:
     (folder / "vocab.json").write_text(json.dumps(vocab))
     merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
+def assert_test_accuracy_is_its_predictions(trainer, accuracy: float) -> None:
+    """``trainer.test()``'s ``accuracy`` is the share of right predictions in the predictions file it
+    wrote, one per test image (what every paired comparison of the tables reads)."""
+    import pytest
+
+    from prompt_diffusion.engine.predictions import read_predictions
+
+    found = read_predictions(trainer.output_dir, "test")
+    assert found is not None and len(found.labels) == len(trainer.test_loader.dataset)
+    assert accuracy == pytest.approx(100.0 * sum(found.correct) / len(found.labels), abs=1e-6)

@@ -166,8 +166,6 @@ def test_train_command_trains_logs_and_evaluates(data_root, tmp_path):
                  *toy_opts(data_root, out)[4:]]) == 0  # DATASET.* come from the file and flags
     assert not isinstance(sys.stdout, Logger)  # the command closed its log, stdout is back
     log = (out / "log.txt").read_text()
-    assert "Engine: builtin" in log or engine.ENGINE == "dassl"
-    assert "SEED: 0" in log  # --seed 0 is honoured
     assert LOG_LINE.search(log), log[-2000:]
     accuracy = float(re.findall(r"\* accuracy: ([\d.]+)%", log)[-1])
     assert accuracy > 50.0  # chance is 25%

@@ -1,4 +1,4 @@
-"""PromptSRCPD: test the generator aggregated by GPA with the prompts, or the last epoch's? (issue 14)
+"""PromptSRCPD: test the generator aggregated by GPA with the prompts, or the last epoch's?
 
 GPA replaces PromptSRC's prompts by their Gaussian average over the epochs after the last one. The
 prompt generator learned residuals around each epoch's prompts; ``PromptSRC.register_model`` now

@@ -1,6 +1,6 @@
 """A trainer module written the way upstream forks write them (CoOp's ``trainers/coop.py``): it
 binds Dassl's functions by name at import, and ``train.py`` imports it before anything imports
-``prompt_diffusion``. The bridge's fixes must reach these early bindings (issue 14).
+``prompt_diffusion``. The bridge's fixes must reach these early bindings.
 
 Also a script (needs real Dassl): ``python tests/dassl_fork_trainer.py RESULT.json DATA_ROOT
 OUTPUT_DIR`` imports this module first, then the package, trains ``ForkProbe`` (the toy probe of

@@ -331,10 +331,13 @@ def encode_image(
 
 
 def prompted_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
-    """``logit_scale.exp() * cos(image, text)``: ``[B, E]`` x (``[K, E]`` or ``[B, K, E]``) -> ``[B, K]``."""
+    """``logit_scale.exp() * cos(image, text)``: ``[B, E]`` x (``[K, E]`` or ``[B, K, E]``) -> ``[B, K]``;
+    ``[B, N, E]`` (N views of each image) x ``[B, K, E]`` (each image's own classes) -> ``[B, N, K]``."""
     image_features = image_features / image_features.norm(dim=-1, keepdim=True)
     text_features = text_features / text_features.norm(dim=-1, keepdim=True)
     scale = logit_scale.exp()
+    if image_features.dim() == 3:
+        return scale * torch.einsum("bne,bke->bnk", image_features, text_features)
     if text_features.dim() == 3:
         return scale * torch.einsum("be,bke->bk", image_features, text_features)
     return scale * image_features @ text_features.t()

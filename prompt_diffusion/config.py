@@ -41,6 +41,9 @@ def _add_trainer_keys(cfg: CN) -> None:
     trainer_keys = {
         "COOP": {"N_CTX": 16, "CSC": False, "CTX_INIT": "", "PREC": "fp16", "CLASS_TOKEN_POSITION": "end"},
         "COCOOP": {"N_CTX": 16, "CTX_INIT": "", "PREC": "fp16"},
+        # the project's TemplateCoOp: CoOp's context before each template of a bank (TEMPLATES as
+        # TRAINER.ZEROSHOT.TEMPLATES: "" the dataset's, "imagenet", or a file), scored jointly per image
+        "TEMPLATE_COOP": {"N_CTX": 4, "CTX_INIT": "", "TEMPLATES": "imagenet", "PREC": "fp16"},
         "IVLP": {"N_CTX_VISION": 2, "N_CTX_TEXT": 2, "CTX_INIT": "a photo of a", "PREC": "fp16",
                  "PROMPT_DEPTH_VISION": 9, "PROMPT_DEPTH_TEXT": 9},
         "VPT": {"N_CTX_VISION": 2, "CTX_INIT": "a photo of a", "PREC": "fp16", "PROMPT_DEPTH_VISION": 1},
@@ -155,10 +158,12 @@ def add_pd_keys(cfg: CN) -> None:
         # after training, scale generated residuals by their least-squares fit to overfitted ones on
         # held-out (val) images (0: the generator learned nothing useful -> the host's prompt); False: raw
         "CALIBRATE": True,
-        # what a test image's prompt is: generate (the generator's sample, the method) | tune
-        # (test-time tuning, TPT-style: OVERFIT.ITERS steps of the label-free OVERFIT.TARGET from V_h on
-        # each test image, reset per image: the iterative reference that PD amortises)
+        # what a test image's prompt is: generate (the generator's sample, the method) | the per-image
+        # references, each from the host's prompt V_h, reset per image, the generator unused: tune
+        # (OVERFIT.ITERS steps of the label-free OVERFIT.TARGET) | tpt (TPT: VIEWS views, the confident
+        # tenth, one AdamW step of 5e-3 on their averaged entropy) | zero (Zero: the vote of the views)
         "INFERENCE": "generate",
+        "VIEWS": 64,  # tpt / zero: views per test image, the image itself included (TPT's 64)
     })
     pd = cfg.TRAINER.PD
     _set_defaults(pd, "OVERFIT", {
@@ -196,7 +201,7 @@ def add_pd_keys(cfg: CN) -> None:
 # choices the wrapper itself interprets; the others are read from where they are implemented
 _PD_CHOICES = {
     "OVERFIT.MODE": ("online", "cached"),
-    "INFERENCE": ("generate", "tune"),
+    "INFERENCE": ("generate", "tune", "tpt", "zero"),
     "COND": ("meta_net", "image_feature", "host_meta_net"),
 }
 
@@ -233,7 +238,7 @@ def validate_pd_cfg(cfg: CN) -> None:
     minimum = {  # key: smallest allowed value (integers unless the default is a float)
         "STEPS": 2, "NFE": 1, "TEST_SAMPLES": 1, "LOSS_DRAWS": 1, "OVERFIT.ITERS": 0, "OVERFIT.REFRESH": 1,
         "GENERATOR_SIZE.LAYERS": 1, "GENERATOR_SIZE.HEADS": 1, "GENERATOR_SIZE.WIDTH": 1,
-        "AMED.DISTILL_ITERS": 0, "DIAGNOSE_IMAGES": 0,
+        "AMED.DISTILL_ITERS": 0, "DIAGNOSE_IMAGES": 0, "VIEWS": 1,
         "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0, "RESEARCH.VAE_KL_WEIGHT": 0.0,
     }
     for key, low in minimum.items():
@@ -265,6 +270,13 @@ def validate_pd_cfg(cfg: CN) -> None:
     if pd.INFERENCE == "tune" and pd.OVERFIT.TARGET == "label":
         raise ValueError("TRAINER.PD.INFERENCE 'tune' tunes each test image without its label: it needs a label-free "
                          "TRAINER.PD.OVERFIT.TARGET (entropy or agreement), got 'label'")
+    if pd.INFERENCE in ("tpt", "zero"):
+        from prompt_diffusion.test_time import TPT_KEEP, ZERO_KEEP, kept_view_count
+
+        try:
+            kept_view_count(pd.VIEWS, TPT_KEEP if pd.INFERENCE == "tpt" else ZERO_KEEP)
+        except ValueError as error:
+            raise ValueError(f"TRAINER.PD.VIEWS = {pd.VIEWS} is too few for INFERENCE {pd.INFERENCE}: {error}") from None
     for key, value in (("ENABLE", pd.ENABLE), ("CALIBRATE", pd.CALIBRATE),
                        ("RESEARCH.REMOVE_CLASS_MEAN", pd.RESEARCH.REMOVE_CLASS_MEAN)):
         if not isinstance(value, bool):

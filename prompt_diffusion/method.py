@@ -25,6 +25,10 @@ A training step, top to bottom (``training_step``; batch of B images, labels y):
 Inference (``logits``): π → seeded noise (per image: ``NOISE_SEED``, its dataset index, the draw) →
 the generator (diffusion: the sampler, NFE denoiser calls) → residual → ``V_h`` + residual → the
 host's logits (``TEST_SAMPLES`` averaged). A zero residual gives the host's logits exactly.
+``INFERENCE`` names the per-image references it is measured against, each from the host's prompt
+``V_h``, reset per image, the generator unused: ``tune`` (test-time tuning with the label-free
+``OVERFIT.TARGET``), ``tpt`` (TPT: ``VIEWS`` views, the confident tenth, one AdamW step on the averaged
+entropy) and ``zero`` (Zero: the same views, no backward, the vote of the confident ones).
 """
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -39,11 +43,15 @@ from prompt_diffusion.diffusion.noise import sample_seeds, seeded_noise_sampler,
 from prompt_diffusion.diffusion.overfit import overfit_prompts, remove_class_means, target_objective
 from prompt_diffusion.generator_registry import build_generator, generator_config
 from prompt_diffusion.prompt_methods import MetaNet
+from prompt_diffusion.test_time import (TPT_KEEP, TPT_LR, ZERO_KEEP, augmented_views, average_entropy, confident_views,
+                                        zero_predictions)
 
 __all__ = ["AMEDModule", "PromptDiffusion", "StepResult"]
 
 Prompts = Dict[str, Tensor]
 
+# the draw of the per-sample seeds the views of TPT and Zero come from (the generator's draws count from 0)
+VIEWS_DRAW = 2 ** 31 - 1
 # weight of the newest batch in the moving average of the residual scale and of a class's mean
 # residual (RESEARCH.REMOVE_CLASS_MEAN)
 NORM_MOMENTUM = 0.1
@@ -462,13 +470,43 @@ class PromptDiffusion(nn.Module):
     @torch.no_grad()
     def logits(self, images: Tensor, indices: Tensor) -> Tensor:
         """Prompt diffusion's logits ``[B, K]`` for ``images`` whose dataset indices are ``indices [B]``
-        (they seed each image's noise): the generated prompts' (``TEST_SAMPLES`` averaged), or with
-        ``INFERENCE tune`` each image's prompt tuned from ``V_h`` to the label-free target."""
+        (they seed each image's noise and views): the generated prompts' (``TEST_SAMPLES`` averaged), or
+        a per-image reference of ``INFERENCE`` from the host's prompts (see the module docstring)."""
         features = self.adapter.image_features(images)
         center = self.host_prompts(features)
-        if self.config.INFERENCE == "tune":  # test-time tuning: each image's own label-free V*
+        inference = self.config.INFERENCE
+        if inference == "tune":  # test-time tuning: each image's own label-free V*
             return self.adapter.logits(images, self.overfit(images, None, features, center), features)
+        if inference == "tpt":
+            return self.adapter.logits(images, self._tpt_prompts(self._views(images, indices), center), features)
+        if inference == "zero":  # temperature zero: all the probability on the voted class
+            predictions = zero_predictions(self.adapter.view_logits(self._views(images, indices), center), ZERO_KEEP)
+            return (F.one_hot(predictions, self.num_classes).float() - 1.0) * 1e4
         pi = self.condition(features)
         draws = self.config.TEST_SAMPLES
         return sum(self.adapter.logits(images, self.generate(pi, center, indices, draw), features)
                    for draw in range(draws)) / draws
+
+    def _views(self, images: Tensor, indices: Tensor) -> Tensor:
+        """``VIEWS`` views of each image ``[B, VIEWS, 3, H, W]`` (view 0 the image), drawn from the image's
+        own seed (``NOISE_SEED``, its dataset index; a draw no sampler uses), so the same in any batch."""
+        seeds = sample_seeds(self.config.NOISE_SEED, torch.as_tensor(indices).cpu(), draw=VIEWS_DRAW).tolist()
+        return torch.cat([augmented_views(image[None], self.config.VIEWS, torch.Generator().manual_seed(seed))
+                          for image, seed in zip(images, seeds)])
+
+    def _tpt_prompts(self, views: Tensor, center: Prompts) -> Prompts:
+        """TPT (Shu et al., NeurIPS 2022) from each image's host prompt: the views' predictions, the
+        ``TPT_KEEP`` most confident, one AdamW step of ``TPT_LR`` on the entropy of their averaged
+        prediction; one optimizer over the batch's prompts ``{group: [B, n, w]}`` is one per image, as
+        AdamW's first step is elementwise. Only the prompts are differentiated (the host's ``.grad`` stay)."""
+        prompts = {name: prompt.detach().float().clone().requires_grad_(True) for name, prompt in center.items()}
+        optimizer = torch.optim.AdamW(list(prompts.values()), lr=TPT_LR)
+        with torch.enable_grad():
+            logits = self.adapter.view_logits(views, prompts)  # [B, N, K]
+            kept = confident_views(logits.detach(), TPT_KEEP)  # [B, n]
+            chosen = torch.gather(logits, 1, kept.unsqueeze(2).expand(-1, -1, logits.shape[2]))  # [B, n, K]
+            grads = torch.autograd.grad(average_entropy(chosen).sum(), list(prompts.values()))
+        for prompt, grad in zip(prompts.values(), grads):
+            prompt.grad = grad
+        optimizer.step()
+        return {name: prompt.detach() for name, prompt in prompts.items()}

@@ -6,21 +6,24 @@ call the functions here; they read the model by the upstream attribute names onl
 (``prompt_learner.proj``, ``adapter_image`` ...), so they serve upstream models as well.
 
 - CoCoOp: ``MetaNet`` (image feature -> context shift; the wrapper's π network too);
+- TemplateCoOp: ``template_bank_logits`` (a bank of templates scored jointly, with a per-image prior);
 - MaPLe: ``coupled_visual_prompts`` (vision prompts from text prompts), ``maple_features``;
 - CoPrompt: ``residual_mlp`` (its feature MLPs, mixed in residually), ``coprompt_features``;
 - PromptSRC: ``promptsrc_loss_terms`` (cross-entropy plus self-regulation).
 
 Like ``clip_prompting``, this module imports neither the trainers nor the plug-in.
 """
-from typing import Dict, List, Sequence, Tuple
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text
 
 __all__ = [
-    "MetaNet", "coupled_visual_prompts", "maple_features", "residual_mlp", "coprompt_features", "promptsrc_loss_terms",
+    "MetaNet", "template_bank_logits", "coupled_visual_prompts", "maple_features", "residual_mlp", "coprompt_features", "promptsrc_loss_terms",
 ]
 
 
@@ -35,6 +38,21 @@ class MetaNet(nn.Sequential):
         self.add_module("linear1", nn.Linear(in_dim, hidden))
         self.add_module("relu", nn.ReLU(inplace=True))
         self.add_module("linear2", nn.Linear(hidden, out_dim))
+
+
+def template_bank_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                         log_prior: Optional[Tensor] = None) -> Tensor:
+    """Class logits ``[B, K]`` of a bank of T templates: the log-sum-exp over templates of each
+    template's CLIP logits ``[B, T, K]`` (``text_features`` ``[T, K, E]``), plus a per-image log-prior
+    over the templates ``[B, T]`` (None: uniform). Its softmax is the marginal over templates of one
+    softmax over all T x K (template, class) pairs: each template weighted per image by how strongly
+    the image answers it (the log-sum-exp of its logits over the classes) times the prior, label-free."""
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    logits = logit_scale.exp() * torch.einsum("be,tke->btk", image_features.to(text_features.dtype), text_features)
+    if log_prior is None:
+        return torch.logsumexp(logits, dim=1) - math.log(text_features.shape[0])  # the uniform prior
+    return torch.logsumexp(logits + log_prior.log_softmax(dim=1).unsqueeze(2).to(logits.dtype), dim=1)  # [B, T, 1]
 
 
 def _project(layer: nn.Linear, prompt: Tensor) -> Tensor:

@@ -71,6 +71,11 @@ def selected_template_logits(logits: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------ views of a test image (TPT, Zero)
+#: TPT's settings: the share of views kept by confidence, and its one AdamW step on the prompt
+TPT_KEEP = 0.1
+TPT_LR = 5e-3
+#: Zero's share of views kept (upstream's ``gamma``, ``ttas/zero.py``)
+ZERO_KEEP = 0.3
 #: RandomResizedCrop's ranges (torchvision's defaults, which TPT and Zero use): area share, aspect ratio
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -155,7 +160,7 @@ def views_by_confidence(logits: Tensor) -> Tensor:
     return view_entropies(logits).argsort(dim=1, stable=True)
 
 
-def confident_views(logits: Tensor, fraction: float = 0.1) -> Tensor:
+def confident_views(logits: Tensor, fraction: float = TPT_KEEP) -> Tensor:
     """TPT's confidence selection: ``[B, N, K]`` -> ``[B, n]``, the indices of each image's
     ``kept_view_count(N, fraction)`` views of lowest prediction entropy, most confident first."""
     return views_by_confidence(logits)[:, :kept_view_count(logits.shape[1], fraction)]
@@ -171,7 +176,7 @@ def average_entropy(logits: Tensor) -> Tensor:
     return entropy_objective(log_mean)
 
 
-def zero_predictions(logits: Tensor, fraction: float = 0.3) -> Tensor:
+def zero_predictions(logits: Tensor, fraction: float = ZERO_KEEP) -> Tensor:
     """Zero's prediction: ``[B, N, K]`` -> ``[B]``, for each image the class that most of its
     ``confident_views`` vote for (each kept view votes its argmax: the softmax at temperature zero).
     No backward, no prompt change.

@@ -649,3 +649,78 @@ def test_bad_pd_value_stops_the_trainer_at_start(world, tmp_path):
         build_trainer(make_cfg(world, "CoOpPD", tmp_path / "run", ["TRAINER.PD.NFE", 0]))
     with pytest.raises(ValueError, match="TEST.FINAL_MODEL 'best_val' with prompt diffusion"):
         build_trainer(make_cfg(world, "CoOpPD", tmp_path / "run", ["TEST.FINAL_MODEL", "best_val"]))
+
+
+# ---------------------------------------------------------------------- per-image references: TPT and Zero
+def test_an_adapter_without_image_prompts_encodes_each_prompt_once_for_its_views(world, tmp_path):
+    """``view_logits`` of CoOp / CoCoOp (text prompts only) equals the default path, each view a sample
+    of its own with its image's prompt repeated."""
+    trainer = build(make_cfg(world, "CoCoOpPD", tmp_path / "run", QUICK))
+    adapter = trainer.pd.adapter
+    images = trainer.parse_batch_test(eval_batch(trainer))[0][:3]
+    views = torch.stack([images, images.flip(-1)], dim=1)  # [3, 2, 3, H, W]
+    with torch.no_grad():
+        prompts = trainer.pd.host_prompts(adapter.image_features(images))
+        once = adapter.view_logits(views, prompts)
+        repeated = {name: prompt.repeat_interleave(2, dim=0) for name, prompt in prompts.items()}
+        each = adapter.logits(views.flatten(0, 1), repeated).view(3, 2, -1)
+    torch.testing.assert_close(once, each, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights", ["host", "pd"])
+def test_tpt_and_zero_evaluate_a_trained_host_and_a_trained_pd_model(weights, world, tmp_path):
+    """TPT: one AdamW step of 5e-3 from each image's host prompt (every coordinate moves by the step
+    size, plus the weight decay), then the image's logits at the tuned prompt; Zero: the vote of the
+    confident views under the host prompt. Both reset per image: an image's answer is its own in any
+    batch. A host's run (CoCoOp) and a PD run (CoCoOpPD) both evaluate through the PD trainer."""
+    from prompt_diffusion.test_time import TPT_LR, average_entropy, confident_views, zero_predictions
+
+    out = tmp_path / "run"
+    build(make_cfg(world, "CoCoOp" if weights == "host" else "CoCoOpPD", out, QUICK, epochs=1)).train()
+    results = {}
+    for mode in ("tpt", "zero"):
+        trainer = build(make_cfg(world, "CoCoOpPD", tmp_path / mode, QUICK + [
+            "TRAINER.PD.INFERENCE", mode, "TRAINER.PD.VIEWS", 16]))
+        trainer.load_model(str(out), epoch=1)
+        trainer.set_model_mode("eval")
+        batch = eval_batch(trainer)
+        images = trainer.parse_batch_test(batch)[0]
+        pd = trainer.pd
+        with torch.no_grad():
+            features = pd.adapter.image_features(images)
+            center = {k: v.float() for k, v in pd.host_prompts(features).items()}
+        views = pd._views(images, batch["index"])
+        assert views.shape == (len(images), 16, *images.shape[1:]) and torch.equal(views[:, 0], images)
+        logits = inference(trainer, batch)
+        if mode == "tpt":
+            tuned = pd._tpt_prompts(views, center)["text"]
+            step = tuned - center["text"] * (1 - TPT_LR * 0.01)  # AdamW's decoupled weight decay (0.01)
+            moved = step.abs()  # AdamW's first step: lr·g/(|g| + eps), the step size wherever |g| >> eps
+            assert (moved <= TPT_LR * 1.001).all() and ((moved - TPT_LR).abs() < 1e-6).float().mean() > 0.9
+            with torch.no_grad():
+                torch.testing.assert_close(logits, pd.adapter.logits(images, {"text": tuned}, features))
+                before = pd.adapter.view_logits(views, center)
+                after = pd.adapter.view_logits(views, {"text": tuned})
+
+            def kept_entropy(view_logits):
+                kept = confident_views(before, 0.1)
+                return average_entropy(torch.gather(view_logits, 1, kept.unsqueeze(2).expand(-1, -1, view_logits.shape[2])))
+            assert kept_entropy(after).mean() < kept_entropy(before).mean()  # the step lowers TPT's objective
+        else:
+            with torch.no_grad():
+                votes = zero_predictions(pd.adapter.view_logits(views, center))
+            assert torch.equal(logits.argmax(1), votes)
+        half = {k: v[:3] for k, v in batch.items() if torch.is_tensor(v)}
+        torch.testing.assert_close(inference(trainer, half), logits[:3], rtol=1e-4, atol=1e-4)
+        results[mode] = trainer.test()
+    assert set(results) == {"tpt", "zero"}
+
+
+def test_views_and_a_prompt_free_host_are_refused_in_one_line(world, tmp_path):
+    with pytest.raises(ValueError, match=r"TRAINER.PD.VIEWS = 0 is out of range; allowed: an integer >= 1"):
+        build(make_cfg(world, "CoOpPD", tmp_path / "a", ["TRAINER.PD.INFERENCE", "zero", "TRAINER.PD.VIEWS", 0]))
+    with pytest.raises(ValueError, match=r"TRAINER.PD.VIEWS = 8 is too few for INFERENCE tpt: the confidence selection "
+                                         r"keeps int\(8 views x 0.1\) = 0 views"):
+        build(make_cfg(world, "CoOpPD", tmp_path / "b", ["TRAINER.PD.INFERENCE", "tpt", "TRAINER.PD.VIEWS", 8]))
+    with pytest.raises(ValueError, match=r"zero-shot CLIP has none to tune"):
+        build(make_cfg(world, "ZeroshotCLIP", tmp_path / "c", ["TRAINER.PD.INFERENCE", "tpt"]))

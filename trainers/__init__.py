@@ -5,6 +5,6 @@ and (``pd_variants``, the one module here that imports the plug-in) its prompt-d
 ``<Name>PD`` variant.
 """
 from prompt_diffusion.trainers import (  # noqa: F401  (registers the hosts)
-    clip_adapter, cocoop, coop, coprompt, ivlp, maple, prograd, promptsrc, vpt, zsclip,
+    clip_adapter, cocoop, coop, coprompt, ivlp, maple, prograd, promptsrc, template_coop, vpt, zsclip,
 )
 from prompt_diffusion.trainers import pd_variants  # noqa: F401,E402  (registers CoOpPD ... ProGradPD)

@@ -1,12 +1,13 @@
 """The prompt-diffusion variants of the reference trainers, all registered here: ``CoOpPD``,
-``CoCoOpPD``, ``VPTPD``, ``IVLPPD``, ``MaPLePD``, ``PromptSRCPD``, ``CoPromptPD``, ``ProGradPD``.
+``CoCoOpPD``, ``VPTPD``, ``IVLPPD``, ``MaPLePD``, ``PromptSRCPD``, ``CoPromptPD``, ``ProGradPD``,
+``TemplateCoOpPD``.
 
 Each is ``DiffusionPromptWrapper.register(<Host>, adapter=<its PromptAdapter>)``: a subclass of the
 host trainer, registered under ``<Host>PD`` in the engine's ``TRAINER_REGISTRY``. The host modules
 themselves never import the plug-in (``tests/test_layering.py``).
 """
 from prompt_diffusion.adapters import (CoCoOpAdapter, CoOpAdapter, CoPromptAdapter, IVLPAdapter, MaPLeAdapter,
-                                       ProGradAdapter, PromptSRCAdapter, VPTAdapter)
+                                       ProGradAdapter, PromptSRCAdapter, TemplateBankAdapter, VPTAdapter)
 from prompt_diffusion.wrapper import DiffusionPromptWrapper
 
 from .cocoop import CoCoOp
@@ -16,6 +17,7 @@ from .ivlp import IVLP
 from .maple import MaPLe
 from .prograd import ProGrad
 from .promptsrc import PromptSRC
+from .template_coop import TemplateCoOp
 from .vpt import VPT
 
 CoOpPD = DiffusionPromptWrapper.register(CoOp, adapter=CoOpAdapter)
@@ -26,5 +28,6 @@ MaPLePD = DiffusionPromptWrapper.register(MaPLe, adapter=MaPLeAdapter)
 PromptSRCPD = DiffusionPromptWrapper.register(PromptSRC, adapter=PromptSRCAdapter)
 CoPromptPD = DiffusionPromptWrapper.register(CoPrompt, adapter=CoPromptAdapter)
 ProGradPD = DiffusionPromptWrapper.register(ProGrad, adapter=ProGradAdapter)
+TemplateCoOpPD = DiffusionPromptWrapper.register(TemplateCoOp, adapter=TemplateBankAdapter)
 
-__all__ = ["CoOpPD", "CoCoOpPD", "VPTPD", "IVLPPD", "MaPLePD", "PromptSRCPD", "CoPromptPD", "ProGradPD"]
+__all__ = ["CoOpPD", "CoCoOpPD", "VPTPD", "IVLPPD", "MaPLePD", "PromptSRCPD", "CoPromptPD", "ProGradPD", "TemplateCoOpPD"]

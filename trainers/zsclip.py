@@ -109,6 +109,11 @@ class ZeroshotCLIP(TrainerX):
         if cfg.TRAINER.ZEROSHOT.COMBINE not in COMBINE_CHOICES:
             raise ValueError(f"TRAINER.ZEROSHOT.COMBINE = {cfg.TRAINER.ZEROSHOT.COMBINE!r} is not allowed; "
                              f"choose one of {list(COMBINE_CHOICES)}")
+        inference = cfg.TRAINER.PD.INFERENCE if "PD" in cfg.TRAINER else "generate"
+        if inference != "generate":
+            raise ValueError(f"TRAINER.PD.INFERENCE {inference!r} tunes or votes over a learned prompt, and zero-shot CLIP "
+                             "has none to tune: TPT over zero-shot CLIP is CoOpPD with TRAINER.COOP.CTX_INIT "
+                             "'a photo of a' evaluated untrained (--eval-only without --model-dir)")
 
     def build_model(self):
         cfg = self.cfg

@@ -27,6 +27,7 @@ from prompt_diffusion.adapters.ivlp import IVLPAdapter
 from prompt_diffusion.adapters.maple import MaPLeAdapter
 from prompt_diffusion.adapters.prograd import ProGradAdapter
 from prompt_diffusion.adapters.promptsrc import PromptSRCAdapter
+from prompt_diffusion.adapters.template_bank import TemplateBankAdapter
 from prompt_diffusion.adapters.vpt import VPTAdapter
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "MaPLeAdapter",
     "ProGradAdapter",
     "PromptSRCAdapter",
+    "TemplateBankAdapter",
     "VPTAdapter",
     "ParsedBatch",
     "PromptAdapter",

@@ -223,6 +223,15 @@ class PromptAdapter(ABC):
         when the caller has it.
         """
 
+    def view_logits(self, views: Tensor, prompts: Dict[str, Tensor]) -> Tensor:
+        """Logits ``[B, N, K]`` of N views of each of B images ``[B, N, 3, H, W]``, every view under its
+        image's prompt (``[B, n_tokens, width]`` per group): test-time adaptation's views (TPT, Zero).
+        Default: each view a sample of its own, its image's prompt repeated; an adapter whose image
+        side carries no prompt encodes each prompt's class texts once instead (``TextContextAdapter``)."""
+        batch, n_views = views.shape[:2]
+        repeated = {name: prompt.repeat_interleave(n_views, dim=0) for name, prompt in prompts.items()}  # [B*N, n, w]
+        return self.logits(views.flatten(0, 1), repeated).view(batch, n_views, -1)
+
     def host_loss(self, batch: ParsedBatch) -> Optional[Tensor]:
         """The host method's own training loss on the batch (its shared prompts), or ``None``.
 

@@ -59,16 +59,28 @@ class TextContextAdapter(PromptAdapter):
     def feature_dim(self) -> int:
         return int(self.find("text_encoder.text_projection").shape[1])
 
+    def class_text_features(self, prompts: Dict[str, Tensor]) -> Tensor:
+        """The class text features ``[B, K, E]`` under each sample's context ``prompts["text"]`` [B, n, D]."""
+        learner = self.find("prompt_learner")
+        return encode_prompted_text(
+            self.find("text_encoder"), learner.token_prefix, learner.token_suffix, class_tokens(self),
+            prompts["text"], chunk_size=self.chunk_size,
+        )
+
     def logits(self, images: Tensor, prompts: Dict[str, Tensor], image_features: Optional[Tensor] = None) -> Tensor:
         self.check_prompts(prompts, images.shape[0])
         if image_features is None:
             image_features = self.image_features(images)
-        learner = self.find("prompt_learner")
-        text = encode_prompted_text(
-            self.find("text_encoder"), learner.token_prefix, learner.token_suffix, class_tokens(self),
-            prompts["text"], chunk_size=self.chunk_size,
-        )  # [B, K, E]
+        text = self.class_text_features(prompts)  # [B, K, E]
         return prompted_logits(image_features.to(text.dtype), text, self.find("logit_scale"))
+
+    def view_logits(self, views: Tensor, prompts: Dict[str, Tensor]) -> Tensor:
+        """The views carry no prompt: each image's class texts once, every view's frozen feature."""
+        self.check_prompts(prompts, views.shape[0])
+        batch, n_views = views.shape[:2]
+        text = self.class_text_features(prompts)  # [B, K, E]
+        features = self.image_features(views.flatten(0, 1)).view(batch, n_views, -1)  # [B, N, E]
+        return prompted_logits(features.to(text.dtype), text, self.find("logit_scale"))
 
 
 @register_adapter

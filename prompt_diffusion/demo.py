@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 from tqdm import tqdm
 
-from prompt_diffusion.results.plots import plot_bars
+from prompt_diffusion.results.plots import plot_differences
 from prompt_diffusion.results.render import to_csv, to_markdown
 from prompt_diffusion.results.table import ResultTable
 from prompt_diffusion.sweep.executors import run_local
@@ -135,7 +135,7 @@ def write_outputs(table: ResultTable, out_dir: Path, column_names: Dict[str, str
     written = {"markdown": out_dir / "demo_table.md", "csv": out_dir / "demo_table.csv"}
     written["markdown"].write_text(to_markdown(table, column_names), encoding="utf-8")
     written["csv"].write_text(to_csv(table), encoding="utf-8")
-    written["png"] = plot_bars(table, out_dir / "demo_table.png", column_names=column_names)
+    written["png"] = plot_differences(table, out_dir / "demo_table.png", column_names=column_names)
     return written
 
 
@@ -152,16 +152,18 @@ def verdicts(table: ResultTable, column: str, column_name: str) -> List[str]:
         head = (f"{row.label} vs {labels.get(row.host, str(row.host))}, H on {column_name}: "
                 f"{difference.mean:+.2f} ± {difference.se:.2f} points (paired over the same test images, {seeds})")
         seed_se = difference.seed_se
-        if difference.within_noise():
-            verdict = "within the noise of the test images: this run shows no difference."
-        elif seed_se is not None and abs(difference.mean) <= seed_se:
-            verdict = (f"clears the test images' noise but not the spread of the seeds (± {seed_se:.2f}): "
-                       "it may be seed luck.")
+        verdict = difference.verdict()
+        if verdict == "within noise":
+            said = "within 2 standard errors of the test images: this run shows no difference."
+        elif seed_se is not None and verdict != "past 2 SE per image and seeds":
+            said = (f"past 2 standard errors of the test images but not 2 of the seeds' spread (± {seed_se:.2f}): "
+                    "it may be seed luck.")
         else:
             direction = "better" if difference.mean > 0 else "worse"
-            more = "" if seed_se is not None else "; one seed, so training noise is not in that error: run --seeds 1 2 3"
-            verdict = f"{direction} than its host by more than its standard error{more}."
-        lines.append(f"{head}: {verdict}")
+            more = (" and of the seeds (± {:.2f})".format(seed_se) if seed_se is not None else
+                    "; one seed, so training noise is not in that error: run --seeds 1 2 3")
+            said = f"{direction} than its host by more than 2 standard errors of the test images{more}."
+        lines.append(f"{head}: {said}")
     return lines
 
 

@@ -13,6 +13,11 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 
+#: a difference is called one past this many standard errors (about a 95 % interval), and says which
+#: standard error it cleared: the test images' (per image), the seeds' (training noise)
+NOISE_SE = 2.0
+
+
 @dataclass
 class PairedDifference:
     """Accuracy of A minus that of B on the same images, in points, with its standard error."""
@@ -33,13 +38,23 @@ class PairedDifference:
             return None
         return float(np.std(self.per_seed, ddof=1) / math.sqrt(len(self.per_seed)))
 
-    def within_noise(self, k: float = 1.0) -> bool:
+    def within_noise(self, k: float = NOISE_SE) -> bool:
         """Whether ``|mean| <= k`` standard errors (the per-image one)."""
         return abs(self.mean) <= k * self.se
 
+    def verdict(self) -> str:
+        """Which noise the difference clears, past ``NOISE_SE`` standard errors (about a 95 % interval):
+        ``within noise`` (not the test images'), ``past 2 SE per image`` (the test images' but not the
+        seeds', or one seed: training noise untested) or ``past 2 SE per image and seeds``."""
+        if self.within_noise():
+            return "within noise"
+        if self.seed_se is None or abs(self.mean) <= NOISE_SE * self.seed_se:
+            return "past 2 SE per image" + ("" if self.seed_se is None else ", within the seeds' noise")
+        return "past 2 SE per image and seeds"
+
     def text(self) -> str:
         seeds = "" if self.seed_se is None else f" [seeds ± {self.seed_se:.2f}]"
-        return f"{self.mean:+.2f} ± {self.se:.2f}{seeds}" + (" (within noise)" if self.within_noise() else "")
+        return f"{self.mean:+.2f} ± {self.se:.2f}{seeds} ({self.verdict()})"
 
 
 def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> PairedDifference:

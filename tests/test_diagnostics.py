@@ -23,10 +23,17 @@ def test_paired_difference_counts_and_standard_error():
     diffs = [0] * 6 + [1, 1] + [0, 0]
     mean = sum(diffs) / 10
     assert d.se == pytest.approx(100 * math.sqrt(sum((x - mean) ** 2 for x in diffs) / 9 / 10))
-    assert not d.within_noise()
+    assert d.within_noise() and not d.within_noise(k=1.0)  # 1.5 SE: past one, within the 2 that count
+    assert d.verdict() == "within noise" and d.text().endswith("(within noise)")
+    clear = paired_difference([True] * 40, [True] * 20 + [False] * 20)  # 50 points, SE 8: past 2 SE
+    assert clear.verdict() == "past 2 SE per image"  # one seed: the seeds' noise untested
     assert paired_difference([True, False], [False, True]).within_noise()
     with pytest.raises(ValueError, match="equal non-empty"):
         paired_difference([True], [True, False])
+    steady = combine_seeds([clear, clear, paired_difference([True] * 40, [True] * 22 + [False] * 18)])
+    assert steady.seed_se is not None and steady.verdict() == "past 2 SE per image and seeds"
+    noisy = combine_seeds([clear, paired_difference([True] * 40, [True] * 40)])  # +50 and 0 over two seeds
+    assert noisy.verdict() == "past 2 SE per image, within the seeds' noise"
     pooled = combine_seeds([d, paired_difference(b, a)])
     assert pooled.mean == pytest.approx(0.0) and pooled.se == pytest.approx(d.se / math.sqrt(2))
     assert (pooled.fixed, pooled.broken, pooled.images, pooled.seeds) == (2, 2, 20, 2)

@@ -24,7 +24,8 @@ def test_short_demo_writes_the_table(tmp_path, capsys):
     with open(out / "demo_table.csv") as handle:  # the CSV `prompt-diffusion table --csv` writes
         rows = {(row["method"], row["metric"]): row for row in csv.DictReader(handle)
                 if row["column"] == "toy_world_mixed"}
-    assert {method for method, _ in rows} == {"ZeroshotCLIP", "StyleOracle", "CoCoOp", "CoCoOpPD"}
+    assert {method for method, _ in rows} == {"ZeroshotCLIP", "StyleOracle", "ZS-weighted", "CoCoOp", "CoCoOpPD"}
+    assert rows["ZS-weighted", "hm"]["host"] == "CoCoOpPD"  # the best baseline, paired to the PD row
     for method in ("ZeroshotCLIP", "StyleOracle", "CoCoOp", "CoCoOpPD"):  # far above chance (1/32), H of the two
         base, new = (float(rows[method, metric]["mean"]) for metric in ("base", "new"))
         assert min(base, new) > 20.0 and float(rows[method, "hm"]["mean"]) == pytest.approx(2 * base * new / (base + new), abs=0.01)
@@ -50,7 +51,7 @@ def test_demo_is_a_spec_with_the_command_lines_changes(tmp_path):
     settings = DemoSettings(out_dir=tmp_path, methods=("CoOp", "CoOpPD"), seeds=(1, 2), shots=2, epochs=3,
                             test_per_class=4, extra_opts=["TRAINER.PD.NFE", "3"])
     spec = load_spec(str(write_spec(settings)))
-    assert [m.name for m in spec.methods] == ["ZeroshotCLIP", "StyleOracle", "CoOp", "CoOpPD"]
+    assert [m.name for m in spec.methods] == ["ZeroshotCLIP", "StyleOracle", "ZS-weighted", "CoOp", "CoOpPD"]
     assert (spec.seeds, spec.shots) == ([1, 2], 2)
     opts = dict(zip(spec.opts[::2], spec.opts[1::2]))
     assert (opts["OPTIM.MAX_EPOCH"], opts["DATASET.TOY.TEST_PER_CLASS"], opts["TRAINER.PD.NFE"]) == ("3", "4", "3")

@@ -14,7 +14,7 @@ The names below are the package's public ones (the command line, benchmarks, tes
 """
 from prompt_diffusion.results.paired import PairedDifference, combine_seeds, paired_difference, paired_runs
 from prompt_diffusion.results.paper import PAPER_RESULTS_DIR, RowKey, load_paper_table, paper_table_ids
-from prompt_diffusion.results.plots import plot_bars, plot_sweep
+from prompt_diffusion.results.plots import plot_differences, plot_sweep
 from prompt_diffusion.results.render import run_groups_csv, run_groups_markdown, to_csv, to_markdown
 from prompt_diffusion.results.runs import (COMPLETE, INCOMPLETE, MISSING, group_run_dirs, log_files, parse_log_text,
                                            read_run)
@@ -24,5 +24,5 @@ __all__ = [
     "COMPLETE", "INCOMPLETE", "MISSING", "Measurement", "PAPER_RESULTS_DIR", "PairedDifference", "ResultTable",
     "RowKey", "build_table", "combine_seeds", "group_run_dirs", "harmonic_mean",
     "load_paper_table", "log_files", "paired_difference", "paired_runs", "paper_table_ids", "parse_log_text",
-    "plot_bars", "plot_sweep", "read_run", "run_groups_csv", "run_groups_markdown", "to_csv", "to_markdown",
+    "plot_differences", "plot_sweep", "read_run", "run_groups_csv", "run_groups_markdown", "to_csv", "to_markdown",
 ]

@@ -1,5 +1,5 @@
 """Tables as figures (PNG, matplotlib's Agg backend): Figure-4-style lines over a swept setting, and
-the grouped bars of a base-to-new table (the demo's chart).
+each row's paired difference to its host with its noise (the demo's chart).
 """
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -73,38 +73,50 @@ def _save_figure(figure, path: Path) -> Path:
     return path
 
 
-def plot_bars(table: ResultTable, path: Path, column: Optional[str] = None,
-              column_names: Optional[Mapping[str, str]] = None) -> Path:
-    """Grouped bar chart of one column of a base-to-new table: Base, New and H per row, each bar
-    labelled with its value and the number of seeds it averages. The y-axis starts at 0, so a
-    1-point difference looks like one; error bars (population std over seeds) only where a bar
-    averages >= 2 seeds. H is computed from the mean Base and New, so it has no error bar."""
+def plot_differences(table: ResultTable, path: Path, columns: Optional[List[str]] = None,
+                     column_names: Optional[Mapping[str, str]] = None, metrics: Tuple[str, ...] = ("base", "new", "hm")
+                     ) -> Path:
+    """Each row's paired difference to its host (Base, New and H, in points), one panel per column
+    (overall and each style, say), with error bars of 2 standard errors of the test images (about a 95 %
+    interval; the bars of the seeds' spread beside them when there are several seeds). The axis spans
+    the differences, so a 1-point difference is visible; one row label per line, so none overlap."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    column = column or table.columns[0]
-    metrics = [m for m in ("base", "new", "hm") if m in table.metrics]
-    if not metrics:
-        raise ValueError(f"plot_bars needs a base-to-new table (metrics base/new/hm), got {table.metrics}")
-    figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(table.rows), 3.8))
-    width = 0.8 / len(metrics)
-    for i, metric in enumerate(metrics):
-        cells = [row.cells[column][metric] for row in table.rows]
-        means = [float("nan") if c.mean is None else c.mean for c in cells]
-        seeds = [len(table.seeds) - len(c.missing) - len(c.incomplete) if c.derived is not None else len(c.values)
-                 for c in cells]
-        errors = [0.0 if c.std is None else c.std for c in cells]
-        positions = [x + (i - (len(metrics) - 1) / 2) * width for x in range(len(table.rows))]
-        bars = axis.bar(positions, means, width, label=METRIC_NAMES.get(metric, metric),
-                        yerr=errors if any(errors) else None, capsize=3)
-        axis.bar_label(bars, labels=[f"{m:.1f}\nn={n}" for m, n in zip(means, seeds)], fontsize=7, padding=2)
-    axis.set_xticks(range(len(table.rows)), [row.label for row in table.rows])
-    axis.set_ylim(0.0, 115.0)  # from 0: bar heights compare honestly; the top leaves room for the labels
-    axis.set_yticks(range(0, 101, 20))
-    axis.set_ylabel("accuracy (%)")
-    name = dict(column_names or {}).get(column, column)
-    errors_note = "error bars: population std over seeds" if len(table.seeds) >= 2 else "1 seed: no error bars"
-    axis.set_title(f"{table.title}\n{name}; n = seeds per bar; {errors_note}", fontsize="small")
-    axis.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.0, 1.0))
+    columns = columns or list(table.columns)
+    rows = [row for row in table.rows if row.host is not None and any(row.paired.get(c) for c in columns)]
+    if not rows:
+        raise ValueError("plot_differences needs rows paired to a host (a spec's PD rows)")
+    labels = {row.key: row.label for row in table.rows}
+    names = dict(column_names or {})
+    figure, axes = plt.subplots(1, len(columns), figsize=(2.0 + 3.0 * len(columns), 1.2 + 0.55 * len(rows) * len(metrics)),
+                                sharey=True, squeeze=False)
+    spans = []
+    for axis, column in zip(axes[0], columns):
+        for r, row in enumerate(rows):
+            for m, metric in enumerate(metrics):
+                difference = row.paired.get(column, {}).get(metric)
+                if difference is None:
+                    continue
+                y = -(r * (len(metrics) + 1) + m)
+                axis.errorbar(difference.mean, y, xerr=2 * difference.se, fmt="o", color=f"C{m}", capsize=3,
+                              label=METRIC_NAMES.get(metric, metric) if (r == 0 and column == columns[0]) else None)
+                if difference.seed_se is not None:
+                    axis.errorbar(difference.mean, y - 0.3, xerr=2 * difference.seed_se, fmt="none", color=f"C{m}",
+                                  alpha=0.45, capsize=2)
+                spans += [difference.mean - 2 * difference.se, difference.mean + 2 * difference.se]
+        axis.axvline(0.0, color="grey", linewidth=0.8)
+        axis.set_title(names.get(column, column), fontsize="small")
+        axis.set_xlabel("Δ vs host (points)")
+        axis.grid(axis="x", alpha=0.3)
+    bound = max(1.0, max(abs(v) for v in spans)) * 1.15 if spans else 1.0
+    for axis in axes[0]:
+        axis.set_xlim(-bound, bound)
+    positions = [-(r * (len(metrics) + 1) + (len(metrics) - 1) / 2) for r in range(len(rows))]
+    axes[0][0].set_yticks(positions, [f"{row.label}\nvs {labels.get(row.host, str(row.host))}" for row in rows],
+                          fontsize=7)
+    axes[0][0].legend(fontsize="small", loc="lower left")
+    figure.suptitle(f"{table.title}\npaired difference per image, bars: ±2 SE of the test images"
+                    + ("; faint bars: ±2 SE of the seeds" if len(table.seeds) > 1 else ""), fontsize="small")
     return _save_figure(figure, path)

@@ -88,8 +88,9 @@ def to_markdown(table: ResultTable, column_names: Optional[Mapping[str, str]] = 
     if hosted:
         out += ["Δ vs host: the row minus its host on the same test images (paired per image), ± its standard "
                 "error over the test images pooled over seeds; [seeds ± x]: the standard error from the spread "
-                "of the per-seed differences (it also holds training noise); *within noise* when |Δ| ≤ 1 "
-                "per-image SE.", ""]
+                "of the per-seed differences (it also holds training noise); a difference is one past 2 SE "
+                "(about a 95 % interval), and each cell says which it cleared: *within noise* (|Δ| ≤ 2 per-image "
+                "SE), *past 2 SE per image* (not the seeds' 2 SE, or one seed), *past 2 SE per image and seeds*.", ""]
     notes: List[str] = []
     # the paper's columns only for metrics it reports, and only when it prints rows (figures do not)
     paper_metrics = [m for m in table.metrics if table.paper and table.paper.cells and m in table.paper.metrics]

@@ -335,8 +335,10 @@ class DiffusionPromptWrapper(PerSampleTargets, AfterTraining):
             self.save_model(self.epoch, self.output_dir, model_name=model_name, names=[name])
 
     def _pd_autocast(self):
-        """CUDA float16 autocast when the host trains with a ``GradScaler`` (``PREC amp``), else nothing."""
-        return torch.autocast("cuda", dtype=torch.float16, enabled=getattr(self, "scaler", None) is not None)
+        """Float16 autocast on the host's device type when the host trains with a ``GradScaler``
+        (``PREC amp``, CUDA or CPU), else nothing."""
+        return torch.autocast(torch.device(self.device).type, dtype=torch.float16,
+                              enabled=getattr(self, "scaler", None) is not None)
 
     # ------------------------------------------------------------------ inference
     def test(self, split: Optional[str] = None):

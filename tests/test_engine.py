@@ -60,6 +60,15 @@ class ToyColors(DatasetBase):
         ]
 
 
+@DATASET_REGISTRY.register(force=True)
+class ToyColorsWithoutVal(DatasetBase):
+    """ToyColors without its val split."""
+
+    def __init__(self, cfg):
+        colors = ToyColors(cfg)
+        super().__init__(train_x=colors.train_x, test=colors.test)
+
+
 @TRAINER_REGISTRY.register(force=True)
 class ToyLinearProbe(TrainerX):
     """Mean colour -> linear classifier, trained like CoOp (update_lr after the last batch)."""
@@ -204,6 +213,44 @@ def test_resume_continues_exactly(data_root, tmp_path):
         resumed.optim.state_dict()["state"][0]["momentum_buffer"])
     assert straight.sched.state_dict() == resumed.sched.state_dict()
     assert resumed.test() == straight_acc
+
+
+def test_model_selection_never_sees_a_test_image(data_root, tmp_path):
+    """An image folder with train/ and test/ and no val/ (the README's layout): the val split that
+    selects the model (TEST.FINAL_MODEL best_val) holds images of train/ only, none of test/; a
+    dataset with no val images at all refuses best_val and an evaluation on val."""
+    import shutil
+
+    import prompt_diffusion.data  # noqa: F401  (registers ImageFolder)
+    from prompt_diffusion.config import extend_cfg
+
+    folder = tmp_path / "my_images"
+    for split in ("train", "test"):
+        shutil.copytree(data_root / split, folder / split)
+    cfg = extend_cfg(get_cfg_default())
+    cfg.merge_from_list(toy_opts(folder, tmp_path / "run", **{"DATASET.NAME": "ImageFolder",
+                                                              "TEST.FINAL_MODEL": "best_val"}))
+    set_random_seed(cfg.SEED)
+    trainer = build_trainer(cfg)
+    val = {item.impath for item in trainer.val_loader.dataset.data_source}
+    test = {item.impath for item in trainer.test_loader.dataset.data_source}
+    train = {item.impath for item in trainer.train_loader_x.dataset.data_source}
+    assert len(val) == 4 and all(Path(path).parts[-3] == "train" for path in val)  # one per class, from train/
+    assert not val & test and not val & train
+    trainer.train()
+    best = load_checkpoint(str(tmp_path / "run" / "probe" / "model-best.pth.tar"))
+    assert best["val_result"] in (0.0, 25.0, 50.0, 75.0, 100.0)  # a share of the 4 val images
+
+    none = toy_cfg(data_root, tmp_path / "none", **{"DATASET.NAME": "ToyColorsWithoutVal"})
+    trainer = build_trainer(none)
+    assert trainer.val_loader is None
+    with pytest.raises(ValueError, match=r"no val split to evaluate on \(DATASET.NAME ToyColorsWithoutVal\); the "
+                                         "test split is never used in its place"):
+        trainer.test(split="val")
+    with pytest.raises(ValueError, match="TEST.FINAL_MODEL best_val selects the model on the val split, and "
+                                         "DATASET.NAME ToyColorsWithoutVal has no val images here"):
+        build_trainer(toy_cfg(data_root, tmp_path / "best", **{"DATASET.NAME": "ToyColorsWithoutVal",
+                                                               "TEST.FINAL_MODEL": "best_val"}))
 
 
 # ---------------------------------------------------------------- learning-rate schedules

@@ -180,6 +180,9 @@ class SimpleTrainer(TrainerBase):
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
         self.build_data_loader()
+        if cfg.TEST.FINAL_MODEL == "best_val" and not cfg.TEST.NO_TEST and self.val_loader is None:
+            raise ValueError(f"TEST.FINAL_MODEL best_val selects the model on the val split, and DATASET.NAME "
+                             f"{cfg.DATASET.NAME} has no val images here; use TEST.FINAL_MODEL last_step")
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
@@ -247,18 +250,18 @@ class SimpleTrainer(TrainerBase):
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:
-        """Evaluate on ``split`` (default ``TEST.SPLIT``; val falls back to test when there is no
-        val loader); prints Dassl's result block plus ``* time_per_image_ms`` and returns the first
-        metric (accuracy)."""
+        """Evaluate on ``split`` (default ``TEST.SPLIT``); prints Dassl's result block plus
+        ``* time_per_image_ms`` and returns the first metric (accuracy). Without a val loader, ``val``
+        is an error: Dassl falls back to the test split, which would select models on test images."""
         self.set_model_mode("eval")
         self.evaluator.reset()
         if split is None:
             split = self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
-            data_loader = self.val_loader
-        else:
-            split = "test"
-            data_loader = self.test_loader
+        if split == "val" and self.val_loader is None:
+            raise ValueError(f"no val split to evaluate on (DATASET.NAME {self.cfg.DATASET.NAME}); the test split "
+                             "is never used in its place")
+        split = "val" if split == "val" else "test"
+        data_loader = self.val_loader if split == "val" else self.test_loader
         print(f"Evaluate on the *{split}* set")
         timer = InferenceTimer()
         predictions = PredictionRecord(split)

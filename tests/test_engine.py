@@ -101,6 +101,10 @@ class ToyLinearProbe(TrainerX):
         if self.stop_after_epoch == self.epoch + 1:
             raise StopRun(self.epoch + 1)
 
+    def after_train(self):
+        self.epoch_after_training = self.epoch  # the epoch after_train sees (a PD trainer saves under it)
+        super().after_train()
+
 
 class StopRun(Exception):
     """Simulates a run killed after an epoch."""
@@ -195,15 +199,20 @@ def test_train_command_trains_logs_and_evaluates(data_root, tmp_path):
 
 
 def test_resume_continues_exactly(data_root, tmp_path):
-    straight = build_toy(data_root, tmp_path / "straight", **{"TRAIN.CHECKPOINT_FREQ": 1})
+    """With the default TRAIN.CHECKPOINT_FREQ (0: keep the last epoch only) every epoch is still
+    saved, so a run stopped after its first epoch resumes from it; once the next epoch is written the
+    first is removed."""
+    straight = build_toy(data_root, tmp_path / "straight")
     straight.train()
     straight_acc = straight.test()
+    assert sorted(p.name for p in (tmp_path / "straight" / "probe").glob("model.pth.tar-*")) == ["model.pth.tar-2"]
 
-    interrupted = build_toy(data_root, tmp_path / "resumed", **{"TRAIN.CHECKPOINT_FREQ": 1})
+    interrupted = build_toy(data_root, tmp_path / "resumed")
     interrupted.stop_after_epoch = 1
     with pytest.raises(StopRun):
         interrupted.train()
-    resumed = build_toy(data_root, tmp_path / "resumed", **{"TRAIN.CHECKPOINT_FREQ": 1})
+    assert (tmp_path / "resumed" / "probe" / "model.pth.tar-1").exists()
+    resumed = build_toy(data_root, tmp_path / "resumed")
     resumed.train()
     assert resumed.start_epoch == 1
     assert [h[2:] for h in resumed.history] == [h[2:] for h in straight.history if h[0] == 1]
@@ -213,6 +222,10 @@ def test_resume_continues_exactly(data_root, tmp_path):
         resumed.optim.state_dict()["state"][0]["momentum_buffer"])
     assert straight.sched.state_dict() == resumed.sched.state_dict()
     assert resumed.test() == straight_acc
+    # a finished run run again: nothing left to train, after_train sees the last epoch (not epoch 0)
+    again = build_toy(data_root, tmp_path / "resumed")
+    again.train()
+    assert (again.start_epoch, again.epoch_after_training) == (2, 1) and again.history == []
 
 
 def test_model_selection_never_sees_a_test_image(data_root, tmp_path):

@@ -3,6 +3,9 @@
 Construction (``SimpleTrainer.__init__``): ``check_cfg`` -> ``build_data_loader`` -> ``build_model``
 -> evaluator. ``train()``: ``before_train`` (resume from ``OUTPUT_DIR`` or ``RESUME``) -> per epoch
 ``before_epoch``, ``run_epoch``, ``after_epoch`` (checkpoints) -> ``after_train`` (final test).
+Every epoch is saved, so an interrupted run resumes from its last finished epoch whatever
+``TRAIN.CHECKPOINT_FREQ`` says; that key says which epochs stay (every N-th, and the last), the
+others are removed once the next one is written.
 The learning rate is stepped by the trainer itself (``update_lr``), as in Dassl.
 
 Every ``TRAIN.PRINT_FREQ`` batches ``run_epoch`` prints Dassl's line::
@@ -109,6 +112,8 @@ class TrainerBase(SafeCheckpointsMixin):
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
+        # the last finished epoch: what after_train sees when a resumed run has no epoch left to train
+        self.epoch = self.start_epoch - 1
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.before_epoch()
             self.run_epoch()
@@ -235,18 +240,16 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     def after_epoch(self) -> None:
-        last_epoch = (self.epoch + 1) == self.max_epoch
-        do_test = not self.cfg.TEST.NO_TEST
-        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
-        meet_checkpoint_freq = (self.epoch + 1) % freq == 0 if freq > 0 else False
-        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+        """Validate (``best_val``: ``model-best.pth.tar`` when val improves), then save the epoch, the
+        point a rerun resumes from, and remove the previous one unless ``kept_epoch`` keeps it."""
+        if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
             curr_result = self.test(split="val")
             if curr_result > self.best_result:
                 self.best_result = curr_result
                 self.save_model(self.epoch, self.output_dir, val_result=curr_result,
                                 model_name="model-best.pth.tar")
-        if meet_checkpoint_freq or last_epoch:
-            self.save_model(self.epoch, self.output_dir)
+        self.save_model(self.epoch, self.output_dir)
+        self.remove_superseded_checkpoint(self.epoch)
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:

@@ -41,7 +41,7 @@ setup(
     extras_require={
         # open_clip_torch: the OpenCLIP backbones (MODEL.BACKBONE.NAME open_clip:<arch>); in dev so the
         # parity tests run (about 12 s to install with its timm and huggingface-hub from a warm pip cache)
-        "dev": ["pytest>=7", "open_clip_torch>=3"],
+        "dev": ["pytest>=7", "open_clip_torch>=3", "submitit"],
         "open_clip": ["open_clip_torch>=3"],
         "slurm": ["submitit"],
     },

@@ -57,7 +57,8 @@ def build_predictor(args: argparse.Namespace):
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: must be at least 1")
     train_args = argparse.Namespace(**{**vars(train.build_parser().parse_args([])), "model_dir": args.model_dir,
-                                       "opts": list(args.opts), "imports": args.imports})
+                                       "load_epoch": args.load_epoch, "opts": list(args.opts),
+                                       "imports": args.imports})
     cfg, _ = train.prepare(train_args, check_dataset=False)
     classnames = read_classnames(args.classnames) if args.classnames else run_classnames(args.model_dir)
     paths = image_paths(args.images)

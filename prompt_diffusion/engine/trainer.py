@@ -33,7 +33,7 @@ from prompt_diffusion.engine.predictions import PredictionRecord
 from prompt_diffusion.engine.registry import TRAINER_REGISTRY, check_availability
 from prompt_diffusion.engine.safe_trainer import SafeCheckpointsMixin
 from prompt_diffusion.engine.timing import InferenceTimer
-from prompt_diffusion.engine.utils import mkdir_if_missing, tolist_if_not
+from prompt_diffusion.engine.utils import tolist_if_not
 
 
 def progress_enabled() -> bool:
@@ -221,9 +221,7 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
-        writer_dir = osp.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
+        self.init_writer(osp.join(self.output_dir, "tensorboard"))  # the folder only when tensorboard writes there
         self.time_start = time.time()
 
     def after_train(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from prompt_diffusion.results.paper import PaperTable, RowKey, load_paper_table
 from prompt_diffusion.results.runs import COMPLETE, read_run
 from prompt_diffusion.results.table import Measurement, ResultTable, build_table
+from prompt_diffusion.run_record import absolute_paths
 from prompt_diffusion.shipped import CONFIGS_DIR
 from prompt_diffusion.sweep.spec import Method, Spec, SpecError
 
@@ -65,6 +66,7 @@ class Run:
         that place the run (root, seed, output and model dirs): what ``stale_runs`` compares."""
         cfg = _resolved_config(self.config_file, self.opts, self.dataset)
         cfg.TRAINER.NAME = self.trainer
+        absolute_paths(cfg)  # as train records them
         return cfg.dump()
 
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from prompt_diffusion.results.runs import COMPLETE, MISSING, read_run
 from prompt_diffusion.run_record import PLACEMENT_KEYS, RUN_CONFIG, flat_keys
 from prompt_diffusion.sweep.plan import Chain, Run
+from prompt_diffusion.trainer_kinds import is_pd_trainer
 
 
 def stale_runs(chains: Sequence[Chain]) -> List[str]:
@@ -29,7 +30,7 @@ def stale_runs(chains: Sequence[Chain]) -> List[str]:
         then, now = (flat_keys(yaml.safe_load(text)) for text in (record.read_text(encoding="utf-8"), run.config_text()))
         if then.get("TRAINER.NAME") == "":  # recorded by the sweep itself, before train wrote the records
             then["TRAINER.NAME"] = now["TRAINER.NAME"]
-        reads_pd = reads_pd_keys(run.trainer)
+        reads_pd = is_pd_trainer(run.trainer)  # a host's runs do not change with a TRAINER.PD default
         changed = sorted(key for key in then.keys() | now.keys()
                          if key not in PLACEMENT_KEYS and (reads_pd or not key.startswith("TRAINER.PD."))
                          and then.get(key) != now.get(key))
@@ -37,17 +38,6 @@ def stale_runs(chains: Sequence[Chain]) -> List[str]:
             shown = ", ".join(f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
             stale.append(f"{run.output_dir}: {shown}" + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""))
     return stale
-
-
-def reads_pd_keys(trainer: str) -> bool:
-    """Whether the registered trainer ``trainer`` reads ``TRAINER.PD`` (a prompt-diffusion trainer;
-    a name not registered counts as one): a host's runs do not change with a PD default."""
-    from prompt_diffusion.engine import TRAINER_REGISTRY
-    from prompt_diffusion.wrapper import DiffusionPromptWrapper
-
-    if trainer not in TRAINER_REGISTRY.registered_names():
-        return True
-    return issubclass(TRAINER_REGISTRY.get(trainer), DiffusionPromptWrapper)
 
 
 def stale_message(stale: Sequence[str]) -> str:

@@ -172,7 +172,7 @@ def test_table4_trains_one_cocooppd_per_generator_beside_the_paper(tmp_path):
     assert len(chains) == 7 * 11 * 3
     gan = next(c.runs[0] for c in chains if c.runs[0].row == RowKey.make("CoCoOpPD", {"generator": "gan"}))
     assert gan.opts[-2:] == ("TRAINER.PD.GENERATOR", "gan") and gan.output_dir.parent.name.endswith("_generatorgan")
-    code, text = run_cli("table", "table4", "--output", str(tmp_path))
+    code, text = run_cli("table", "table4", "--output-dir", str(tmp_path))
     assert code == 0
     assert "| CoCoOpPD[generator=gan] |" in text and "75.99" in text  # the paper's H beside the (missing) runs
 
@@ -224,17 +224,17 @@ def test_bad_specs_name_the_problem_and_the_valid_choices(tmp_path):
 def test_dry_run_prints_only_unfinished_runs_and_table_reads_finished_ones(tmp_path):
     spec_path = write_spec(tmp_path, GOOD.replace("[1]", "[1, 2]"))
     out = tmp_path / "out"
-    code, text = run_cli("sweep", spec_path, "--dry-run", "--output", str(out))
+    code, text = run_cli("sweep", spec_path, "--dry-run", "--output-dir", str(out))
     lines = text.splitlines()
     assert code == 0 and lines[0] == "# spec: 4 runs, 0 finished, 4 to run"
     assert all(line.startswith("prompt-diffusion train --root $DATA --seed ") for line in lines[1:])
     chains = expand(load_spec(spec_path), out)
     write_result_log(chains[0].runs[0].output_dir, 80.0)  # seed 1 trained, not yet evaluated
-    code, text = run_cli("sweep", spec_path, "--dry-run", "--output", str(out), "--root", "/data")
+    code, text = run_cli("sweep", spec_path, "--dry-run", "--output-dir", str(out), "--root", "/data")
     assert text.splitlines()[0] == "# spec: 4 runs, 1 finished, 3 to run"
     assert f"--output-dir {chains[0].runs[0].output_dir} " not in text and "--root /data" in text
     write_result_log(chains[0].runs[1].output_dir, 60.0, training=False)
-    code, text = run_cli("table", spec_path, "--output", str(out), "--csv", str(tmp_path / "t.csv"))
+    code, text = run_cli("table", spec_path, "--output-dir", str(out), "--csv", str(tmp_path / "t.csv"))
     assert code == 0
     row = next(line for line in text.splitlines() if line.startswith("| CoCoOp |"))
     assert row.startswith("| CoCoOp | 80.00 | 60.00 | 68.57 |") and "⚠ missing seed 2" in row
@@ -253,7 +253,7 @@ def test_table_reads_a_glob_of_run_dirs(tmp_path):
 
 def test_a_missing_dataset_stops_the_sweep_before_anything_runs(tmp_path):
     out = tmp_path / "out"
-    code, text = run_cli("sweep", "table3", "--root", str(tmp_path / "data"), "--output", str(out),
+    code, text = run_cli("sweep", "table3", "--root", str(tmp_path / "data"), "--output-dir", str(out),
                          "--methods", "CoCoOp", "--seeds", "1")
     assert code == 1 and "nothing was launched" in text
     assert "ImageNetV2" in text and "ABSENT" in text and "fix:" in text
@@ -337,7 +337,7 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
     spec_path = tmp_path / "toy.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     out, root = tmp_path / "out", tmp_path / "data"
-    sweep = ["sweep", str(spec_path), "--root", str(root), "--output", str(out)]
+    sweep = ["sweep", str(spec_path), "--root", str(root), "--output-dir", str(out)]
     first = expand(load_spec(str(spec_path)), out)[0].runs[0]
 
     process = subprocess.Popen([sys.executable, "-m", "prompt_diffusion", *sweep], start_new_session=True,
@@ -351,12 +351,12 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
         process.wait()
     assert (first.output_dir / "log.txt").exists() and first.status() == "incomplete"
 
-    code, text = run_cli(*sweep, "--gpus", "0,1")
+    code, text = run_cli(*sweep, "--gpus", "0", "1")
     assert code == 0, text
     assert "8 runs, 0 finished, 8 to run" in text and f"resuming {first.output_dir}" in text
     assert (first.output_dir / "console.txt").read_text().count("$ prompt-diffusion train") == 2
 
-    code, text = run_cli("table", str(spec_path), "--output", str(out), "--csv", str(tmp_path / "toy.csv"))
+    code, text = run_cli("table", str(spec_path), "--output-dir", str(out), "--csv", str(tmp_path / "toy.csv"))
     assert code == 0 and "Missing or incomplete" not in text
     rows = [line for line in text.splitlines() if line.startswith(("| CoOp |", "| CoOpPD |"))]
     assert len(rows) == 2 and all(row.endswith("| 2/2 |") for row in rows)  # one dataset: no average panel

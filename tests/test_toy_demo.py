@@ -15,17 +15,20 @@ from helpers import shared_toy_root, write_result_log
 
 
 def test_short_demo_writes_the_table(tmp_path, capsys):
+    """The demo with every method it offers, at tiny scale, on a fresh output folder."""
     out = tmp_path / "demo"
-    code = cli.main(["demo", "--out", str(out), "--data-root", str(shared_toy_root()), "--shots", "1", "--epochs", "1",
-                     "--test-per-class", "1", "--threads", "1", "TRAINER.PD.OVERFIT.ITERS", "1"])
+    code = cli.main(["demo", "--output-dir", str(out), "--root", str(shared_toy_root()), "--shots", "1", "--epochs", "1",
+                     "--test-per-class", "1", "--threads", "1", "--methods", *prompt_diffusion.demo.DEMO_METHODS,
+                     "TRAINER.PD.OVERFIT.ITERS", "1", "TRAINER.PD.DENOISER.WIDTH", "32"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| CoCoOpPD |" in printed and "| ZeroshotCLIP |" in printed
     with open(out / "demo_table.csv") as handle:  # the CSV `prompt-diffusion table --csv` writes
         rows = {(row["method"], row["metric"]): row for row in csv.DictReader(handle)
                 if row["column"] == "toy_world_mixed"}
-    assert {method for method, _ in rows} == {"ZeroshotCLIP", "StyleOracle", "CoCoOp", "CoCoOpPD"}
-    for method in ("ZeroshotCLIP", "StyleOracle", "CoCoOp", "CoCoOpPD"):
+    methods = {"ZeroshotCLIP", "StyleOracle", *prompt_diffusion.demo.DEMO_METHODS}
+    assert {method for method, _ in rows} == methods and len(methods) == 8
+    for method in methods:
         assert 0.0 <= float(rows[method, "base"]["mean"]) <= 100.0 and 0.0 <= float(rows[method, "new"]["mean"]) <= 100.0
     assert rows["CoCoOpPD", "hm"]["host"] == "CoCoOp" and rows["CoCoOpPD", "hm"]["host_diff"] != ""
     assert float(rows["CoCoOpPD", "base"]["host_diff_se"]) >= 0.0 and float(rows["CoCoOpPD", "new"]["host_diff_se"]) >= 0.0
@@ -41,7 +44,7 @@ def test_short_demo_writes_the_table(tmp_path, capsys):
     assert (out / "demo_table.md").read_text().startswith("## Demo: base-to-new on ToyWorld")
     assert (out / "demo_table.png").stat().st_size > 0
     # the same table is what `prompt-diffusion table <out>/demo.yaml` prints
-    assert cli.main(["table", str(out / "demo.yaml"), "--output", str(out)]) == 0
+    assert cli.main(["table", str(out / "demo.yaml"), "--output-dir", str(out)]) == 0
     assert (out / "demo_table.md").read_text().strip() in capsys.readouterr().out
 
 

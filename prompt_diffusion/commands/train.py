@@ -36,7 +36,7 @@ from typing import List, Optional, Tuple
 import torch
 from yacs.config import CfgNode
 
-from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
+from prompt_diffusion.commands import HelpFormatter, ListThenOpts, OptsThenFlags
 from prompt_diffusion.config import extend_cfg
 from prompt_diffusion.run_record import (RUN_CONFIG, absolute_paths, check_same_model, check_same_run,
                                          checkpoint_epoch, run_config_path, write_classnames, write_run_config)
@@ -49,11 +49,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="train (or evaluate) a Dassl-style trainer from yacs config files",
         description=__doc__,
         formatter_class=HelpFormatter,
+        add_help=False,
     )
+    parser.add_argument("-h", "--help", action=HelpWithTrainers, nargs=0,
+                        help="show this help message, with the registered trainers, and exit")
     add_arguments(parser)
     parser.set_defaults(func=run, _resume_hint="Run the same command again to resume from the last checkpoint "
                                                "in --output-dir.")
     return parser
+
+
+class HelpWithTrainers(argparse.Action):
+    """``--help``, ending with the trainers ``--trainer`` takes (this package's and the plug-ins')."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from prompt_diffusion.engine import TRAINER_REGISTRY
+        from prompt_diffusion.plugins import load_plugins
+
+        load_plugins(())
+        parser.epilog = ("trainers (--trainer; <Name>PD: with prompt diffusion; --import adds your own): "
+                         + ", ".join(sorted(TRAINER_REGISTRY.registered_names())))
+        parser.print_help()
+        parser.exit()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,9 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint directory (from which the training resumes)")
     parser.add_argument("--seed", type=int, default=None,
                         help="fixed seed (>= 0, 0 included); negative: random")
-    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
-    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
-    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    parser.add_argument("--source-domains", action=ListThenOpts, help="source domains for DA/DG")
+    parser.add_argument("--target-domains", action=ListThenOpts, help="target domains for DA/DG")
+    parser.add_argument("--transforms", action=ListThenOpts, help="data augmentation methods")
     parser.add_argument("--config-file", action="append", default=[],
                         help="path to config file (repeatable: merged in the order given, e.g. a trainer's config "
                              "then configs/profiles/toy_cpu.yaml); a configs/... path not in the working folder "

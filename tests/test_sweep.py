@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_result_log
+from helpers import shared_toy_root, write_result_log
 from prompt_diffusion.cli import build_parser, main
 from prompt_diffusion.results import RowKey, paper_table_ids
 from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_names, load_spec, measurements,
@@ -397,7 +397,6 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
 def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):
     """submitit's in-process debug executor stands in for SLURM: one array task per unfinished
     chain; a task stops its chain at the first failing run and returns it."""
-    pytest.importorskip("submitit")
     from dataclasses import replace as with_changes
 
     from prompt_diffusion.sweep import submit_slurm
@@ -414,3 +413,50 @@ def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):
     failures = jobs[0].result()
     assert len(failures) == 1 and str(train.output_dir) in failures[0] and "no_such_config.yaml" in failures[0]
     assert not broken.runs[1].output_dir.exists()  # the evaluation of the failed training never ran
+
+
+def wait_for(condition, what: str, timeout: float = 240.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_slurm_array_through_submitits_local_executor_resumes_after_a_cancel(tmp_path):
+    """``sweep --slurm`` with submitit's local executor: the chains pickled and submitted as an array
+    of tasks that run as processes here. Cancelled while a training runs (submitit's cancel), the task
+    and its run end (the run's log says it was interrupted); the same command then submits only the
+    unfinished chains, and the interrupted run resumes from its checkpoint."""
+    import yaml
+
+    from prompt_diffusion.sweep import submit_slurm
+
+    spec = {"protocol": "base2new", "seeds": [1, 2], "shots": 1, "datasets": ["toy_world"],
+            "opts": {**TINY_OPTS, "MODEL.BACKBONE.NAME": "toy", "OPTIM.MAX_EPOCH": 20},
+            "methods": {"CoOp": "CoOp/vit_b16_ep50"}}
+    spec_path = tmp_path / "toy.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    out, root = tmp_path / "out", str(shared_toy_root())
+    chains = expand(load_spec(str(spec_path)), out)
+    jobs = submit_slurm(chains, root, out / "slurm", {"timeout_min": 10}, cluster="local")
+    assert len(jobs) == 2 and all(type(job).__name__ == "LocalJob" for job in jobs)
+    trainings = [chain.runs[0] for chain in chains]
+    wait_for(lambda: all((run.output_dir / "log.txt").exists() and "epoch [2/20]" in (run.output_dir / "log.txt").read_text()
+                         for run in trainings), "both trainings' second epoch")
+    for job in jobs:
+        job.cancel()
+    wait_for(lambda: all(job.done() for job in jobs), "the cancelled tasks to end", timeout=60)
+    wait_for(lambda: all("Interrupted (Ctrl-C)" in (run.output_dir / "log.txt").read_text() for run in trainings),
+             "the runs of the cancelled tasks to stop", timeout=60)
+    assert all(run.status() != "complete" for run in trainings)
+
+    code, text = run_cli("sweep", str(spec_path), "--root", root, "--output-dir", str(out), "--slurm",
+                         "--slurm-cluster", "local", "--slurm-time", "10")
+    pending = [chain for chain in chains if chain.pending()]
+    assert code == 0 and f"submitted {len(pending)} array task(s): " in text
+    wait_for(lambda: all(run.status() == "complete" for chain in chains for run in chain.runs), "the resubmitted chains")
+    for run in trainings:  # resumed from its last epoch, not trained again from scratch
+        reruns = sorted(run.output_dir.glob("log.txt-*"))
+        assert reruns and "Found checkpoint" in reruns[-1].read_text()

@@ -60,6 +60,9 @@ def add_parser(subparsers) -> None:
     slurm.add_argument("--slurm-parallel", type=int, default=32, help="array tasks running at once")
     slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per task")
     slurm.add_argument("--slurm-mem-gb", type=int, default=64, help="memory per task in GB")
+    slurm.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
+                       help="submitit's executor: slurm, or local to run the array's tasks as processes on this "
+                            "machine (to try a sweep's submission without a cluster)")
     parser.set_defaults(func=run, _resume_hint="Run the same command again: finished runs are skipped, the "
                                                "interrupted one resumes from its last checkpoint.")
 
@@ -108,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                       "name": f"pd-{spec.name}"}
         if args.slurm_partition:
             parameters["slurm_partition"] = args.slurm_partition
-        jobs = submit_slurm(chains, args.root, Path(args.output_dir) / "slurm" / spec.name, parameters)
+        jobs = submit_slurm(chains, args.root, Path(args.output_dir) / "slurm" / spec.name, parameters,
+                            cluster=args.slurm_cluster)
         print(f"submitted {len(jobs)} array task(s): {' '.join(job.job_id for job in jobs)}")
         print(f"when they end: prompt-diffusion table {args.spec} --output-dir {args.output_dir}")
         return 0

@@ -18,7 +18,7 @@ work (the wall time includes waiting for a core).
 
 Levers (``--levers``; each a set of ``TRAINER.PD`` keys on top of the defaults, timed beside the
 defaults): ``layer`` = ``DEEP_TOKENS layer`` (one denoiser token per prompted layer),
-``vector`` = ``DEEP_TOKENS vector``, ``w256`` / ``w384`` / ``w512`` = ``DENOISER.WIDTH``.
+``vector`` = ``DEEP_TOKENS vector``, ``w256`` / ``w384`` / ``w512`` = ``GENERATOR_SIZE.WIDTH``.
 Combine with ``+`` (``layer+w256``).
 
     python benchmarks/bench_multimodal_pd.py                                  # CPU, 1 thread, B=4, K=10
@@ -39,9 +39,9 @@ MULTIMODAL_HOSTS = ("VPT", "MaPLe", "PromptSRC", "CoPrompt")
 LEVERS = {
     "layer": ["TRAINER.PD.DEEP_TOKENS", "layer"],
     "vector": ["TRAINER.PD.DEEP_TOKENS", "vector"],
-    "w256": ["TRAINER.PD.DENOISER.WIDTH", 256],
-    "w384": ["TRAINER.PD.DENOISER.WIDTH", 384],
-    "w512": ["TRAINER.PD.DENOISER.WIDTH", 512],
+    "w256": ["TRAINER.PD.GENERATOR_SIZE.WIDTH", 256],
+    "w384": ["TRAINER.PD.GENERATOR_SIZE.WIDTH", 384],
+    "w512": ["TRAINER.PD.GENERATOR_SIZE.WIDTH", 512],
 }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench_samplers import timings  # interleaved rounds, fastest wall/CPU time per run
+from bench_samplers import ratio_line, timings  # interleaved rounds, fastest wall/CPU time per run
 
 from prompt_diffusion import cli, engine
 from prompt_diffusion.commands import predict as predict_command
@@ -80,8 +80,7 @@ def main() -> None:
           f"fastest of {args.repeats} interleaved rounds, data loading included:")
     for name, (wall, cpu) in best.items():
         print(f"  {name:<11} {1000 * wall / n_eval:6.2f} ms/image wall  {1000 * cpu / n_eval:6.2f} ms/image CPU")
-    print(f"  predict / evaluation: {best['predict'][0] / best['evaluation'][0]:.3f} (wall), "
-          f"{best['predict'][1] / best['evaluation'][1]:.3f} (CPU)")
+    print(f"  {ratio_line(best, 'predict', 'evaluation')}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ prompt generator learned residuals around each epoch's prompts; ``PromptSRC.regi
 aggregates it over the same epochs with the same weights. This compares, per seed and image by
 image on the same test images (ToyWorld, the toy CLIP), the model as trained (a: generator
 aggregated) with the same model whose generator is put back to its last-epoch weights (b: the
-behaviour before the change); each is gain-calibrated (``pd_calibrate``) on the val split as a
+behaviour before the change); each is gain-calibrated (``after_training.calibrate``) on the val split as a
 training run does. Also printed: how far GPA moved the prompts (RMS per coordinate) beside the
 residual scales (the RMS of the overfitted residuals the generator models).
 
@@ -17,13 +17,15 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from prompt_diffusion.after_training import calibrate
 from prompt_diffusion.commands.train import add_arguments, setup_cfg
 from prompt_diffusion.engine import build_trainer, set_random_seed
 from prompt_diffusion.plugins import load_plugins
 from prompt_diffusion.sweep import CONFIGS_DIR
 from prompt_diffusion.trainers.promptsrc import trainable_tensors
+from prompt_diffusion.wrapper import PD_MODEL_NAME, labelled_batches
 
-GENERATOR = ("pd_generator", "pd_meta_net")
+GENERATOR = (PD_MODEL_NAME,)
 TOY_OPTS = [
     "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base", "MODEL.BACKBONE.NAME", "toy",
     "INPUT.SIZE", "(32, 32)", "INPUT.TRANSFORMS", "['random_flip', 'normalize']", "DATALOADER.NUM_WORKERS", "0",
@@ -31,16 +33,15 @@ TOY_OPTS = [
     "OPTIM.MAX_EPOCH", "4", "TRAIN.PRINT_FREQ", "100", "DATASET.TOY.TEST_PER_CLASS", "50", "TEST.NO_TEST", "True",
     "TRAINER.PROMPTSRC.PREC", "fp32", "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "3",
     "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "3", "TRAINER.PROMPTSRC.GPA_MEAN", "3", "TRAINER.PROMPTSRC.GPA_STD", "1",
-    "TRAINER.PD.DENOISER.LAYERS", "2", "TRAINER.PD.DENOISER.WIDTH", "128", "TRAINER.PD.DENOISER.HEADS", "4",
+    "TRAINER.PD.GENERATOR_SIZE.LAYERS", "2", "TRAINER.PD.GENERATOR_SIZE.WIDTH", "128", "TRAINER.PD.GENERATOR_SIZE.HEADS", "4",
     "TRAINER.PD.OVERFIT.ITERS", "2", "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.AMED.DISTILL_ITERS", "0",
-    "TRAINER.PD.DIFFUSION_DRAWS", "8", "TRAINER.PD.DIAGNOSE_IMAGES", "0",
+    "TRAINER.PD.LOSS_DRAWS", "8", "TRAINER.PD.DIAGNOSE_IMAGES", "0",
 ]
 
 
 @torch.no_grad()
 def correct_per_image(trainer) -> np.ndarray:
     trainer.set_model_mode("eval")
-    trainer.pd_reset_noise()
     correct = []
     for batch in trainer.test_loader:
         images, labels = trainer.parse_batch_test(batch)
@@ -73,14 +74,15 @@ def run_seed(root: str, output: str, seed: int) -> Dict[str, object]:
     prompts = trainable_tensors(trainer._models["VLPromptLearner"])
     moved = torch.cat([(prompts[k] - last_epoch["VLPromptLearner"][k]).flatten() for k in prompts])
     shift = float(moved.pow(2).mean().sqrt())  # RMS per prompt coordinate, comparable with the residual scales
-    scales = {k: float(v.mean()) for k, v in trainer.pd_generator.state_dict().items() if "scale" in k}
+    scales = {k: float(v.mean()) for k, v in trainer.pd.generator.state_dict().items() if "scale" in k}
     aggregated = correct_per_image(trainer)
-    gains_a = {n: float(getattr(trainer.pd_generator, f"{n}_gain")) for n in trainer.pd_generator.layout.names}
+    gains_a = {n: float(getattr(trainer.pd.generator, f"{n}_gain")) for n in trainer.pd.generator.layout.names}
     with torch.no_grad():
         for name in GENERATOR:
             for key, tensor in trainable_tensors(trainer._models[name]).items():
                 tensor.copy_(last_epoch[name][key])
-    gains_b = trainer.pd_calibrate()
+    trainer.set_model_mode("eval")
+    gains_b = calibrate(trainer.pd, labelled_batches(trainer, trainer.val_loader))
     last = correct_per_image(trainer)
     return {"aggregated": aggregated, "last": last, "gains": (gains_a, gains_b), "shift": shift, "scales": scales}
 

@@ -63,6 +63,12 @@ def timings(runs: Dict[str, Callable[[], object]], repeats: int, device: torch.d
             for name, rounds in round_times(runs, repeats, device).items()}
 
 
+def ratio_line(best: Dict[str, Tuple[float, float]], numerator: str, denominator: str, digits: int = 3) -> str:
+    """``<numerator> / <denominator>: <wall ratio> (wall), <CPU ratio> (CPU)`` of ``timings``' result."""
+    wall, cpu = (best[numerator][i] / best[denominator][i] for i in (0, 1))
+    return f"{numerator} / {denominator}: {wall:.{digits}f} (wall), {cpu:.{digits}f} (CPU)"
+
+
 def accuracy(nfe: int) -> None:
     """Print relative errors at ``nfe`` per grid and the fitted convergence orders (float64)."""
     schedule = NoiseSchedule()

@@ -90,8 +90,8 @@ class PartTimer:
 def instrumented(trainer, timer: PartTimer) -> Iterator[None]:
     """Time the parts of ``trainer``'s PD step while inside (its own methods, its adapter's logits and
     generator's loss, and the wrapper module's backward / update, restored on leaving)."""
-    patched = [(trainer, "_pd_host_pass", "host pass"), (trainer, "_pd_targets", "overfitting"),
-               (trainer.pd_generator, "loss", "generator loss"), (trainer.pd_adapter, "logits", "CE forward"),
+    patched = [(trainer.pd, "_host_pass", "host pass"), (trainer.pd, "_targets", "overfitting"),
+               (trainer.pd.generator, "loss", "generator loss"), (trainer.pd.adapter, "logits", "CE forward"),
                (wrapper_module, "backward", "CE + generator backward"), (wrapper_module, "update", "optimizer steps")]
     originals = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in patched]
     for owner, name, part in patched:
@@ -111,7 +111,7 @@ def step_run(trainer, batch: dict, refresh: bool = False) -> Callable[[], None]:
     cached trainer overfits every sample (a refresh step)."""
     def run() -> None:
         if refresh:
-            trainer._pd_overfit_cache.clear()
+            trainer.pd._residual_cache.clear()
         trainer.forward_backward(batch)
     return run
 
@@ -147,7 +147,7 @@ def compare(trainers: Dict[str, Tuple[object, str]], batches: Dict[str, dict], r
     runs = {}
     for label, (trainer, _) in trainers.items():
         trainer.set_model_mode("train")
-        if getattr(trainer, "pd_enabled", False) and trainer.cfg.TRAINER.PD.OVERFIT.MODE == "cached":
+        if getattr(trainer, "pd", None) is not None and trainer.cfg.TRAINER.PD.OVERFIT.MODE == "cached":
             runs[(label, "refresh")] = step_run(trainer, batches[label], refresh=True)
             runs[(label, "cache hit")] = step_run(trainer, batches[label])
         else:
@@ -159,7 +159,7 @@ def compare(trainers: Dict[str, Tuple[object, str]], batches: Dict[str, dict], r
         trainer, host = trainers[label]
         host_wall = median[(host, "")][0]
         cells = [""] * (len(PARTS) + 1)
-        if hasattr(trainer, "pd_adapter"):
+        if getattr(trainer, "pd", None) is not None:
             parts = split(trainer, runs[(label, kind)], device, steps=2)
             cells = [f"{1000 * parts[p]:.1f}" for p in ("rest", *PARTS)]
         ratio = "" if label == host else f"{wall / host_wall:.2f}x"

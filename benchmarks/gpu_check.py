@@ -39,7 +39,7 @@ import torch
 
 from bench_multimodal_pd import MULTIMODAL_HOSTS
 from bench_samplers import timings
-from trainer_timing import REPO, make_paper_trainer, write_descriptions_for, write_images
+from trainer_timing import REPO, make_paper_trainer, test_batch, write_descriptions_for, write_images
 from prompt_diffusion.backbones import build_random_clip, build_tiny_clip, save_clip
 from prompt_diffusion.results import load_paper_table
 
@@ -66,8 +66,8 @@ GPU = Scale(device="cuda", prec="fp16", classes=(100, 1000), batches=(4, 32), mu
 CPU = Scale(device="cpu", prec="fp32", classes=(10, 100), batches=(4,), multimodal_classes=10, repeats=2,
             pd_opts=("TRAINER.PD.SAMPLER", "dpmpp_2m"))
 DRY = Scale(device="cpu", prec="fp32", classes=(3, 5), batches=(2, 4), multimodal_classes=3, repeats=2,
-            pd_opts=("TRAINER.PD.DENOISER.LAYERS", 2, "TRAINER.PD.DENOISER.WIDTH", 64,
-                     "TRAINER.PD.DENOISER.HEADS", 4), tiny=True)
+            pd_opts=("TRAINER.PD.GENERATOR_SIZE.LAYERS", 2, "TRAINER.PD.GENERATOR_SIZE.WIDTH", 64,
+                     "TRAINER.PD.GENERATOR_SIZE.HEADS", 4), tiny=True)
 
 
 def run_cuda_tests() -> int:
@@ -122,6 +122,8 @@ def random_images(trainer, batch: int) -> torch.Tensor:
 
 
 def inference(trainer, images: torch.Tensor) -> Callable[[], object]:
+    trainer.parse_batch_test(test_batch(images))  # a PD trainer keeps the batch's indices (its noise seeds)
+
     def run():
         with torch.no_grad():
             return trainer.model_inference(images)

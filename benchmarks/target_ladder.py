@@ -2,7 +2,7 @@
 
 For one trained model (built and loaded as ``prompt-diffusion train --eval-only`` builds it: the
 same flags, config files and ``KEY VALUE`` opts), every ``--setting TARGET:ITERS:LR:RULE``
-overfits each test image's prompt from its host prompt ``V_h`` (``pd_overfit``) and reports:
+overfits each test image's prompt from its host prompt ``V_h`` (``PromptDiffusion.overfit``) and reports:
 
 - the accuracy at that ``V*`` minus the host's, paired per image ± SE (for a label-free target this
   is test-time tuning; for ``label`` it uses the true label: a ceiling, never a method);
@@ -42,7 +42,8 @@ def parse_setting(text: str) -> Setting:
 
 def ladder(trainer, settings: List[Setting], max_images: int) -> List[str]:
     """One Markdown row per setting on the first ``max_images`` test images."""
-    adapter = trainer.pd_adapter
+    pd = trainer.pd
+    adapter = pd.adapter
     trainer.set_model_mode("eval")
     batches, seen = [], 0
     for batch in trainer.test_loader:  # the images, once: every setting tunes the same ones
@@ -61,10 +62,10 @@ def ladder(trainer, settings: List[Setting], max_images: int) -> List[str]:
         for images, labels, domain in batches:
             features = adapter.image_features(images)
             with torch.no_grad():
-                center = {k: v.float() for k, v in trainer.pd_host_prompts(features).items()}
+                center = {k: v.float() for k, v in pd.host_prompts(features).items()}
                 host_ok.append(adapter.logits(images, center, features).argmax(1) == labels)
             started = time.perf_counter()
-            tuned = trainer.pd_overfit(images, labels if target == "label" else None, features, center, target=target)
+            tuned = pd.overfit(images, labels if target == "label" else None, features, center, target=target)
             with torch.no_grad():
                 tuned_ok.append(adapter.logits(images, tuned, features).argmax(1) == labels)
             seconds += time.perf_counter() - started

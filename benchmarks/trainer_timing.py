@@ -10,6 +10,7 @@ from typing import Callable, Dict, Sequence
 
 import torch
 
+from prompt_diffusion import after_training
 from prompt_diffusion.backbones import build_random_clip, save_clip
 from prompt_diffusion.config import extend_cfg
 from prompt_diffusion.engine import build_trainer, get_cfg_default
@@ -98,8 +99,10 @@ def make_timed_trainer(name: str, config_file: str, prec_node: str, root: Path, 
     trainer = build_trainer(cfg)
     trainer.num_batches = 10 ** 9
     trainer.batch_idx = 0
-    if getattr(trainer, "pd_amed", None) is not None:
-        trainer.pd_distill_amed()
+    if getattr(trainer, "pd", None) is not None and trainer.pd.amed is not None:
+        trainer.set_model_mode("eval")
+        conditions = after_training.conditions(trainer.pd, [trainer.parse_batch_train(next(iter(trainer.train_loader_x)))[0]])
+        after_training.distill(trainer.pd, conditions, conditions, 0, trainer.cfg.TRAINER.PD.AMED.DISTILL_ITERS)
     return trainer
 
 
@@ -110,23 +113,30 @@ def make_paper_trainer(name: str, root: Path, clip_path: Path, batch: int, devic
     config, node = PAPER_CONFIGS[name[:-2] if name.endswith("PD") else name]
     return make_timed_trainer(name, config, node, root, clip_path, batch, device, [
         "TRAINER.CoPrompt.DESCRIPTIONS_DIR", str(root / "descriptions"),
-        "TRAINER.PD.AMED.DISTILL_ITERS", 1, "TRAINER.PD.AMED.BATCH", batch, *opts,
+        "TRAINER.PD.AMED.DISTILL_ITERS", 1, *opts,
     ], prec)
+
+
+def test_batch(images: torch.Tensor) -> dict:
+    """A loader batch of ``images`` (labels 0, dataset indices 0..B-1), as the engine's test loop gets it."""
+    return {"img": images, "label": torch.zeros(len(images), dtype=torch.long), "index": torch.arange(len(images))}
 
 
 def inference_runs(trainer, images: torch.Tensor, prefix: str = "") -> Dict[str, Callable[[], object]]:
     """``model_inference`` on ``images`` and, for a PD trainer, its three parts: π (the frozen
     prompt-free image pass + Meta-Net), sampling (NFE denoiser calls) and the logits under the
     per-sample prompts. Keys start with ``prefix``."""
+    trainer.parse_batch_test(test_batch(images))  # a PD trainer keeps the batch's indices (its noise seeds)
     runs = {f"{prefix}inference": lambda: trainer.model_inference(images)}
-    if hasattr(trainer, "pd_adapter"):
-        adapter = trainer.pd_adapter
+    pd = getattr(trainer, "pd", None)
+    if pd is not None:
+        indices = torch.arange(len(images))
         with torch.no_grad():
-            features = adapter.image_features(images)
-            pi = trainer.pd_condition(features)
-            center = trainer.pd_host_prompts(features)
-            prompts = trainer.pd_generate(pi, center, 0)
-        runs[f"{prefix}  π (frozen image pass + Meta-Net)"] = lambda: trainer.pd_condition(adapter.image_features(images))
-        runs[f"{prefix}  sampling (NFE denoiser calls)"] = lambda: trainer.pd_generate(pi, center, 0)
-        runs[f"{prefix}  logits (per-sample prompts)"] = lambda: adapter.logits(images, prompts, features)
+            features = pd.adapter.image_features(images)
+            pi = pd.condition(features)
+            center = pd.host_prompts(features)
+            prompts = pd.generate(pi, center, indices)
+        runs[f"{prefix}  π (frozen image pass + Meta-Net)"] = lambda: pd.condition(pd.adapter.image_features(images))
+        runs[f"{prefix}  sampling (NFE denoiser calls)"] = lambda: pd.generate(pi, center, indices)
+        runs[f"{prefix}  logits (per-sample prompts)"] = lambda: pd.adapter.logits(images, prompts, features)
     return runs

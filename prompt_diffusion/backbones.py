@@ -4,7 +4,8 @@ The library never downloads weights. ``MODEL.BACKBONE.NAME`` (``RN50``, ``ViT-B/
 to ``MODEL.BACKBONE.PATH`` if set, else to ``~/.cache/clip/<file>`` (the file names the ``clip``
 package uses). Official TorchScript archives, plain state dicts and the files ``save_clip`` writes
 all load. The name ``toy`` loads the small CLIP the project ships (``prompt_diffusion.toy_clip``);
-``open_clip:<arch>`` an OpenCLIP checkpoint at ``MODEL.BACKBONE.PATH`` (``prompt_diffusion.open_clip_backbone``).
+``open_clip:<arch>`` an OpenCLIP checkpoint at ``MODEL.BACKBONE.PATH`` (``prompt_diffusion.open_clip_backbone``);
+``hf`` the Hugging Face ``transformers`` CLIPModel folder at ``MODEL.BACKBONE.PATH`` (``prompt_diffusion.hf_backbone``).
 
 Precision follows the CoOp family (``TRAINER.<NAME>.PREC``): ``fp16`` keeps CLIP's half-precision
 weights, ``fp32`` and ``amp`` run a float32 model (``amp`` under float16 autocast with a gradient
@@ -19,6 +20,7 @@ from typing import Dict, Union
 import torch
 
 from prompt_diffusion.clip_package import openai_clip_modules
+from prompt_diffusion.hf_backbone import check_hf_folder, is_hf_name, load_hf_clip
 from prompt_diffusion.open_clip_backbone import check_open_clip_weights, is_open_clip_name, load_open_clip
 
 _clip_clip, _clip_model = openai_clip_modules()
@@ -199,6 +201,8 @@ def load_clip(name: str, path: str = "") -> CLIP:
         return _build_from_state_dict(load_toy_state_dict())
     if is_open_clip_name(name):
         return load_open_clip(name, path)
+    if is_hf_name(name):
+        return load_hf_clip(path)
     return load_clip_file(checked_weights_path(name, path))
 
 
@@ -253,11 +257,13 @@ def check_clip_file(path: Path, key: str) -> None:
 
 def check_backbone_weights(cfg) -> None:
     """Check the CLIP weights of ``cfg`` before anything slow runs: the file exists and is a torch
-    archive. Only for CLIP backbones (a name of the ``clip`` package, or ``MODEL.BACKBONE.PATH``);
-    the shipped ``toy`` CLIP needs no file."""
+    archive (``open_clip:<arch>`` / ``hf``: their own checks). Only for CLIP backbones (a name of the
+    ``clip`` package, or ``MODEL.BACKBONE.PATH``); the shipped ``toy`` CLIP needs no file."""
     name, path = cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH
     if is_open_clip_name(name):
         check_open_clip_weights(name, path)
+    elif is_hf_name(name):
+        check_hf_folder(path)
     elif path or name in _MODELS:
         checked_weights_path(name, path)
 

@@ -28,7 +28,7 @@ def _set_defaults(node: CN, name: str, values: dict) -> None:
 
 
 def _add_trainer_keys(cfg: CN) -> None:
-    """Keys of the reference trainers (CoOp, CoCoOp, VPT, IVLP, CLIP-Adapter, ProGrad) and the CLIP backbone.
+    """Keys of the reference trainers (CoOp, CoCoOp, VPT, IVLP, CLIP-Adapter, ProGrad, ZeroshotCLIP) and the backbone.
 
     Defaults as upstream ``train.py`` ``extend_cfg`` (CoOp repo and multimodal-prompt-learning);
     ``MODEL.BACKBONE.PATH`` (local CLIP file; empty: ``~/.cache/clip/<file>``) and
@@ -49,6 +49,9 @@ def _add_trainer_keys(cfg: CN) -> None:
         # ProGrad's own keys (upstream LOSS.LAMBDA, LOSS.T; its prompt learner reads TRAINER.COOP);
         # TEMPLATE_INIT: the context starts as the dataset's template words (upstream CTX_INIT True)
         "PROGRAD": {"LAMBDA": 1.0, "T": 1.0, "TEMPLATE_INIT": True},
+        # ZeroshotCLIP's templates: "" the dataset's one | "imagenet" (CLIP's ImageNet templates) | a file, one
+        # per line; COMBINE: ensemble (mean text feature) | weighted | select (per image, label-free)
+        "ZEROSHOT": {"TEMPLATES": "", "COMBINE": "ensemble"},
     }
     for name, keys in trainer_keys.items():
         _set_defaults(cfg.TRAINER, name, keys)
@@ -90,40 +93,67 @@ def _add_multimodal_trainer_keys(cfg: CN) -> None:
     _set_default(cfg.TRAINER, "DISTILL", "cosine")  # CoPrompt's consistency loss: cosine | mse
 
 
+#: old ``TRAINER.PD`` keys: a config or command line that sets one stops with a line naming its new
+#: key, or saying why it went (yacs checks the root node's renamed keys on every merge)
+RENAMED_PD_KEYS = {  # (a node that went is named too: a config file merges it as a whole)
+    "TRAINER.PD.DENOISER": "TRAINER.PD.GENERATOR_SIZE",
+    "TRAINER.PD.DENOISER.LAYERS": "TRAINER.PD.GENERATOR_SIZE.LAYERS",
+    "TRAINER.PD.DENOISER.HEADS": "TRAINER.PD.GENERATOR_SIZE.HEADS",
+    "TRAINER.PD.DENOISER.WIDTH": "TRAINER.PD.GENERATOR_SIZE.WIDTH",
+    "TRAINER.PD.DIFFUSION_DRAWS": "TRAINER.PD.LOSS_DRAWS",
+    "TRAINER.PD.OVERFIT.REMOVE_CLASS_MEAN": "TRAINER.PD.RESEARCH.REMOVE_CLASS_MEAN",
+    "TRAINER.PD.VAE": "TRAINER.PD.RESEARCH.VAE_KL_WEIGHT",
+    "TRAINER.PD.VAE.KL_WEIGHT": "TRAINER.PD.RESEARCH.VAE_KL_WEIGHT",
+}
+_GONE = "no key: it was removed"
+REMOVED_PD_KEYS = {
+    "TRAINER.PD.NOISE_SCALE": "the inference noise is standard normal (another temperature was measured not to help)",
+    "TRAINER.PD.OVERFIT.LABEL_WEIGHT": "a label-free target is not mixed with the label CE any more",
+    "TRAINER.PD.AMED.TEACHER": "AMED's teacher is dpmpp_2m (diffusion.amed.distill_amed, as upstream AMED)",
+    "TRAINER.PD.AMED.INSERTED": "AMED's teacher inserts 4 points per step (diffusion.amed.distill_amed)",
+    "TRAINER.PD.AMED.BATCH": "AMED is distilled on batches of 32 conditions (after_training.AMED_BATCH)",
+    "TRAINER.PD.AMED.LR": "AMED is distilled with Adam at 5e-3 (diffusion.amed.distill_amed, as upstream AMED)",
+}
+
+
 def add_pd_keys(cfg: CN) -> None:
-    """``TRAINER.PD``: the prompt-diffusion wrapper (paper §4-5 defaults, but for the overfitting: one
-    step of 5 x 0.005 for the paper's I = 5, see ``OVERFIT``); checked by ``validate_pd_cfg``."""
+    """``TRAINER.PD``: the prompt-diffusion method (paper §4-5 defaults, but for the overfitting: one
+    step of 5 x 0.005 for the paper's I = 5, see ``OVERFIT``); checked by ``validate_pd_cfg``.
+    ``configs/profiles/pd_paper.yaml`` states the paper's settings, ``toy_pd.yaml`` the toy tables';
+    ``RESEARCH`` holds the knobs no shipped config sets (each measured in docs/)."""
     from prompt_diffusion.adapters.deep import DEFAULT_DEEP_TOKENS
 
+    for old, new in [*RENAMED_PD_KEYS.items(), *((key, (_GONE, why)) for key, why in REMOVED_PD_KEYS.items())]:
+        if not cfg.key_is_renamed(old):
+            cfg.register_renamed_key(old, *((new,) if isinstance(new, str) else new))
     _set_defaults(cfg.TRAINER, "PD", {
         "ENABLE": True,  # False: the wrapped trainer behaves exactly as its host
         # what generates the residual from π: diffusion (the method) | mlp | transformer (regressors)
-        # | gan | vae | flow (the paper's Table 4); sizes from DENOISER (prompt_diffusion.generators)
+        # | gan | vae | flow (the paper's Table 4); sized by GENERATOR_SIZE (prompt_diffusion.generators)
         "GENERATOR": "diffusion",
-        "ADAPTER": "auto",  # auto: by host trainer class name, else by the model's layout
+        # the command line's way to name the PromptAdapter of a trainer registered without one
+        # (DiffusionPromptWrapper.register(Host, adapter=...)); auto: that adapter, else the model's layout
+        "ADAPTER": "auto",
         "STEPS": 100,  # T, discrete diffusion steps (paper §5.1)
         "SCHEDULE": "scaled_linear",  # scaled_linear | cosine | linear
         "SAMPLER": "amed",  # amed (falls back to dpmpp_2m until distilled) | dpmpp_2m | dpm_solver_2 | ddim | ddpm
         "NFE": 5,  # denoiser calls per sampled prompt (paper Fig. 4)
-        "BETA": 1.0,  # weight of the diffusion loss (paper Eq. 8)
-        # draws of the generator loss's randomness per sample in a step (diffusion: (t, noise); the CE uses the first)
-        "DIFFUSION_DRAWS": 1,
-        "CE_WEIGHT": 1.0,  # weight of the CE with the denoised prompt (Eq. 8)
+        "BETA": 1.0,  # weight of the generator's loss (paper Eq. 8)
+        "CE_WEIGHT": 1.0,  # weight of the CE with the generated prompt (Eq. 8)
         # weight of the host method's own loss; 0: the CE of Eq. 8 trains the host's prompts instead
         # (through V_h; with a host loss on, that CE trains the generator only)
         "HOST_LOSS_WEIGHT": 1.0,
-        "COND": "meta_net",  # meta_net: Meta-Net(frozen CLIP image feature) | image_feature: the feature itself
-        # deep prompts (VPT, IVLP, PromptSRC, MaPLe, CoPrompt): a denoiser token per prompted layer | per
+        # draws of the generator loss's randomness per sample in a step (diffusion: (t, noise); the CE uses the first)
+        "LOSS_DRAWS": 1,
+        "COND": "meta_net",  # meta_net: a Meta-Net of the frozen CLIP image feature | image_feature: the feature itself
+        # deep prompts (VPT, IVLP, PromptSRC, MaPLe, CoPrompt): a generator token per prompted layer | per
         # prompt vector (the paper is silent: chosen by measurement, DEFAULT_DEEP_TOKENS)
         "DEEP_TOKENS": DEFAULT_DEEP_TOKENS,
         "TEST_SAMPLES": 1,  # Monte-Carlo prompts per test image; logits averaged
-        "NOISE_SEED": 0,  # inference noise of the i-th evaluated sample is seeded by (NOISE_SEED, i)
-        # std of the inference start noise (temperature): 1 samples the learned distribution (the
-        # paper); 0 starts every ODE sampler at the same point (ddpm still draws its ancestral noise)
-        "NOISE_SCALE": 1.0,
-        "DIAGNOSE_IMAGES": 128,  # held-out (val) images diagnosed after every epoch, in the log; 0: off
+        "NOISE_SEED": 0,  # an image's inference noise is seeded by (NOISE_SEED, its dataset index, the draw)
+        "DIAGNOSE_IMAGES": 128,  # held-out (val) images checked after every epoch, in the log; 0: off
         # after training, scale generated residuals by their least-squares fit to overfitted ones on
-        # held-out images (0: the generator learned nothing useful -> the host's prompt); False: raw
+        # held-out (val) images (0: the generator learned nothing useful -> the host's prompt); False: raw
         "CALIBRATE": True,
         # what a test image's prompt is: generate (the generator's sample, the method) | tune
         # (test-time tuning, TPT-style: OVERFIT.ITERS steps of the label-free OVERFIT.TARGET from V_h on
@@ -138,31 +168,28 @@ def add_pd_keys(cfg: CN) -> None:
         # between steps (cosine 0.94 on the toy world; docs/cost.md). ITERS 5 LR 0.005: the paper's I
         "ITERS": 1,
         "LR": 0.025,
-        # sign: V - lr * sign(grad) | normalized: V - lr * grad / RMS(grad), per sample | sgd: V - lr * grad
-        "STEP_RULE": "sign",
+        "STEP_RULE": "sign",  # sign: V - lr * sign(grad) | sgd: V - lr * grad
         "MODE": "online",  # online: every step | cached: per-sample V* reused between refreshes
         "REFRESH": 5,  # cached mode: epochs between recomputations of a sample's V*
         # what each sample's prompt is overfitted to (diffusion.overfit.target_objective): label (the
         # paper: CE with the true label) | entropy (the prediction's entropy, TPT's) | agreement (minus the
         # log-sum-exp of the logits over all classes: class-agnostic). Label-free targets need no label
         "TARGET": "label",
-        "LABEL_WEIGHT": 0.0,  # a label-free TARGET plus this times the true-label CE (0: label-free)
-        # True: the generator learns V* − V_h minus the running mean of its class's residuals (what varies
-        # within a class; diffusion.overfit.remove_class_means). Training only: inference is unchanged
-        "REMOVE_CLASS_MEAN": False,
     })
-    # GPT-2 style (paper §5.1); the size of every GENERATOR (generator_registry.generator_config)
-    _set_defaults(pd, "DENOISER", {"LAYERS": 12, "HEADS": 16, "WIDTH": 512})
-    _set_defaults(pd, "VAE", {"KL_WEIGHT": 1.0})  # GENERATOR vae: weight of the KL term of its ELBO (per coordinate)
+    # GPT-2 style (paper §5.1): the generator network's size, for every GENERATOR (generator_config)
+    _set_defaults(pd, "GENERATOR_SIZE", {"LAYERS": 12, "HEADS": 16, "WIDTH": 512})
     _set_defaults(pd, "AMED", {
         "DISTILL_ITERS": 200,  # predictor training batches after the main training (0: no AMED)
-        "TEACHER": "dpmpp_2m",  # teacher solver: dpmpp_2m | dpm_solver_2 | ddim
-        "INSERTED": 4,  # teacher points inserted in every student interval (upstream AMED: 4)
-        "BATCH": 32,  # conditions (training images) per distillation batch
-        "LR": 5e-3,  # Adam step size of the distillation (upstream AMED)
         # the NFEs a predictor is distilled for after training (each fixes its σ grid); [] = [NFE].
         # An evaluation at another NFE (Figure 4) needs it listed here when the model is trained
         "NFES": [],
+    })
+    # knobs of measured studies that no shipped config sets (docs/toy_mixed.md, docs/generators.md)
+    _set_defaults(pd, "RESEARCH", {
+        # True: the generator learns V* − V_h minus the running mean of its class's residuals (what varies
+        # within a class; diffusion.overfit.remove_class_means). Training only: inference is unchanged
+        "REMOVE_CLASS_MEAN": False,
+        "VAE_KL_WEIGHT": 1.0,  # GENERATOR vae: weight of the KL term of its ELBO (per coordinate)
     })
 
 
@@ -170,7 +197,7 @@ def add_pd_keys(cfg: CN) -> None:
 _PD_CHOICES = {
     "OVERFIT.MODE": ("online", "cached"),
     "INFERENCE": ("generate", "tune"),
-    "COND": ("meta_net", "image_feature"),
+    "COND": ("meta_net", "image_feature", "host_meta_net"),
 }
 
 
@@ -185,7 +212,6 @@ def validate_pd_cfg(cfg: CN) -> None:
     """Reject unknown or out-of-range ``TRAINER.PD`` values: ``ValueError`` naming the key and what is allowed."""
     from prompt_diffusion.adapters import registered_adapters
     from prompt_diffusion.adapters.deep import DEEP_TOKENS
-    from prompt_diffusion.diffusion.amed import TEACHERS
     from prompt_diffusion.diffusion.overfit import OVERFIT_TARGETS, STEP_RULES
     from prompt_diffusion.diffusion.samplers import SAMPLERS
     from prompt_diffusion.diffusion.schedule import SCHEDULE_KINDS
@@ -194,7 +220,6 @@ def validate_pd_cfg(cfg: CN) -> None:
     pd = cfg.TRAINER.PD
     choices = dict(_PD_CHOICES)
     choices["DEEP_TOKENS"] = DEEP_TOKENS
-    choices["AMED.TEACHER"] = tuple(TEACHERS)
     choices["SAMPLER"] = tuple(SAMPLERS)
     choices["SCHEDULE"] = tuple(SCHEDULE_KINDS)
     choices["ADAPTER"] = ("auto", *registered_adapters())
@@ -206,11 +231,10 @@ def validate_pd_cfg(cfg: CN) -> None:
         if value not in allowed:
             raise ValueError(f"TRAINER.PD.{key} = {value!r} is not allowed; choose one of {list(allowed)}")
     minimum = {  # key: smallest allowed value (integers unless the default is a float)
-        "STEPS": 2, "NFE": 1, "TEST_SAMPLES": 1, "DIFFUSION_DRAWS": 1, "OVERFIT.ITERS": 0, "OVERFIT.REFRESH": 1,
-        "DENOISER.LAYERS": 1, "DENOISER.HEADS": 1, "DENOISER.WIDTH": 1,
-        "AMED.DISTILL_ITERS": 0, "AMED.INSERTED": 0, "AMED.BATCH": 1, "DIAGNOSE_IMAGES": 0,
-        "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0, "NOISE_SCALE": 0.0, "VAE.KL_WEIGHT": 0.0,
-        "OVERFIT.LABEL_WEIGHT": 0.0,
+        "STEPS": 2, "NFE": 1, "TEST_SAMPLES": 1, "LOSS_DRAWS": 1, "OVERFIT.ITERS": 0, "OVERFIT.REFRESH": 1,
+        "GENERATOR_SIZE.LAYERS": 1, "GENERATOR_SIZE.HEADS": 1, "GENERATOR_SIZE.WIDTH": 1,
+        "AMED.DISTILL_ITERS": 0, "DIAGNOSE_IMAGES": 0,
+        "BETA": 0.0, "CE_WEIGHT": 0.0, "HOST_LOSS_WEIGHT": 0.0, "RESEARCH.VAE_KL_WEIGHT": 0.0,
     }
     for key, low in minimum.items():
         value = _pd_value(pd, key)
@@ -220,10 +244,9 @@ def validate_pd_cfg(cfg: CN) -> None:
             raise ValueError(f"TRAINER.PD.{key} = {value!r} must be {kind} >= {low}")
         if value < low:
             raise ValueError(f"TRAINER.PD.{key} = {value!r} is out of range; allowed: {kind} >= {low}")
-    for key in ("OVERFIT.LR", "AMED.LR"):
-        value = _pd_value(pd, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"TRAINER.PD.{key} = {value!r} is out of range; allowed: a number > 0")
+    value = pd.OVERFIT.LR
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"TRAINER.PD.OVERFIT.LR = {value!r} is out of range; allowed: a number > 0")
     if pd.NFE > pd.STEPS:
         raise ValueError(f"TRAINER.PD.NFE = {pd.NFE} is out of range; "
                          f"allowed: 1 <= NFE <= TRAINER.PD.STEPS ({pd.STEPS})")
@@ -235,22 +258,31 @@ def validate_pd_cfg(cfg: CN) -> None:
     if pd.SAMPLER == "amed" and nfes and pd.NFE not in nfes:
         raise ValueError(f"TRAINER.PD.NFE = {pd.NFE} has no AMED predictor: TRAINER.PD.AMED.NFES = {list(nfes)} "
                          "lists the NFEs predictors are distilled for (add it there, before training)")
-    if pd.DENOISER.WIDTH % pd.DENOISER.HEADS:
-        raise ValueError(
-            f"TRAINER.PD.DENOISER.WIDTH = {pd.DENOISER.WIDTH} must be divisible by "
-            f"TRAINER.PD.DENOISER.HEADS = {pd.DENOISER.HEADS}"
-        )
-    if pd.OVERFIT.TARGET == "label" and pd.OVERFIT.LABEL_WEIGHT > 0:
-        raise ValueError("TRAINER.PD.OVERFIT.LABEL_WEIGHT mixes the true-label CE into a label-free "
-                         "TRAINER.PD.OVERFIT.TARGET; with TARGET 'label' it must be 0")
-    if pd.INFERENCE == "tune" and (pd.OVERFIT.TARGET == "label" or pd.OVERFIT.LABEL_WEIGHT > 0):
-        raise ValueError(f"TRAINER.PD.INFERENCE 'tune' tunes each test image without its label: it needs a label-free "
-                         f"TRAINER.PD.OVERFIT.TARGET (entropy or agreement) and OVERFIT.LABEL_WEIGHT 0, got "
-                         f"TARGET {pd.OVERFIT.TARGET!r}, LABEL_WEIGHT {pd.OVERFIT.LABEL_WEIGHT}")
+    size = pd.GENERATOR_SIZE
+    if size.WIDTH % size.HEADS:
+        raise ValueError(f"TRAINER.PD.GENERATOR_SIZE.WIDTH = {size.WIDTH} must be divisible by "
+                         f"TRAINER.PD.GENERATOR_SIZE.HEADS = {size.HEADS}")
+    if pd.INFERENCE == "tune" and pd.OVERFIT.TARGET == "label":
+        raise ValueError("TRAINER.PD.INFERENCE 'tune' tunes each test image without its label: it needs a label-free "
+                         "TRAINER.PD.OVERFIT.TARGET (entropy or agreement), got 'label'")
     for key, value in (("ENABLE", pd.ENABLE), ("CALIBRATE", pd.CALIBRATE),
-                       ("OVERFIT.REMOVE_CLASS_MEAN", pd.OVERFIT.REMOVE_CLASS_MEAN)):
+                       ("RESEARCH.REMOVE_CLASS_MEAN", pd.RESEARCH.REMOVE_CLASS_MEAN)):
         if not isinstance(value, bool):
             raise ValueError(f"TRAINER.PD.{key} = {value!r} must be True or False")
+
+
+def pd_config(*opts) -> CN:
+    """The ``TRAINER.PD`` settings outside a trainer (a plain PyTorch loop): the defaults, then
+    ``opts`` as ``KEY VALUE`` pairs relative to ``TRAINER.PD`` (``"OVERFIT.TARGET", "agreement"``),
+    checked by ``validate_pd_cfg``; frozen."""
+    if len(opts) % 2:
+        raise ValueError(f"pd_config takes KEY VALUE pairs, got an odd number of arguments: {list(opts)}")
+    cfg = CN({"TRAINER": CN()})
+    add_pd_keys(cfg)
+    cfg.merge_from_list([f"TRAINER.PD.{item}" if i % 2 == 0 else item for i, item in enumerate(opts)])
+    validate_pd_cfg(cfg)
+    cfg.freeze()
+    return cfg.TRAINER.PD
 
 
 def _add_toy_dataset_keys(cfg: CN) -> None:

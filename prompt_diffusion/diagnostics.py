@@ -1,8 +1,8 @@
-"""Is prompt diffusion doing anything? Diagnostics of a trained PD trainer on one split.
+"""Is prompt diffusion doing anything? Diagnostics of a trained ``PromptDiffusion`` module on one split.
 
 For each image ``x`` of the split, with its host prompt ``V_h`` (``adapter.host_prompts``):
 
-- ``V̂``: the generated prompt (the trainer's own sampler, NFE and inference noise);
+- ``V̂``: the generated prompt (the module's own sampler, NFE and each image's seeded noise);
 - ``V*``: the prompt overfitted from ``V_h`` to ``TRAINER.PD.OVERFIT.TARGET`` (what the generator
   was trained to produce; with the paper's target ``label`` it is ``V*_y``);
 - ``V*_y``: the prompt overfitted from ``V_h`` with the true label (the ceiling of the paper's target);
@@ -16,27 +16,30 @@ space, so groups of different widths weigh alike); how much the residuals vary a
 (mean cosine between two images' residuals: 1 = the same residual for all); when the images come
 from several domains (``batch["domain"]``, e.g. ToyWorldMixed's styles), the share of the
 residuals' variance that the domain explains (what an image-conditioned generator can learn); the generator's fit
-(``DiffusionPromptWrapper.pd_generator_fit``: 1 = no better than the host's prompt, 0 = exact).
+(``after_training.generator_fit``: 1 = no better than the host's prompt, 0 = exact).
 
-Used by ``prompt-diffusion diagnose`` and, on a held-out slice, once per training epoch.
+A read-only leaf: it measures with what calibration measures (``after_training``: the residual
+batches, their evaluation, the fit) and nothing in the library imports it; ``prompt-diffusion
+diagnose`` does.
 
 ``probe`` asks whether the residual is predictable at all: a ridge regression from the frozen
 image feature to ``(V* − V_h) / scale``, fitted on the training images, scored on the diagnosed
 ones (alignment of its prediction, and accuracy with ``V_h`` plus the predicted mean residual). If
 this plain regressor cannot predict the residual, no generator conditioned on the feature can.
 """
-import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prompt_diffusion.results.paired import PairedDifference, paired_difference
+from prompt_diffusion.after_training import (LabelledBatch, ResidualBatch, evaluate_residuals, flat_residual,
+                                             residual_batches)
+from prompt_diffusion.method import PromptDiffusion
+from prompt_diffusion.stats import PairedDifference, paired_difference
 
-__all__ = ["Diagnosis", "ProbeResult", "ResidualBatch", "group_share", "mean_pairwise_cosine", "residual_batches", "diagnose",
-           "probe"]
+__all__ = ["Diagnosis", "ProbeResult", "group_share", "mean_pairwise_cosine", "diagnose", "probe"]
 
 #: the prompts a diagnosis compares, in table order, and what each is
 PROMPTS = {
@@ -87,13 +90,6 @@ class Diagnosis:
     domain_share_generated: Optional[float] = None  # variance share of V̂ − V_h the image's domain explains
     domain_share_overfit: Optional[float] = None  # the same for V* − V_h (None: one domain only)
 
-    def summary(self) -> str:
-        """One line for a training log."""
-        gen = self.differences["generated"]
-        return (f"fit {self.generator_fit:.3f}  align {self.alignment:+.3f}  |V̂-V_h|/|V*-V_h| "
-                f"{self.norm_ratio:.2f}  acc generated {self.accuracy['generated']:.1f} vs host "
-                f"{self.accuracy['host']:.1f} ({gen.mean:+.1f} ± {gen.se:.1f}; {self.images} images)")
-
     def report(self) -> str:
         """The full report (Markdown tables)."""
         lines = [f"Prompt diffusion diagnosis on {self.images} images", "",
@@ -142,116 +138,49 @@ def _reading(d: Diagnosis) -> str:
     return f"Reading: {verdict}; generated prompts are {effect} ({gen.mean:+.2f} ± {gen.se:.2f} points)."
 
 
-def _flat_residual(generator, prompts: Dict[str, Tensor], center: Dict[str, Tensor]) -> Tensor:
-    with torch.no_grad():
-        return generator.layout.flatten(generator.normalize(prompts, center)).double()  # [B, N]
+def diagnose(pd: PromptDiffusion, batches: Iterable[LabelledBatch], max_images: Optional[int] = None,
+             fit_draws: int = 2, progress: bool = False) -> Diagnosis:
+    """Diagnose the trained prompt-diffusion module ``pd`` on ``batches`` (at most ``max_images`` images).
 
-
-@dataclass
-class ResidualBatch:
-    """One batch of ``residual_batches``: the images and what PD makes of them."""
-
-    batch: dict  # the loader's batch (cut to the images kept)
-    images: Tensor
-    labels: Tensor
-    features: Tensor  # frozen image features [B, E]
-    center: Dict[str, Tensor]  # V_h, fp32
-    generated: Dict[str, Tensor]  # V̂ (the trainer's sampler, NFE, gain and inference noise)
-    overfit: Dict[str, Tensor]  # V*, overfitted from V_h to OVERFIT.TARGET (true labels when it is label)
-
-
-def residual_batches(trainer, data_loader: Iterable, max_images: Optional[int] = None, training: bool = False,
-                     progress: bool = False) -> Iterator[ResidualBatch]:
-    """For each batch of ``data_loader`` (at most ``max_images`` images): the host prompts, the
-    generated and the overfitted prompts (``OVERFIT.TARGET``). ``training``: the loader is the training set
-    (parsed as the trainer parses training batches). Inference noise follows the trainer's own
-    sequence from position 0, as ``test`` does, and is reset after."""
-    from tqdm import tqdm
-
-    trainer.set_model_mode("eval")
-    parse = trainer.parse_batch_train if training else trainer.parse_batch_test
-    adapter = trainer.pd_adapter
-    trainer.pd_reset_noise()
-    seen = 0
-    # disable=None: tqdm's "off when stderr is no terminal" (log files get no bar redraws)
-    for batch in tqdm(data_loader, desc="prompt diffusion residuals", leave=False, disable=None if progress else True):
-        if max_images is not None and seen >= max_images:
-            break
-        images, labels = parse(batch)[:2]
-        if max_images is not None and seen + len(labels) > max_images:
-            keep = max_images - seen
-            images, labels = images[:keep], labels[:keep]
-            batch = {key: value[:keep] for key, value in batch.items()}
-        seen += len(labels)
-        features = adapter.image_features(images)
-        with torch.no_grad():
-            center = {k: v.float() for k, v in trainer.pd_host_prompts(features).items()}
-            generated = trainer.pd_generate(trainer.pd_condition(features), center, 0)
-        trainer._pd_eval_position += len(labels)
-        overfit = trainer.pd_overfit(images, labels, features, center)
-        yield ResidualBatch(batch, images, labels, features, center, generated, overfit)
-    trainer.pd_reset_noise()
-
-
-def diagnose(trainer, data_loader: Iterable, max_images: Optional[int] = None, fit_draws: int = 2,
-             progress: bool = False) -> Diagnosis:
-    """Diagnose the PD trainer ``trainer`` (a ``DiffusionPromptWrapper`` subclass, built and
-    loaded) on the batches of ``data_loader`` (``img`` and ``label``), at most ``max_images``.
-
-    Inference noise follows the trainer's own sequence from position 0 (as ``test`` does), so the
-    generated prompts' accuracy is the one ``test`` reports on the same images.
+    Each image's inference noise is seeded by its dataset index, as in an evaluation, so the generated
+    prompts' accuracy is the one ``test`` reports on the same images.
     """
-    if not getattr(trainer, "pd_enabled", False):
-        raise ValueError("diagnose needs a prompt-diffusion trainer with TRAINER.PD.ENABLE True")
-    adapter, generator = trainer.pd_adapter, trainer.pd_generator
-    target = trainer.cfg.TRAINER.PD.OVERFIT.TARGET
-    correct: Dict[str, List[Tensor]] = {key: [] for key in PROMPTS}
-    cosines: List[Tensor] = []
-    ratios: List[Tensor] = []
-    generated_residuals: List[Tensor] = []
-    overfit_residuals: List[Tensor] = []
-    batches: List[dict] = []
-    for item in residual_batches(trainer, data_loader, max_images, progress=progress):
-        batches.append(item.batch)
+    target = pd.config.OVERFIT.TARGET
+    items = list(residual_batches(pd, batches, max_images, progress=progress))
+    if not items:
+        raise ValueError("diagnose got no images")
+    evaluation = evaluate_residuals(pd, items, fit_draws)
+    correct: Dict[str, List[Tensor]] = {"overfit_target": [], "overfit_true": [], "overfit_predicted": []}
+    for item in items:
+        images, labels, features, center = item.batch.images, item.batch.labels, item.features, item.center
         with torch.no_grad():
-            host_prediction = adapter.logits(item.images, item.center, item.features).argmax(dim=1)
-        true_label = item.overfit if target == "label" else trainer.pd_overfit(
-            item.images, item.labels, item.features, item.center, target="label")
-        prompts = {"host": item.center, "generated": item.generated, "overfit_target": item.overfit,
-                   "overfit_true": true_label,
-                   "overfit_predicted": trainer.pd_overfit(item.images, host_prediction, item.features, item.center,
-                                                           target="label")}
+            host_prediction = pd.adapter.logits(images, center, features).argmax(dim=1)
+        prompts = {"overfit_target": item.overfit,
+                   "overfit_true": item.overfit if target == "label" else pd.overfit(images, labels, features, center,
+                                                                                   target="label"),
+                   "overfit_predicted": pd.overfit(images, host_prediction, features, center, target="label")}
         with torch.no_grad():
             for key, prompt in prompts.items():
-                logits = adapter.logits(item.images, prompt, item.features)
-                correct[key].append((logits.argmax(dim=1) == item.labels).cpu())
-        generated = _flat_residual(generator, item.generated, item.center)
-        overfit = _flat_residual(generator, item.overfit, item.center)
-        cosines.append(F.cosine_similarity(generated, overfit, dim=1).cpu())
-        ratios.append((generated.norm(dim=1) / overfit.norm(dim=1).clamp_min(1e-12)).cpu())
-        generated_residuals.append(generated.cpu())
-        overfit_residuals.append(overfit.cpu())
-    if not batches:
-        raise ValueError("diagnose got no images")
-    per_image = {key: torch.cat(values) for key, values in correct.items()}
-    cosine = torch.cat(cosines)
-    domains = torch.cat([torch.as_tensor(batch["domain"]).view(-1).cpu() for batch in batches]) \
-        if all("domain" in batch for batch in batches) else None
+                correct[key].append((pd.adapter.logits(images, prompt, features).argmax(dim=1) == labels).cpu())
+    per_image = {"generated": evaluation.correct_generated, "host": evaluation.correct_host,
+                 **{key: torch.cat(values) for key, values in correct.items()}}
+    domains = (torch.cat([torch.as_tensor(item.batch.domains).view(-1).cpu() for item in items])
+               if all(item.batch.domains is not None for item in items) else None)
     several_domains = domains is not None and len(domains.unique()) > 1
     return Diagnosis(
-        images=len(cosine),
-        accuracy={key: 100.0 * float(values.double().mean()) for key, values in per_image.items()},
+        images=evaluation.images,
+        accuracy={key: 100.0 * float(per_image[key].double().mean()) for key in PROMPTS},
         differences={key: paired_difference(per_image[key].tolist(), per_image["host"].tolist())
                      for key in PROMPTS if key != "host"},
-        alignment=float(cosine.mean()),
-        alignment_se=float(cosine.std()) / math.sqrt(len(cosine)) if len(cosine) > 1 else float("nan"),
-        norm_ratio=float(torch.cat(ratios).mean()),
-        across_images_generated=mean_pairwise_cosine(torch.cat(generated_residuals)),
-        across_images_overfit=mean_pairwise_cosine(torch.cat(overfit_residuals)),
-        generator_fit=trainer.pd_generator_fit(batches, draws=fit_draws),
+        alignment=float(evaluation.alignment.mean()),
+        alignment_se=evaluation.alignment_se,
+        norm_ratio=float(evaluation.norm_ratio.mean()),
+        across_images_generated=mean_pairwise_cosine(evaluation.generated),
+        across_images_overfit=mean_pairwise_cosine(evaluation.overfit),
+        generator_fit=evaluation.fit,
         target=target,
-        domain_share_generated=group_share(torch.cat(generated_residuals), domains) if several_domains else None,
-        domain_share_overfit=group_share(torch.cat(overfit_residuals), domains) if several_domains else None,
+        domain_share_generated=group_share(evaluation.generated, domains) if several_domains else None,
+        domain_share_overfit=group_share(evaluation.overfit, domains) if several_domains else None,
     )
 
 
@@ -273,18 +202,18 @@ class ProbeResult:
                 f"predicted residual {self.accuracy_probe:.2f} vs host {self.accuracy_host:.2f}\n")
 
 
-def probe(trainer, train_loader: Iterable, data_loader: Iterable, max_images: Optional[int] = None,
-          ridge: float = 1e-3) -> ProbeResult:
-    """Fit the ridge probe on ``train_loader``'s images and score it on ``data_loader``'s."""
-    adapter, generator = trainer.pd_adapter, trainer.pd_generator
+def probe(pd: PromptDiffusion, train_batches: Iterable[LabelledBatch], batches: Iterable[LabelledBatch],
+          max_images: Optional[int] = None, ridge: float = 1e-3) -> ProbeResult:
+    """Fit the ridge probe on ``train_batches``' images and score it on ``batches``' (at most ``max_images``)."""
+    generator = pd.generator
 
     def features_and_residuals(items: List[ResidualBatch]):  # [n, E], [n, N]
         return (torch.cat([item.features.double().cpu() for item in items]),
-                torch.cat([_flat_residual(generator, item.overfit, item.center).cpu() for item in items]))
+                torch.cat([flat_residual(pd, item.overfit, item.center).cpu() for item in items]))
 
-    x_train, y_train = features_and_residuals(list(residual_batches(trainer, train_loader, training=True)))
-    batches = list(residual_batches(trainer, data_loader, max_images))
-    x_test, y_test = features_and_residuals(batches)
+    x_train, y_train = features_and_residuals(list(residual_batches(pd, train_batches)))
+    items = list(residual_batches(pd, batches, max_images))
+    x_test, y_test = features_and_residuals(items)
 
     def with_bias(x: Tensor) -> Tensor:
         return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # [n, E + 1]
@@ -296,12 +225,13 @@ def probe(trainer, train_loader: Iterable, data_loader: Iterable, max_images: Op
     host = probe_correct = 0
     row = 0
     with torch.no_grad():
-        for item in batches:
-            rows = predicted[row: row + len(item.labels)].float().to(item.features.device)
-            row += len(item.labels)
+        for item in items:
+            images, labels = item.batch.images, item.batch.labels
+            rows = predicted[row: row + len(labels)].float().to(item.features.device)
+            row += len(labels)
             prompts = generator.denormalize(generator.layout.unflatten(rows), item.center)
-            host += int((adapter.logits(item.images, item.center, item.features).argmax(1) == item.labels).sum())
-            probe_correct += int((adapter.logits(item.images, prompts, item.features).argmax(1) == item.labels).sum())
+            host += int((pd.adapter.logits(images, item.center, item.features).argmax(1) == labels).sum())
+            probe_correct += int((pd.adapter.logits(images, prompts, item.features).argmax(1) == labels).sum())
     return ProbeResult(
         train_images=len(x_train), images=len(x_test),
         alignment_train=float(F.cosine_similarity(with_bias(x_train) @ weights, y_train, dim=1).mean()),

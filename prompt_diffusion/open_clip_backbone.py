@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 from typing import List, Union
 
-import torch
 from torch import nn
 
+from prompt_diffusion.clip_conversion import load_weights_or_refuse, read_weights_file, set_attention_heads, use_gelu
 from prompt_diffusion.clip_package import openai_clip_modules
 
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -69,15 +69,7 @@ def read_open_clip_weights(path: Union[str, Path]) -> dict:
     """A state dict from an OpenCLIP checkpoint file: ``.safetensors``, a plain state dict, or a training
     checkpoint (``{"state_dict": ...}``, keys maybe prefixed ``module.``); loaded ``weights_only``."""
     path = Path(path).expanduser()
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, not a torch file, pickled objects: one line, never unpickled
-        raise ValueError(f"MODEL.BACKBONE.PATH {path}: not an OpenCLIP checkpoint ({type(error).__name__})") from None
+    state = read_weights_file(path, "an OpenCLIP checkpoint")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or "text_projection" not in {k.removeprefix("module.") for k in state}:
@@ -135,12 +127,6 @@ def openai_architecture(model: nn.Module) -> dict:
                 transformer_layers=len(model.transformer.resblocks))
 
 
-def _set_heads(attention: nn.Module, heads: int) -> None:
-    attention.num_heads = heads
-    if hasattr(attention, "head_dim"):
-        attention.head_dim = attention.embed_dim // heads
-
-
 def to_openai_clip(model: nn.Module, name: str):
     """An openai ``clip.model.CLIP`` holding the weights of OpenCLIP's ``model`` (fp32, eval), with
     OpenCLIP's activation and head counts; a model that does not convert is an error saying why."""
@@ -152,14 +138,14 @@ def to_openai_clip(model: nn.Module, name: str):
     if type(model.visual).__name__ == "VisionTransformer":
         towers = [(converted.visual.transformer.resblocks, model.visual.transformer.resblocks)]
     else:
-        _set_heads(converted.visual.attnpool, model.visual.attnpool.num_heads)
+        set_attention_heads(converted.visual.attnpool, model.visual.attnpool.num_heads)
         towers = []
     towers.append((converted.transformer.resblocks, model.transformer.resblocks))
     for ours, theirs in towers:
         for block, source in zip(ours, theirs):
-            _set_heads(block.attn, source.attn.num_heads)
+            set_attention_heads(block.attn, source.attn.num_heads)
             if isinstance(source.mlp.gelu, nn.GELU):  # OpenCLIP's default; OpenAI's CLIP has QuickGELU
-                block.mlp.gelu = nn.GELU(approximate=source.mlp.gelu.approximate)
+                use_gelu([block], source.mlp.gelu.approximate)
     return converted.eval()
 
 
@@ -167,15 +153,8 @@ def load_open_clip(name: str, path: str):
     """``MODEL.BACKBONE.NAME open_clip:<arch>`` with the weights at ``path`` as an openai-layout CLIP."""
     check_open_clip_weights(name, path)
     model = create_open_clip(architecture_name(name))
-    state = read_open_clip_weights(path)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shapes that differ: torch lists them all, the first says enough
-        detail = str(error).split("\n\t")[1] if "\n\t" in str(error) else str(error)
-        raise ValueError(f"MODEL.BACKBONE.PATH {path}: not the weights of {name} ({detail})") from None
-    if missing or unexpected:
-        raise ValueError(f"MODEL.BACKBONE.PATH {path}: not the weights of {name} (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+    refusal = f"MODEL.BACKBONE.PATH {path}: not the weights of {name}"
+    load_weights_or_refuse(model, read_open_clip_weights(path), refusal)
     return to_openai_clip(model, name)
 
 

@@ -88,13 +88,6 @@ class Prediction:
     host_probabilities: List[float] = field(default_factory=list)
 
 
-def host_logits(trainer, images: Tensor) -> Tensor:
-    """The host's logits for ``images`` inside a prompt-diffusion trainer: its adapter's logits with
-    the host's own prompts (what ``TRAINER.PD.ENABLE False`` gives)."""
-    features = trainer.pd_adapter.image_features(images)
-    return trainer.pd_adapter.logits(images, trainer.pd_host_prompts(features), features)
-
-
 def _top(logits: Tensor, names: Sequence[str], k: int) -> List[Tuple[List[str], List[float]]]:
     probabilities, indices = logits.float().softmax(dim=1).topk(min(k, logits.shape[1]), dim=1)
     return [([names[i] for i in row], [round(float(p), 6) for p in probs])
@@ -104,19 +97,17 @@ def _top(logits: Tensor, names: Sequence[str], k: int) -> List[Tuple[List[str], 
 @torch.no_grad()
 def predict(trainer, top_k: int = 5, with_host: bool = False, progress: bool = True) -> List[Prediction]:
     """Top-k predictions of every image of ``trainer.test_loader`` (a :class:`PredictionImages`
-    trainer), in loader order; ``with_host`` needs a prompt-diffusion trainer (``pd_enabled``)."""
-    if with_host and not getattr(trainer, "pd_enabled", False):
+    trainer), in loader order; ``with_host`` needs a prompt-diffusion trainer (``trainer.pd``)."""
+    if with_host and getattr(trainer, "pd", None) is None:
         raise ValueError(f"--host: trainer {trainer.cfg.TRAINER.NAME} is not a prompt-diffusion trainer with "
                          "TRAINER.PD.ENABLE True; its prediction is the host's")
     names = list(trainer.dm.dataset.classnames)
     trainer.set_model_mode("eval")
-    if hasattr(trainer, "pd_reset_noise"):
-        trainer.pd_reset_noise()  # the same noise per image position as an evaluation
     found: List[Prediction] = []
     for batch in tqdm(trainer.test_loader, desc="predicting", unit="batch", disable=None if progress else True):
         images, _ = trainer.parse_batch_test(batch)
         tops = _top(trainer.model_inference(images), names, top_k)
-        hosts = _top(host_logits(trainer, images), names, top_k) if with_host else [([], [])] * len(tops)
+        hosts = _top(trainer.pd.host_logits(images), names, top_k) if with_host else [([], [])] * len(tops)
         found += [Prediction(path, classes, probs, host_classes, host_probs)
                   for path, (classes, probs), (host_classes, host_probs) in zip(batch["impath"], tops, hosts)]
     return found

@@ -29,7 +29,7 @@ PLACEMENT_KEYS = ("DATASET.ROOT", "OUTPUT_DIR", "SEED", "RESUME", "DATALOADER.NU
 # keys whose value makes another model: a checkpoint of one does not load (or means nothing) in the other
 MODEL_KEYS = ("TRAINER.NAME", "MODEL.BACKBONE.NAME", "INPUT.SIZE", "TRAINER.PD.GENERATOR", "TRAINER.PD.COND",
               "TRAINER.PD.DEEP_TOKENS")
-MODEL_KEY_PARTS = ("N_CTX", "PROMPT_DEPTH", "TRAINER.PD.DENOISER.")
+MODEL_KEY_PARTS = ("N_CTX", "PROMPT_DEPTH", "TRAINER.PD.GENERATOR_SIZE.")
 # keys that hold a path: resolved to absolute before the record is written
 PATH_KEYS = ("DATASET.ROOT", "OUTPUT_DIR", "RESUME", "MODEL.BACKBONE.PATH", "MODEL.INIT_WEIGHTS",
              "DATASET.FEWSHOT_CACHE_DIR", "TRAINER.CoPrompt.DESCRIPTIONS_DIR")

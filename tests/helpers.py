@@ -205,12 +205,73 @@ def assert_one_step_moves_the_generator_and_inference_is_finite(trainer) -> None
     batch = next(iter(trainer.train_loader_x))
     trainer.set_model_mode("train")
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
-    before = [p.detach().clone() for p in trainer.pd_generator.parameters()]
+    before = [p.detach().clone() for p in trainer.pd.generator.parameters()]
     summary = trainer.forward_backward(batch)
     assert {"loss_ce", "loss_gen", "loss_host"} <= set(summary)
-    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd_generator.parameters(), before))
-    images, _ = trainer.parse_batch_test(next(iter(trainer.test_loader)))
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd.generator.parameters(), before))
     trainer.set_model_mode("eval")
+    logits = inference(trainer, next(iter(trainer.test_loader)))
+    assert logits.shape == (len(logits), trainer.num_classes) and torch.isfinite(logits).all()
+
+
+def inference(trainer, batch: dict):
+    """``model_inference`` on a loader ``batch`` parsed as the engine's test loop parses it (a
+    prompt-diffusion trainer seeds each image's noise by its dataset index, ``batch["index"]``)."""
+    import torch
+
+    images, _ = trainer.parse_batch_test(batch)
     with torch.no_grad():
-        logits = trainer.model_inference(images)
-    assert logits.shape == (len(images), trainer.num_classes) and torch.isfinite(logits).all()
+        return trainer.model_inference(images)
+
+
+# the prompted trainers and their opts for one training step on a converted backbone (OpenCLIP, transformers):
+# 2-3 prompt tokens, depth <= 3 (the test backbones have 3 layers), fp32; the PD variants with a 1-layer generator
+ONE_STEP_SETTINGS = {
+    "CoOp": ["TRAINER.COOP.N_CTX", 4, "TRAINER.COOP.PREC", "fp32"],
+    "CoCoOp": ["TRAINER.COCOOP.N_CTX", 4, "TRAINER.COCOOP.CTX_INIT", "a photo of a", "TRAINER.COCOOP.PREC", "fp32"],
+    "VPT": ["TRAINER.VPT.N_CTX_VISION", 4, "TRAINER.VPT.PROMPT_DEPTH_VISION", 2, "TRAINER.VPT.PREC", "fp32"],
+    "IVLP": ["TRAINER.IVLP.N_CTX_TEXT", 2, "TRAINER.IVLP.N_CTX_VISION", 2, "TRAINER.IVLP.PROMPT_DEPTH_TEXT", 2,
+             "TRAINER.IVLP.PROMPT_DEPTH_VISION", 2, "TRAINER.IVLP.PREC", "fp32"],
+    "MaPLe": ["TRAINER.MAPLE.N_CTX", 2, "TRAINER.MAPLE.PROMPT_DEPTH", 3, "TRAINER.MAPLE.PREC", "fp32"],
+}
+ONE_STEP_PD = ["TRAINER.PD.GENERATOR_SIZE.LAYERS", 1, "TRAINER.PD.GENERATOR_SIZE.WIDTH", 32, "TRAINER.PD.GENERATOR_SIZE.HEADS", 2,
+               "TRAINER.PD.OVERFIT.ITERS", 1, "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.NFE", 2]
+ONE_STEP_TRAINERS = [name + pd for name in ONE_STEP_SETTINGS for pd in ("", "PD")]
+
+
+def one_step_options(trainer: str) -> list:
+    """The opts of ``trainer`` (one of ``ONE_STEP_TRAINERS``) for ``assert_one_training_step``."""
+    return [*ONE_STEP_SETTINGS[trainer.removesuffix("PD")], *(ONE_STEP_PD if trainer.endswith("PD") else [])]
+
+
+def assert_one_training_step(trainer) -> None:
+    """One training step of a built trainer on its first batch: a PD variant moves its generator (and infers
+    finite logits), a host gives a finite loss and changes some learned parameter."""
+    import torch
+
+    if getattr(trainer, "pd", None) is not None:
+        assert_one_step_moves_the_generator_and_inference_is_finite(trainer)
+        return
+    learned = [p for p in trainer.model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in learned]
+    trainer.set_model_mode("train")
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
+    summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    assert torch.isfinite(torch.tensor(summary["loss"]))
+    assert learned and any(not torch.equal(p, q) for p, q in zip(learned, before))
+
+
+def write_clip_bpe_tokenizer(folder: Path, swap: Sequence[str] = ()) -> None:
+    """``vocab.json`` and ``merges.txt`` of OpenAI's BPE (the openai-clip package's), as transformers' CLIP
+    folders hold them; ``swap``: two tokens whose ids are exchanged (a tokenizer that differs)."""
+    import json
+
+    from clip.simple_tokenizer import SimpleTokenizer  # the trainers' tokenizer (trainers/_common.py)
+
+    bpe = SimpleTokenizer()
+    vocab = dict(bpe.encoder)
+    if swap:
+        vocab[swap[0]], vocab[swap[1]] = vocab[swap[1]], vocab[swap[0]]
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))

@@ -11,7 +11,7 @@ from prompt_diffusion.adapters import (
     IVLPAdapter,
     PromptLayoutError,
     VPTAdapter,
-    adapter_for_trainer,
+    choose_adapter,
     detect_adapter,
 )
 from prompt_diffusion.backbones import build_tiny_clip
@@ -195,13 +195,14 @@ def test_unknown_layout_names_what_is_missing():
     assert "prompt_learner.ctx" in message and "image_encoder.VPT" in message
 
 
-def test_trainer_lookup_follows_the_class_hierarchy():
-    class MyCoCoOp(cocoop.CoCoOp):  # a user's subclass keeps CoCoOp's adapter
-        pass
-
-    class Unrelated:
-        pass
-
-    assert adapter_for_trainer(MyCoCoOp) is CoCoOpAdapter
-    assert adapter_for_trainer(ivlp.IVLP) is IVLPAdapter
-    assert adapter_for_trainer(Unrelated) is None
+def test_one_rule_chooses_the_adapter_and_a_conflict_is_an_error():
+    """The adapter given in code wins over layout detection, the configured name is the command
+    line's way, and code and config naming two different adapters is an error, not an override."""
+    cfg = tiny_cfg()
+    model = cocoop.CustomCLIP(cfg, CLASSNAMES, build_tiny_clip())
+    assert choose_adapter(None, "auto", model) is CoCoOpAdapter  # the layout (CoCoOp's includes CoOp's)
+    assert choose_adapter(CoOpAdapter, "auto", model) is CoOpAdapter  # code: CoOp's view of the same model
+    assert choose_adapter(None, "CoOp", model) is CoOpAdapter  # config, by name
+    assert choose_adapter(CoOpAdapter, "CoOp", model) is CoOpAdapter  # both, agreeing
+    with pytest.raises(ValueError, match=r"TRAINER.PD.ADAPTER = 'CoCoOp', but the trainer was registered with the CoOp"):
+        choose_adapter(CoOpAdapter, "CoCoOp", model)

@@ -16,10 +16,12 @@ import torch
 from torch import serialization
 
 import prompt_diffusion.trainers  # noqa: F401  (registers the trainers and their PD variants)
-from helpers import tiny_trainer_cfg
+from helpers import inference, tiny_trainer_cfg
 from multimodal_setup import TINY_SETTINGS, build_world
+from prompt_diffusion import after_training
 from prompt_diffusion.engine import build_trainer
 from prompt_diffusion.engine.checkpoint import load_checkpoint
+from prompt_diffusion.wrapper import PD_MODEL_NAME
 
 HAS_CUDA = torch.cuda.is_available()
 cuda = pytest.mark.cuda
@@ -27,9 +29,9 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (benchmar
 
 # a tiny denoiser and sampler settings shared by every test here
 PD_KEYS = {
-    "TRAINER.PD.DENOISER.LAYERS": 1, "TRAINER.PD.DENOISER.HEADS": 2, "TRAINER.PD.DENOISER.WIDTH": 32,
+    "TRAINER.PD.GENERATOR_SIZE.LAYERS": 1, "TRAINER.PD.GENERATOR_SIZE.HEADS": 2, "TRAINER.PD.GENERATOR_SIZE.WIDTH": 32,
     "TRAINER.PD.OVERFIT.ITERS": 1, "TRAINER.PD.NFE": 5, "TRAINER.PD.DIAGNOSE_IMAGES": 0,
-    "TRAINER.PD.AMED.DISTILL_ITERS": 2, "TRAINER.PD.AMED.BATCH": 4, "TRAINER.PD.AMED.INSERTED": 1,
+    "TRAINER.PD.AMED.DISTILL_ITERS": 2,
     "DATALOADER.TEST.BATCH_SIZE": 8,
 }
 # the small settings of the hosts that multimodal_setup does not cover, and each host's PREC key
@@ -72,7 +74,7 @@ def give_denoiser_an_output(trainer, seed: int = 0) -> None:
     would make any comparison of generated prompts vacuous."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for proj in trainer.pd_generator.net.proj_out.values():
+        for proj in trainer.pd.generator.net.proj_out.values():
             proj.weight.copy_(0.5 * torch.randn(proj.weight.shape, generator=generator))
 
 
@@ -147,10 +149,8 @@ def test_training_step_evaluation_and_checkpoint_at_every_precision(world, tmp_p
     after = trainable_tensors(trainer)
     assert any(not torch.equal(after[key], before[key]) for key in before), f"{name} {prec}: nothing trained"
     trainer.set_model_mode("eval")
-    images = trainer.parse_batch_test(next(iter(trainer.test_loader)))[0]
-    with torch.no_grad():
-        logits = trainer.model_inference(images)
-    assert logits.device.type == device and logits.shape == (len(images), trainer.num_classes)
+    logits = inference(trainer, next(iter(trainer.test_loader)))
+    assert logits.device.type == device and logits.shape == (len(logits), trainer.num_classes)
     assert torch.isfinite(logits.float()).all()
     trainer.save_model(0, str(tmp_path / "run"))
     loaded = build_trainer(device_cfg(world, tmp_path / "eval", name, device, prec))
@@ -166,13 +166,13 @@ def test_amed_distils_in_fp16(world, tmp_path, device):
                                        **{"TRAINER.PD.AMED.DISTILL_ITERS": 8}))
     assert trainer.model.dtype == torch.float16  # the host's CLIP runs in half precision
     give_denoiser_an_output(trainer)
-    history = trainer.pd_distill_amed()[5]  # the loss per batch of the NFE-5 predictor
+    trainer.set_model_mode("eval")
+    conditions = after_training.conditions(trainer.pd, [trainer.parse_batch_train(next(iter(trainer.train_loader_x)))[0]])
+    history = after_training.distill(trainer.pd, conditions, conditions, 0, 8)[trainer.cfg.TRAINER.PD.NFE]
     assert len(history) == 8 and all(math.isfinite(loss) for loss in history)
-    assert trainer.pd_amed.distilled and all(p.device.type == device for p in trainer.pd_amed.parameters())
-    assert trainer.pd_sampler()[0] == "amed"
-    images = trainer.parse_batch_test(next(iter(trainer.test_loader)))[0]
-    with torch.no_grad():
-        assert torch.isfinite(trainer.model_inference(images).float()).all()
+    assert trainer.pd.amed.distilled and all(p.device.type == device for p in trainer.pd.amed.parameters())
+    assert trainer.pd.sampler()[0] == "amed"
+    assert torch.isfinite(inference(trainer, next(iter(trainer.test_loader))).float()).all()
 
 
 # ---------------------------------------------------------------------------------------- CUDA only
@@ -184,8 +184,8 @@ def test_every_registered_model_is_on_the_gpu(world, tmp_path, name):
     misplaced = [k for k, v in tensors_of(trainer).items() if not v.is_cuda]
     assert misplaced == []
     if name.endswith("PD"):
-        assert {"pd_generator"} <= set(trainer.get_model_names())
-        assert trainer.pd_generator.schedule.sigma_max > 0
+        assert trainer.get_model_names()[-1] == PD_MODEL_NAME
+        assert trainer.pd.generator.schedule.sigma_max > 0
 
 
 @cuda
@@ -197,18 +197,14 @@ def test_seeded_inference_is_reproducible_on_cuda_and_matches_the_cpu(world, tmp
     give_denoiser_an_output(gpu)
     for model_name in cpu.get_model_names():
         cpu._models[model_name].load_state_dict(gpu._models[model_name].state_dict())
-    images = gpu.parse_batch_test(next(iter(gpu.test_loader)))[0]
+    batch = next(iter(gpu.test_loader))
     runs = []
     for trainer in (gpu, gpu, cpu):
         trainer.set_model_mode("eval")
-        trainer.pd_reset_noise()
-        with torch.no_grad():
-            runs.append(trainer.model_inference(images.to(trainer.device)).cpu())
+        runs.append(inference(trainer, batch).cpu())
     assert torch.equal(runs[0], runs[1])
     torch.testing.assert_close(runs[0], runs[2], atol=1e-3, rtol=1e-3)
-    gpu.pd_reset_noise()  # the noise matters: a different seed gives different logits
-    with torch.no_grad():
-        host = gpu.pd_adapter.logits(images, gpu.pd_host_prompts(gpu.pd_adapter.image_features(images)))
+    host = gpu.pd.host_logits(gpu.parse_batch_test(batch)[0])  # the noise matters: the generated prompts differ
     assert not torch.allclose(runs[0], host.cpu(), atol=1e-4)
 
 
@@ -225,23 +221,24 @@ def test_checkpoint_moves_between_gpu_and_cpu(world, tmp_path, source, target):
     assert got.keys() == expected.keys()
     assert all(v.device.type == target for v in got.values())
     assert all(torch.equal(v.cpu(), expected[k]) for k, v in got.items())
-    assert loaded.pd_amed.distilled
+    assert loaded.pd.amed.distilled
 
 
 def sync_events(trainer, nfe: int):
-    """The CUDA runtime's synchronising calls during one ``pd_generate`` at ``nfe`` (torch.profiler)."""
+    """The CUDA runtime's synchronising calls during one ``PromptDiffusion.generate`` at ``nfe`` (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    images = trainer.parse_batch_test(next(iter(trainer.test_loader)))[0]
-    features = trainer.pd_adapter.image_features(images)
-    pi, center = trainer.pd_condition(features), trainer.pd_host_prompts(features)
+    batch = next(iter(trainer.test_loader))
+    pd, images = trainer.pd, trainer.parse_batch_test(batch)[0]
+    features = pd.adapter.image_features(images)
+    pi, center = pd.condition(features), pd.host_prompts(features)
     trainer.cfg.defrost()
     trainer.cfg.TRAINER.PD.NFE = nfe
     trainer.cfg.freeze()
-    trainer.pd_generate(pi, center, 0)  # warm-up: tables copied to the GPU once
+    pd.generate(pi, center, batch["index"])  # warm-up: tables copied to the GPU once
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        trainer.pd_generate(pi, center, 0)
+        pd.generate(pi, center, batch["index"])
         torch.cuda.synchronize()
     names = [event.name for event in prof.events()]
     return [name for name in names if "Synchronize" in name or name == "aten::_local_scalar_dense"]
@@ -251,7 +248,7 @@ def sync_events(trainer, nfe: int):
 @needs_cuda
 def test_sampling_loop_does_not_synchronise_per_step(world, tmp_path, capsys):
     """Host-device synchronisations while sampling one batch of prompts: what is needed (the
-    seeded CPU noise copied over, the σ grid's zeros read once) and nothing per denoiser call:
+    per-sample seeds copied over, the σ grid's zeros read once) and nothing per denoiser call:
     the same count at NFE 5 and 10 (dpmpp_2m, one call per step)."""
     trainer = build_trainer(device_cfg(world, tmp_path / "run", "CoCoOpPD", "cuda",
                                        **{"TRAINER.PD.SAMPLER": "dpmpp_2m"}))
@@ -259,5 +256,5 @@ def test_sampling_loop_does_not_synchronise_per_step(world, tmp_path, capsys):
     with torch.no_grad():
         at5, at10 = sync_events(trainer, 5), sync_events(trainer, 10)
     with capsys.disabled():
-        print(f"\nsynchronising calls in one pd_generate: NFE 5: {len(at5)} {sorted(set(at5))}; NFE 10: {len(at10)}")
+        print(f"\nsynchronising calls in one generate: NFE 5: {len(at5)} {sorted(set(at5))}; NFE 10: {len(at10)}")
     assert len(at10) == len(at5) <= 8

@@ -125,12 +125,11 @@ def test_label_moves_toward_the_true_class_and_entropy_toward_the_leading_one():
     assert (moved[0, 0] > 0) and (moved[0, 1:] < 0).all() and (moved[1, 2] > 0) and (moved[1, :2] < 0).all()
 
 
-def test_a_mixed_target_adds_the_weighted_label_ce_and_label_free_targets_need_no_labels():
+def test_label_free_targets_need_no_labels_and_the_label_target_does():
     torch.manual_seed(1)
     logits, labels = torch.randn(BATCH, CLASSES), torch.randint(0, CLASSES, (BATCH,))
-    mixed = target_objective("agreement", logits, labels, label_weight=0.5)
-    torch.testing.assert_close(mixed, -torch.logsumexp(logits, 1) + 0.5 * F.cross_entropy(logits, labels,
-                                                                                           reduction="none"))
+    torch.testing.assert_close(target_objective("agreement", logits, None), -torch.logsumexp(logits, 1))
+    torch.testing.assert_close(target_objective("label", logits, labels), F.cross_entropy(logits, labels, reduction="none"))
     assert target_objective("entropy", logits, None).shape == (BATCH,)
     with pytest.raises(ValueError, match="'label' needs the labels"):
         target_objective("label", logits, None)

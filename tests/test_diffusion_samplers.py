@@ -6,6 +6,7 @@ import torch
 
 from prompt_diffusion.diffusion import SAMPLERS, AMEDPredictor, NoiseSchedule, distill_amed, sample
 from prompt_diffusion.diffusion.analytic import GaussianDenoiser
+from prompt_diffusion.diffusion.noise import sample_seeds, seeded_noise_sampler
 
 DIM = 16
 SCHEDULE = NoiseSchedule()
@@ -54,7 +55,7 @@ def test_ode_samplers_converge_at_their_order(sampler, order, noise):
 def test_denoise_calls_equal_nfe(sampler, nfe, noise):
     denoiser = gaussian()
     predictor = AMEDPredictor(feature_dim=1, nfe=nfe).double() if sampler == "amed" else None
-    out = sample(denoiser, noise[:4], SCHEDULE, sampler, nfe, torch.Generator().manual_seed(0), predictor)
+    out = sample(denoiser, noise[:4], SCHEDULE, sampler, nfe, seeded(4, 0), predictor)
     assert denoiser.calls == nfe
     assert out.shape == (4, DIM) and torch.isfinite(out).all()
 
@@ -98,6 +99,11 @@ def test_solver_arithmetic_is_float32_for_low_precision_networks(noise):
     assert relative_error(out.double(), reference) < 2e-2
 
 
+def seeded(n: int, seed: int):
+    """ddpm's ancestral noise for ``n`` samples, seeded per sample (``diffusion.noise``)."""
+    return seeded_noise_sampler(sample_seeds(seed, torch.arange(n)), DIM)
+
+
 def test_ddpm_samples_the_data_distribution():
     """Ancestral sampling with the exact denoiser reproduces the data's mean and spread.
 
@@ -106,13 +112,14 @@ def test_ddpm_samples_the_data_distribution():
     """
     denoiser = gaussian()
     x_T = torch.randn(4096, DIM, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    out = sample(denoiser, x_T, SCHEDULE, "ddpm", 400, torch.Generator().manual_seed(4))
+    out = sample(denoiser, x_T, SCHEDULE, "ddpm", 400, seeded(4096, 4))
     s2, low = STD**2, SCHEDULE.sigma_min**2
     expected_std = s2 / (s2 + low).sqrt()  # spread of D(x̃(σ_min), σ_min)
     assert torch.allclose(out.mean(0), MEAN, atol=0.08)
     assert torch.allclose(out.std(0), expected_std, rtol=0.05)
-    again = sample(denoiser, x_T[:8], SCHEDULE, "ddpm", 5, torch.Generator().manual_seed(5))
-    assert torch.equal(again, sample(denoiser, x_T[:8], SCHEDULE, "ddpm", 5, torch.Generator().manual_seed(5)))
+    again = sample(denoiser, x_T[:8], SCHEDULE, "ddpm", 5, seeded(8, 5))
+    assert torch.equal(again, sample(denoiser, x_T[:8], SCHEDULE, "ddpm", 5, seeded(8, 5)))
+    assert not torch.equal(again, sample(denoiser, x_T[:8], SCHEDULE, "ddpm", 5, seeded(8, 6)))
 
 
 def test_bad_requests_name_what_is_allowed(noise):
@@ -142,6 +149,6 @@ def test_sampling_steps_read_no_scalar_back(sampler):
         predictor = AMEDPredictor(feature_dim=8, nfe=nfe) if sampler == "amed" else None
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             out = sample(denoiser.denoise_fn(cond), torch.randn(3, 16), SCHEDULE, sampler, nfe,
-                         torch.Generator().manual_seed(0), predictor)
+                         seeded_noise_sampler(torch.arange(3), 16), predictor)
         reads = [e.key for e in prof.events() if e.name in ("aten::_local_scalar_dense", "aten::item")]
         assert out.shape == (3, 16) and reads == [], f"{sampler} NFE {nfe}: {len(reads)} scalar reads"

@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "examples" / "README.md"]
 # appended to a documented command that trains or evaluates: the tiny scale (later opts win)
 TINY = ["MODEL.BACKBONE.NAME", "toy", "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1",
-        "DATASET.TOY.TEST_PER_CLASS", "1", "DATALOADER.NUM_WORKERS", "0", "TRAINER.PD.DENOISER.LAYERS", "1",
-        "TRAINER.PD.DENOISER.WIDTH", "32", "TRAINER.PD.DENOISER.HEADS", "2", "TRAINER.PD.AMED.DISTILL_ITERS", "2"]
+        "DATASET.TOY.TEST_PER_CLASS", "1", "DATALOADER.NUM_WORKERS", "0", "TRAINER.PD.GENERATOR_SIZE.LAYERS", "1",
+        "TRAINER.PD.GENERATOR_SIZE.WIDTH", "32", "TRAINER.PD.GENERATOR_SIZE.HEADS", "2", "TRAINER.PD.AMED.DISTILL_ITERS", "2"]
 
 
 def code_blocks(path: Path) -> List[str]:

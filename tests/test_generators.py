@@ -14,9 +14,10 @@ widths).
 import pytest
 import torch
 
-from helpers import assert_one_step_moves_the_generator_and_inference_is_finite
+from helpers import assert_one_step_moves_the_generator_and_inference_is_finite, inference
 from prompt_diffusion.generator_registry import GENERATORS, build_generator, generator_config
-from test_wrapper import CLASSNAMES, build, first_batch, make_cfg, world  # noqa: F401,F811  (world: a fixture)
+from prompt_diffusion.wrapper import PD_MODEL_NAME
+from test_wrapper import CLASSNAMES, build, make_cfg, world  # noqa: F401,F811  (world: a fixture)
 
 GROUPS = [("text", 2, 4)]
 COND_DIM = 4
@@ -65,8 +66,7 @@ def mode_statistic(request):
     cond, _, _, _ = two_modes(512, torch.Generator().manual_seed(2))
     noise = torch.randn(512, model.noise_dim, generator=torch.Generator().manual_seed(3))
     options = {"sampler": "dpmpp_2m", "nfe": 10} if kind == "diffusion" else {}
-    samples = model.generate(cond, {"text": torch.zeros(512, 2, 4)}, noise, torch.Generator().manual_seed(4),
-                             **options)["text"].reshape(512, 8)
+    samples = model.generate(cond, {"text": torch.zeros(512, 2, 4)}, noise, **options)["text"].reshape(512, 8)
     s = (samples - cond @ weights.T) @ direction / 2
     return kind, float(((s.abs() - 1).abs() < 0.5).float().mean()), float(s.abs().mean())
 
@@ -88,31 +88,26 @@ def test_each_generator_trains_checkpoints_reloads_and_evaluates_reproducibly(ki
     trainer.train()
     log = capsys.readouterr().out
     assert f"generator {kind} (" in log and "residual gain calibrated" in log
-    names = set(trainer.get_model_names())
-    assert "pd_generator" in names and ("pd_discriminator" in names) == (kind == "gan")
-    assert "pd_amed" not in names  # dpmpp_2m: no predictor
-    saved = torch.load(out / "pd_generator" / "model.pth.tar-1", map_location="cpu", weights_only=True)
-    assert saved["state_dict"]["_extra_state"]["kind"] == kind
-    trained = {k: v.clone() for k, v in trainer.pd_generator.state_dict().items() if isinstance(v, torch.Tensor)}
-    assert any(v.abs().sum() > 0 for k, v in trained.items() if k.endswith("weight"))
+    assert trainer.get_model_names()[-1] == PD_MODEL_NAME
+    assert set(trainer.pd.parts) == ({"discriminator"} if kind == "gan" else set())
+    assert trainer.pd.amed is None  # dpmpp_2m: no predictor
+    saved = torch.load(out / PD_MODEL_NAME / "model.pth.tar-1", map_location="cpu", weights_only=True)
+    assert saved["state_dict"]["generator._extra_state"]["kind"] == kind
+    trained = {k: v.clone() for k, v in trainer.pd.state_dict().items() if isinstance(v, torch.Tensor)}
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if k.startswith("generator.") and k.endswith("weight"))
 
     evaluator = build(make_cfg(world, "CoCoOpPD", tmp_path / "eval", opts, epochs=1))
     evaluator.load_model(str(out), epoch=1)
-    for key, value in evaluator.pd_generator.state_dict().items():
+    for key, value in evaluator.pd.state_dict().items():
         if isinstance(value, torch.Tensor):
-            assert torch.equal(value, trained[key]), key  # weights, scale and calibrated gain
-    if kind == "gan":
-        for p, q in zip(evaluator.pd_generator.discriminator.parameters(), trainer.pd_generator.discriminator.parameters()):
-            assert torch.equal(p, q)
-    images, _ = first_batch(trainer)
+            assert torch.equal(value, trained[key]), key  # weights, scale, calibrated gain (the GAN's discriminator too)
+    batch = next(iter(trainer.test_loader))
     logits = []
     for model in (trainer, evaluator, evaluator):
         model.set_model_mode("eval")
-        model.pd_reset_noise()
-        with torch.no_grad():
-            logits.append(model.model_inference(images))
+        logits.append(inference(model, batch))
     assert torch.equal(logits[0], logits[1]) and torch.equal(logits[1], logits[2])
-    assert logits[0].shape == (len(images), len(CLASSNAMES))
+    assert logits[0].shape == (len(batch["label"]), len(CLASSNAMES))
 
 
 # the layouts the other single-model hosts give a generator: CoOp one text group (π from the wrapper's
@@ -125,5 +120,5 @@ HOST_GROUPS = {"CoOpPD": ["text"], "VPTPD": ["vision"], "IVLPPD": ["text", "visi
 def test_each_generator_trains_a_step_and_samples_on_every_host_layout(host, kind, world, tmp_path):
     trainer = build(make_cfg(world, host, tmp_path / "run", ["TRAINER.PD.GENERATOR", kind,
                                                               "TRAINER.PD.SAMPLER", "dpmpp_2m"]))
-    assert [g[0] for g in trainer.pd_generator.layout.groups] == HOST_GROUPS[host]
+    assert [g[0] for g in trainer.pd.generator.layout.groups] == HOST_GROUPS[host]
     assert_one_step_moves_the_generator_and_inference_is_finite(trainer)

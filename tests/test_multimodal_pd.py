@@ -9,13 +9,14 @@ import torch
 from helpers import assert_one_step_moves_the_generator_and_inference_is_finite
 from multimodal_setup import BASE_CLASSES, build_world, make_cfg, record_losses
 from prompt_diffusion.adapters import (
-    CoPromptAdapter, MaPLeAdapter, PromptSRCAdapter, adapter_for_trainer, detect_adapter,
+    CoPromptAdapter, MaPLeAdapter, PromptSRCAdapter, detect_adapter,
 )
 from prompt_diffusion.backbones import build_tiny_clip
 from prompt_diffusion.config import extend_cfg
 from prompt_diffusion.engine import build_trainer, get_cfg_default
 from prompt_diffusion.generator_registry import GENERATORS
 from prompt_diffusion.trainers import coprompt, maple, pd_variants, promptsrc
+from prompt_diffusion.wrapper import PD_MODEL_NAME
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_adapter_reproduces_the_host_and_keeps_samples_apart(name):
     model, cfg = tiny_model(name)
     model.eval()
     assert detect_adapter(model) is adapter_cls
-    assert adapter_for_trainer(pd_trainer) is adapter_cls
+    assert pd_trainer.pd_adapter_class is adapter_cls
     adapter = adapter_cls(model, cfg)
     assert [tuple(g) for g in adapter.groups] == groups
     base = adapter.base_prompts()
@@ -124,12 +125,12 @@ def test_adapter_host_loss_is_the_method_loss(name):
 
 def count_denoiser_calls(trainer):
     calls = []
-    trainer.pd_generator.register_forward_hook(lambda *_: calls.append(1))
+    trainer.pd.generator.register_forward_hook(lambda *_: calls.append(1))
     return calls
 
 
 PD_KEYS = {
-    "TRAINER.PD.DENOISER.LAYERS": 1, "TRAINER.PD.DENOISER.HEADS": 2, "TRAINER.PD.DENOISER.WIDTH": 32,
+    "TRAINER.PD.GENERATOR_SIZE.LAYERS": 1, "TRAINER.PD.GENERATOR_SIZE.HEADS": 2, "TRAINER.PD.GENERATOR_SIZE.WIDTH": 32,
     "TRAINER.PD.OVERFIT.ITERS": 1, "TRAINER.PD.SAMPLER": "dpmpp_2m", "TRAINER.PD.NFE": 5,
     "DATALOADER.TEST.BATCH_SIZE": 8,
 }
@@ -144,27 +145,26 @@ def test_pd_variant_trains_checkpoints_and_samples_with_nfe_calls(world, tmp_pat
     assert all(math.isfinite(v) for s in summaries for v in s.values())
     assert {"loss_ce", "loss_gen", "loss_host"} <= set(summaries[0])
     # the learned weights (the normalisation mean is re-centred on the shared prompts at each use)
-    trained = {k: v.detach().clone() for k, v in trainer.pd_generator.named_parameters()}
+    trained = {k: v.detach().clone() for k, v in trainer.pd.named_parameters()}
 
     evaluator = build_trainer(make_cfg(name, world, "base", tmp_path / "eval", lr=0.5, max_epoch=1, **PD_KEYS))
     evaluator.load_model(str(tmp_path / "run"), epoch=1)
-    loaded = dict(evaluator.pd_generator.named_parameters())
+    loaded = dict(evaluator.pd.named_parameters())
     assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], v) for k, v in trained.items())
     calls = count_denoiser_calls(evaluator)
     accuracy = evaluator.test()
     n_batches = math.ceil(len(BASE_CLASSES) * 6 / PD_KEYS["DATALOADER.TEST.BATCH_SIZE"])
     assert len(calls) == PD_KEYS["TRAINER.PD.NFE"] * n_batches
-    assert 0.0 <= accuracy <= 100.0
     assert evaluator.test() == accuracy  # seeded inference noise: reproducible
 
 
 def test_promptsrc_pd_aggregates_the_generator_with_the_prompts(world, tmp_path):
-    """GPA replaces the prompts by their Gaussian aggregate after the last epoch; the generator
-    (denoiser, Meta-Net) learned residuals around each epoch's prompts, so it is aggregated over the
-    same epochs with the same weights, before AMED distillation and the gain calibration."""
+    """GPA replaces the prompts by their Gaussian aggregate after the last epoch; the prompt-diffusion
+    module (generator, Meta-Net) learned residuals around each epoch's prompts, so it is aggregated
+    over the same epochs with the same weights, before AMED distillation and the gain calibration."""
     cfg = make_cfg("PromptSRCPD", world, "base", tmp_path / "run", lr=0.5, max_epoch=2, **PD_KEYS)
     trainer = build_trainer(cfg)
-    snapshots = {name: [] for name in ("VLPromptLearner", "pd_generator", "pd_meta_net")}
+    snapshots = {name: [] for name in ("VLPromptLearner", PD_MODEL_NAME)}
     for name, records in snapshots.items():
         aggregate = trainer.model.gpa[name]
         add = aggregate.add
@@ -174,7 +174,7 @@ def test_promptsrc_pd_aggregates_the_generator_with_the_prompts(world, tmp_path)
             add(tensors, weight)
 
         aggregate.add = recording_add
-    assert set(trainer.model.gpa) == set(snapshots)  # every optimized model; not the AMED predictor
+    assert set(trainer.model.gpa) == set(snapshots)  # every optimized model
     trainer.train()
     weights = list(promptsrc.gpa_weights(2, 2, 1))
     for name, records in snapshots.items():
@@ -196,5 +196,5 @@ def test_every_generator_trains_a_step_and_samples_on_the_multimodal_hosts(world
     cfg = make_cfg(name, world, "base", tmp_path / "run", lr=0.5, max_epoch=1,
                    **{**PD_KEYS, "TRAINER.PD.GENERATOR": kind})
     trainer = build_trainer(cfg)
-    assert trainer.pd_generator.__class__ is GENERATORS[kind]
+    assert trainer.pd.generator.__class__ is GENERATORS[kind]
     assert_one_step_moves_the_generator_and_inference_is_finite(trainer)

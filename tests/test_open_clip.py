@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
-from helpers import assert_one_step_moves_the_generator_and_inference_is_finite, make_image_folder, tiny_trainer_cfg
+from helpers import ONE_STEP_TRAINERS, assert_one_training_step, make_image_folder, one_step_options, tiny_trainer_cfg
 from prompt_diffusion.backbones import load_clip
 from prompt_diffusion.clip_prompting import encode_image, encode_token_embeddings
 from prompt_diffusion.clip_package import openai_clip_modules
@@ -66,35 +66,12 @@ def test_empty_prompts_give_open_clips_own_logits(weights, arch):
     assert (got - expected).abs().max() <= 1e-5 and expected.std() > 0.1
 
 
-SETTINGS = {
-    "CoOp": ["TRAINER.COOP.N_CTX", 4, "TRAINER.COOP.PREC", "fp32"],
-    "CoCoOp": ["TRAINER.COCOOP.N_CTX", 4, "TRAINER.COCOOP.CTX_INIT", "a photo of a", "TRAINER.COCOOP.PREC", "fp32"],
-    "VPT": ["TRAINER.VPT.N_CTX_VISION", 4, "TRAINER.VPT.PROMPT_DEPTH_VISION", 2, "TRAINER.VPT.PREC", "fp32"],
-    "IVLP": ["TRAINER.IVLP.N_CTX_TEXT", 2, "TRAINER.IVLP.N_CTX_VISION", 2, "TRAINER.IVLP.PROMPT_DEPTH_TEXT", 2,
-             "TRAINER.IVLP.PROMPT_DEPTH_VISION", 2, "TRAINER.IVLP.PREC", "fp32"],
-    "MaPLe": ["TRAINER.MAPLE.N_CTX", 2, "TRAINER.MAPLE.PROMPT_DEPTH", 3, "TRAINER.MAPLE.PREC", "fp32"],
-}
-PD_TINY = ["TRAINER.PD.DENOISER.LAYERS", 1, "TRAINER.PD.DENOISER.WIDTH", 32, "TRAINER.PD.DENOISER.HEADS", 2,
-           "TRAINER.PD.OVERFIT.ITERS", 1, "TRAINER.PD.SAMPLER", "dpmpp_2m", "TRAINER.PD.NFE", 2]
-
-
-@pytest.mark.parametrize("trainer", [name + pd for name in SETTINGS for pd in ("", "PD")])
+@pytest.mark.parametrize("trainer", ONE_STEP_TRAINERS)
 def test_prompted_trainers_train_a_step_on_an_open_clip_vit(weights, tmp_path, trainer):
     make_image_folder(tmp_path / "data", ["red_square", "green_circle", "blue_star"], per_class=2)
-    options = ["MODEL.BACKBONE.NAME", "open_clip:pd-test-ViT", "MODEL.TEXT_CHUNK", 16,
-               *SETTINGS[trainer.removesuffix("PD")], *(PD_TINY if trainer.endswith("PD") else [])]
+    options = ["MODEL.BACKBONE.NAME", "open_clip:pd-test-ViT", "MODEL.TEXT_CHUNK", 16, *one_step_options(trainer)]
     cfg = tiny_trainer_cfg(trainer, tmp_path / "data", weights["pd-test-ViT"], tmp_path / "out", 0.01, 1, options)
-    built = build_trainer(cfg)
-    if trainer.endswith("PD"):
-        assert_one_step_moves_the_generator_and_inference_is_finite(built)
-        return
-    learned = [p for p in built.model.parameters() if p.requires_grad]
-    before = [p.detach().clone() for p in learned]
-    built.set_model_mode("train")
-    built.epoch, built.batch_idx, built.num_batches = 0, 0, 2
-    summary = built.forward_backward(next(iter(built.train_loader_x)))
-    assert torch.isfinite(torch.tensor(summary["loss"]))
-    assert learned and any(not torch.equal(p, q) for p, q in zip(learned, before))
+    assert_one_training_step(build_trainer(cfg))
 
 
 def test_bad_names_files_and_models_are_one_clear_error(weights, tmp_path):

@@ -12,8 +12,8 @@ from prompt_diffusion.results import read_run
 from helpers import make_image_folder
 
 CLASSES = ["red_thing", "green_thing", "blue_thing", "yellow_thing"]
-TINY = ["OPTIM.MAX_EPOCH", "1", "TRAINER.PD.DENOISER.LAYERS", "1", "TRAINER.PD.DENOISER.WIDTH", "32",
-        "TRAINER.PD.DENOISER.HEADS", "2", "TRAINER.PD.OVERFIT.ITERS", "1", "TRAINER.PD.DIAGNOSE_IMAGES", "8"]
+TINY = ["OPTIM.MAX_EPOCH", "1", "TRAINER.PD.GENERATOR_SIZE.LAYERS", "1", "TRAINER.PD.GENERATOR_SIZE.WIDTH", "32",
+        "TRAINER.PD.GENERATOR_SIZE.HEADS", "2", "TRAINER.PD.OVERFIT.ITERS", "1", "TRAINER.PD.DIAGNOSE_IMAGES", "8"]
 
 
 def train_run(root: Path, out: Path, trainer: str, *config_files: str) -> Path:
@@ -162,7 +162,8 @@ def test_a_pd_variant_loads_its_hosts_run_and_a_host_its_pd_runs_host_part_and_n
     assert cli.main(["train", "--eval-only", "--model-dir", str(runs["coop"]), "--trainer", "CoOpPD",
                      "--output-dir", str(over_host)]) == 0
     assert read_run(over_host, training=False).status == "complete"
-    assert "pd_generator stays freshly initialised" in (over_host / "log.txt").read_text()
+    assert "(a host's run): the host's weights are loaded, the prompt-diffusion module stays as built" in (
+        over_host / "log.txt").read_text()
     host_part = runs["tmp"] / "cocooppd_run_as_cocoop"
     assert cli.main(["train", "--eval-only", "--model-dir", str(runs["pd"]), "--trainer", "CoCoOp",
                      "--output-dir", str(host_part)]) == 0

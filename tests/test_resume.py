@@ -21,7 +21,7 @@ SHIPPED = ["--dataset-config-file", str(CONFIGS_DIR / "datasets" / "toy_world.ya
            "--config-file", str(CONFIGS_DIR / "profiles" / "toy_cpu.yaml")]
 # two short epochs of 8 batches: 32 base classes x 1 shot, batch 4 (the CPU profile's)
 SMALL = ["OPTIM.MAX_EPOCH", "2", "DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", "base",
-         "DATASET.TOY.TEST_PER_CLASS", "1", "TRAINER.PD.DENOISER.LAYERS", "1", "TRAINER.PD.DENOISER.WIDTH", "32"]
+         "DATASET.TOY.TEST_PER_CLASS", "1", "TRAINER.PD.GENERATOR_SIZE.LAYERS", "1", "TRAINER.PD.GENERATOR_SIZE.WIDTH", "32"]
 
 
 def train_argv(trainer: str, out: Path) -> list:
@@ -68,4 +68,4 @@ def test_ctrl_c_then_the_same_command_ends_where_an_uninterrupted_run_ends(tmp_p
                else got["weights"][key] == value for key, value in expected["weights"].items())  # (+ extra state)
     assert got["predictions"] == expected["predictions"]
     if trainer.endswith("PD"):
-        assert {"pd_generator", "prompt_learner"} <= {path.parent.name for path in resumed.glob("*/model.pth.tar-2")}
+        assert {"prompt_diffusion", "prompt_learner"} <= {path.parent.name for path in resumed.glob("*/model.pth.tar-2")}

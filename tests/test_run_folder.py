@@ -22,7 +22,7 @@ TOY = ["--dataset-config-file", str(CONFIGS_DIR / "datasets" / "toy_world.yaml")
        "--config-file", str(CONFIGS_DIR / "trainers" / "CoOp" / "vit_b16_ep50_ctxv1.yaml"),
        "--config-file", str(CONFIGS_DIR / "profiles" / "toy_cpu.yaml")]
 TINY = ["OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1", "DATASET.TOY.TEST_PER_CLASS", "1",
-        "DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.PD.DENOISER.LAYERS", "1", "TRAINER.PD.DENOISER.WIDTH", "32"]
+        "DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.PD.GENERATOR_SIZE.LAYERS", "1", "TRAINER.PD.GENERATOR_SIZE.WIDTH", "32"]
 
 
 def train(out, *flags, root=None, trainer="CoOp", seed="1", opts=()):

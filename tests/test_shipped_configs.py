@@ -38,3 +38,28 @@ def test_the_cpu_profile_sets_fp32_for_every_trainer_the_config_knows():
     cfg.merge_from_file(str(CONFIGS_DIR / "profiles" / "toy_cpu.yaml"))
     precisions = {name: node.PREC for name, node in cfg.TRAINER.items() if hasattr(node, "get") and "PREC" in node}
     assert precisions and set(precisions.values()) == {"fp32"}, precisions
+
+
+def test_every_pd_key_is_set_by_a_shipped_config_or_spec_or_is_a_research_knob():
+    """``TRAINER.PD`` keys earn their place: each is set by a shipped profile, trainer config or
+    experiment spec (its opts or swept key), or lives under ``RESEARCH``; ``ADAPTER`` is the command
+    line's (a trainer registered without an adapter)."""
+    import yaml
+
+    from prompt_diffusion.run_record import flat_keys
+
+    keys = {f"TRAINER.PD.{key}" for key in flat_keys(extend_cfg(get_cfg_default()).TRAINER.PD)}
+    set_somewhere = set()
+    for path in (CONFIGS_DIR / "profiles").glob("*.yaml"):
+        set_somewhere |= set(flat_keys(yaml.safe_load(path.read_text())))
+    for path in (CONFIGS_DIR / "trainers").rglob("*.yaml"):
+        set_somewhere |= set(flat_keys(yaml.safe_load(path.read_text()) or {}))
+    for path in (CONFIGS_DIR / "experiments").glob("*.yaml"):
+        spec = yaml.safe_load(path.read_text())
+        set_somewhere |= set(spec.get("opts") or {}) | {(spec.get("variants") or {}).get("key")}
+        for entry in spec["methods"].values():
+            set_somewhere |= set((entry.get("opts") or {}) if isinstance(entry, dict) else {})
+    unset = sorted(key for key in keys - set_somewhere
+                   if not key.startswith("TRAINER.PD.RESEARCH.") and key != "TRAINER.PD.ADAPTER")
+    assert unset == []
+    assert {"TRAINER.PD.RESEARCH.REMOVE_CLASS_MEAN", "TRAINER.PD.RESEARCH.VAE_KL_WEIGHT"} <= keys

@@ -311,8 +311,8 @@ TINY_OPTS = {  # a tiny CLIP on 32x32 toy-world images, one epoch of a 1-shot da
     "DATALOADER.TEST.BATCH_SIZE": 64, "DATALOADER.NUM_WORKERS": 0, "TRAINER.COOP.PREC": "fp32",
     "TRAINER.COOP.N_CTX": 4, "DATASET.TOY.TEST_PER_CLASS": 1,
 }
-TINY_PD_OPTS = {"TRAINER.PD.DENOISER.LAYERS": 1, "TRAINER.PD.DENOISER.WIDTH": 32, "TRAINER.PD.DENOISER.HEADS": 2,
-                "TRAINER.PD.OVERFIT.ITERS": 1, "TRAINER.PD.AMED.DISTILL_ITERS": 2, "TRAINER.PD.AMED.BATCH": 4}
+TINY_PD_OPTS = {"TRAINER.PD.GENERATOR_SIZE.LAYERS": 1, "TRAINER.PD.GENERATOR_SIZE.WIDTH": 32, "TRAINER.PD.GENERATOR_SIZE.HEADS": 2,
+                "TRAINER.PD.OVERFIT.ITERS": 1, "TRAINER.PD.AMED.DISTILL_ITERS": 2}
 
 
 @pytest.mark.slow
@@ -385,13 +385,23 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
     runs = [run for chain in expand(load_spec(str(spec_path)), out) for run in chain.runs]
     host_run = next(run for run in runs if run.trainer == "CoOp")
     pd_run = next(run for run in runs if run.trainer == "CoOpPD")
+    records = {run.output_dir: (run.output_dir / "run_config.yaml").read_text() for run in (host_run, pd_run)}
     for run in (host_run, pd_run):
-        changed = yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
+        changed = yaml.safe_load(records[run.output_dir])
         changed["TRAINER"]["PD"]["OVERFIT"]["ITERS"] = 7
         (run.output_dir / "run_config.yaml").write_text(yaml.safe_dump(changed))
     code, text = run_cli(*sweep, "--dry-run")
     assert code == 1 and f"{pd_run.output_dir}: TRAINER.PD.OVERFIT.ITERS: 7 -> " in text
     assert str(host_run.output_dir) + ":" not in text
+
+    # keys only zero-shot CLIP reads (TRAINER.ZEROSHOT), absent from a record made before they existed:
+    # neither a prompt learner's run nor a PD run is stale
+    for run in (host_run, pd_run):
+        older = yaml.safe_load(records[run.output_dir])
+        del older["TRAINER"]["ZEROSHOT"]
+        (run.output_dir / "run_config.yaml").write_text(yaml.safe_dump(older))
+    code, text = run_cli(*sweep, "--dry-run")
+    assert code == 0 and "nothing was launched" not in text
 
 
 def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):
@@ -413,6 +423,39 @@ def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):
     failures = jobs[0].result()
     assert len(failures) == 1 and str(train.output_dir) in failures[0] and "no_such_config.yaml" in failures[0]
     assert not broken.runs[1].output_dir.exists()  # the evaluation of the failed training never ran
+
+
+def test_profiles_put_their_keys_before_the_opts_and_the_table_says_how_pd_differs(tmp_path):
+    """A spec's ``profiles`` (every method) and a method's (its runs) are the shipped profiles' keys,
+    before the opts that follow them; the PD rows' settings beside the shipped defaults are listed."""
+    from prompt_diffusion.plugins import load_plugins
+    from prompt_diffusion.sweep.plan import merged_config, pd_settings_notes
+
+    load_plugins()
+    spec = load_spec(str(write_spec(tmp_path, """
+protocol: base2new
+seeds: [1]
+profiles: [toy_cpu]
+opts: {OPTIM.MAX_EPOCH: 3}
+methods:
+  CoCoOp: CoCoOp/vit_b16_c4_ep10_batch1_ctxv1
+  CoCoOpPD:
+    config: CoCoOp/vit_b16_c4_ep10_batch1_ctxv1
+    profiles: [toy_pd]
+    opts: {TRAINER.PD.OVERFIT.ITERS: 2}
+datasets: [toy_world]
+""")))
+    host, pd = spec.methods
+    host_cfg, pd_cfg = merged_config(host, spec), merged_config(pd, spec)
+    assert host_cfg.MODEL.BACKBONE.NAME == "toy" and host_cfg.OPTIM.MAX_EPOCH == 3  # the profile, then the opts
+    assert pd_cfg.TRAINER.PD.COND == "image_feature" and pd_cfg.TRAINER.PD.OVERFIT.ITERS == 2
+    assert host_cfg.TRAINER.PD.COND == "meta_net"  # toy_pd is the PD method's only
+    (note,) = pd_settings_notes(spec)
+    assert note.startswith("CoCoOpPD: ") and "COND image_feature (shipped meta_net)" in note
+    assert "OVERFIT.ITERS 2 (shipped 1)" in note and "GENERATOR_SIZE.WIDTH 128 (shipped 512)" in note
+    with pytest.raises(SpecError, match=r"profiles must name shipped profiles \(.*toy_cpu.*\); got \['toy_gpu'\]"):
+        load_spec(str(write_spec(tmp_path, "protocol: base2new\nseeds: [1]\nprofiles: [toy_gpu]\n"
+                                           "methods: {CoOp: CoOp/vit_b16}\ndatasets: [toy_world]\n")))
 
 
 def wait_for(condition, what: str, timeout: float = 240.0) -> None:

@@ -19,7 +19,7 @@ def test_short_demo_writes_the_table(tmp_path, capsys):
     out = tmp_path / "demo"
     code = cli.main(["demo", "--output-dir", str(out), "--root", str(shared_toy_root()), "--shots", "1", "--epochs", "1",
                      "--test-per-class", "1", "--threads", "1", "--methods", *prompt_diffusion.demo.DEMO_METHODS,
-                     "TRAINER.PD.OVERFIT.ITERS", "1", "TRAINER.PD.DENOISER.WIDTH", "32"])
+                     "TRAINER.PD.OVERFIT.ITERS", "1", "TRAINER.PD.GENERATOR_SIZE.WIDTH", "32"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| CoCoOpPD |" in printed and "| ZeroshotCLIP |" in printed

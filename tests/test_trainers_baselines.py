@@ -106,21 +106,21 @@ def test_projected_gradient_loss_has_the_loss_value_and_the_projected_gradient()
 
 
 def toy_prograd_cfg(trainer, output_dir):
-    return toy_cfg(trainer, output_dir, **{"TRAINER.PD.DENOISER.LAYERS": 1, "TRAINER.PD.DENOISER.WIDTH": 32,
-                                          "TRAINER.PD.DENOISER.HEADS": 2, "TRAINER.PD.OVERFIT.ITERS": 1,
+    return toy_cfg(trainer, output_dir, **{"TRAINER.PD.GENERATOR_SIZE.LAYERS": 1, "TRAINER.PD.GENERATOR_SIZE.WIDTH": 32,
+                                          "TRAINER.PD.GENERATOR_SIZE.HEADS": 2, "TRAINER.PD.OVERFIT.ITERS": 1,
                                           "TRAINER.PD.SAMPLER": "dpmpp_2m", "TRAINER.PD.NFE": 2,
                                           "TRAINER.PD.AMED.DISTILL_ITERS": 0, "TRAINER.PD.CALIBRATE": False})
 
 
 def test_prograd_pd_uses_the_prograd_adapter_and_its_step_projects_the_host_gradient(tmp_path):
     trainer = build_trainer(toy_prograd_cfg("ProGradPD", tmp_path))
-    assert type(trainer.pd_adapter) is ProGradAdapter
+    assert type(trainer.pd.adapter) is ProGradAdapter
     model = trainer.model
     batch = next(iter(trainer.train_loader_x))
     images, labels = trainer.parse_batch_train(batch)
     with torch.no_grad():  # the adapter's forward at the host prompt is ProGrad's own
-        features = trainer.pd_adapter.image_features(images)
-        host = trainer.pd_adapter.logits(images, trainer.pd_adapter.host_prompts(features), features)
+        features = trainer.pd.adapter.image_features(images)
+        host = trainer.pd.adapter.logits(images, trainer.pd.adapter.host_prompts(features), features)
         assert torch.allclose(host, model(images), atol=1e-5)
     trainer.set_model_mode("train")
     # the two gradients ProGrad compares, at the current prompt

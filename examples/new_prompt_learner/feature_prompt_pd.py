@@ -11,7 +11,9 @@ The adapter answers the wrapper's questions about this layout (``PromptAdapter``
 - ``host_loss``: the host's own loss with its shared ``ctx`` (kept in training).
 
 ``host_prompts`` is inherited: the shared ``ctx`` for every image (a host without a Meta-Net).
-Registering it under the trainer's class name makes ``FeaturePromptPD`` use it.
+``DiffusionPromptWrapper.register(FeaturePrompt, adapter=FeaturePromptAdapter)`` makes
+``FeaturePromptPD`` use it (``@register_adapter`` also lets ``TRAINER.PD.ADAPTER FeaturePrompt`` and
+layout detection find it).
 """
 from typing import Dict, List, Optional
 
@@ -24,7 +26,7 @@ from prompt_diffusion.adapters import ParsedBatch, PromptAdapter, PromptGroup, i
 from feature_prompt import FeaturePrompt  # the sibling file: --import puts this folder on sys.path
 
 
-@register_adapter("FeaturePrompt")
+@register_adapter
 class FeaturePromptAdapter(PromptAdapter):
     """V = ``prompt_learner.ctx`` [1, E], added to the frozen image feature."""
 
@@ -53,4 +55,4 @@ class FeaturePromptAdapter(PromptAdapter):
         return F.cross_entropy(self.model(images), labels)
 
 
-FeaturePromptPD = DiffusionPromptWrapper.register(FeaturePrompt)  # registers "FeaturePromptPD"
+FeaturePromptPD = DiffusionPromptWrapper.register(FeaturePrompt, adapter=FeaturePromptAdapter)  # "FeaturePromptPD"

@@ -21,13 +21,13 @@ The helpers a new adapter needs are here too: ``images_and_labels`` (of a parsed
 
 Subclass, declare ``required_attributes`` (what layout detection looks for) and register:
 
-    @register_adapter("MaPLe")
+    @register_adapter
     class MaPLeAdapter(PromptAdapter):
         required_attributes = ("prompt_learner.ctx", "prompt_learner.proj", ...)
         ...
 """
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, NamedTuple, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ __all__ = [
     "register_adapter",
     "registered_adapters",
     "adapter_by_name",
-    "adapter_for_trainer",
+    "choose_adapter",
     "detect_adapter",
 ]
 
@@ -273,24 +273,17 @@ def class_tokens(adapter: PromptAdapter) -> Tensor:
 
 # ---------------------------------------------------------------------- lookup
 _ADAPTERS: Dict[str, Type[PromptAdapter]] = {}
-_HOST_TO_ADAPTER: Dict[str, str] = {}
 
 
-def register_adapter(*host_names: str) -> Callable[[Type[PromptAdapter]], Type[PromptAdapter]]:
-    """Class decorator: register an adapter under its class name minus ``Adapter`` and map the
-    trainer class names ``host_names`` (e.g. ``"CoCoOp"``) to it."""
-
-    def decorator(cls: Type[PromptAdapter]) -> Type[PromptAdapter]:
-        name = cls.__name__[: -len("Adapter")] if cls.__name__.endswith("Adapter") else cls.__name__
-        if name in _ADAPTERS and _ADAPTERS[name] is not cls:
-            raise KeyError(f"an adapter named {name!r} is already registered ({_ADAPTERS[name].__qualname__})")
-        cls.name = name
-        _ADAPTERS[name] = cls
-        for host in host_names:
-            _HOST_TO_ADAPTER[host] = name
-        return cls
-
-    return decorator
+def register_adapter(cls: Type[PromptAdapter]) -> Type[PromptAdapter]:
+    """Class decorator: register an adapter under its class name minus ``Adapter`` (the name
+    ``TRAINER.PD.ADAPTER`` takes), among the candidates of layout detection."""
+    name = cls.__name__[: -len("Adapter")] if cls.__name__.endswith("Adapter") else cls.__name__
+    if name in _ADAPTERS and _ADAPTERS[name] is not cls:
+        raise KeyError(f"an adapter named {name!r} is already registered ({_ADAPTERS[name].__qualname__})")
+    cls.name = name
+    _ADAPTERS[name] = cls
+    return cls
 
 
 def registered_adapters() -> List[str]:
@@ -305,13 +298,18 @@ def adapter_by_name(name: str) -> Type[PromptAdapter]:
     return _ADAPTERS[name]
 
 
-def adapter_for_trainer(trainer_cls: type) -> Optional[Type[PromptAdapter]]:
-    """The adapter mapped to the first class in ``trainer_cls``'s MRO whose name is a known host
-    (so a user's ``MyCoCoOp(CoCoOp)`` and upstream's own ``CoCoOp`` both resolve), or ``None``."""
-    for klass in trainer_cls.__mro__:
-        if klass.__name__ in _HOST_TO_ADAPTER:
-            return _ADAPTERS[_HOST_TO_ADAPTER[klass.__name__]]
-    return None
+def choose_adapter(given: Optional[Type[PromptAdapter]], configured: str, model: nn.Module) -> Type[PromptAdapter]:
+    """The one rule for a host's adapter: the one ``given`` in code (``DiffusionPromptWrapper.register(Host,
+    adapter=...)``), else the one ``configured`` by name (``TRAINER.PD.ADAPTER``, the command line's way),
+    else the one whose layout fits ``model`` (``detect_adapter``). Code and config naming two different
+    adapters is an error, not an override."""
+    if given is not None and configured not in ("auto", given.name):
+        raise ValueError(f"TRAINER.PD.ADAPTER = {configured!r}, but the trainer was registered with the "
+                         f"{given.name} adapter (DiffusionPromptWrapper.register(..., adapter={given.__name__})): "
+                         "set one of them")
+    if given is not None:
+        return given
+    return adapter_by_name(configured) if configured != "auto" else detect_adapter(model)
 
 
 def detect_adapter(model: nn.Module) -> Type[PromptAdapter]:

@@ -16,7 +16,7 @@ from prompt_diffusion.adapters.coop import TextContextAdapter
 __all__ = ["CoCoOpAdapter"]
 
 
-@register_adapter("CoCoOp")
+@register_adapter
 class CoCoOpAdapter(TextContextAdapter):
     required_attributes = TextContextAdapter.required_attributes + ("prompt_learner.meta_net",)
     host_loss_is_prompt_ce = True

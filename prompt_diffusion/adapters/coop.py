@@ -71,7 +71,7 @@ class TextContextAdapter(PromptAdapter):
         return prompted_logits(image_features.to(text.dtype), text, self.find("logit_scale"))
 
 
-@register_adapter("CoOp")
+@register_adapter
 class CoOpAdapter(TextContextAdapter):
     """CoOp: the host's forward returns logits; its loss is their cross-entropy."""
 

@@ -21,7 +21,7 @@ from prompt_diffusion.prompt_methods import coprompt_features
 __all__ = ["CoPromptAdapter"]
 
 
-@register_adapter("CoPrompt")
+@register_adapter
 class CoPromptAdapter(MaPLeAdapter):
     required_attributes = MaPLeAdapter.required_attributes + (
         "adapter_image", "adapter_text", "image_adapter_m", "text_adapter_m",

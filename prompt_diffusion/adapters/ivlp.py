@@ -21,7 +21,7 @@ from prompt_diffusion.clip_prompting import encode_image, encode_prompted_text, 
 __all__ = ["IVLPAdapter"]
 
 
-@register_adapter("IVLP")
+@register_adapter
 class IVLPAdapter(VisualPromptsMixin, PromptAdapter):
     required_attributes = CoOpAdapter.required_attributes + ("text_encoder.transformer.resblocks.1.VPT_shallow",)
     host_loss_is_prompt_ce = True

@@ -26,7 +26,7 @@ from prompt_diffusion.prompt_methods import maple_features
 __all__ = ["MaPLeAdapter"]
 
 
-@register_adapter("MaPLe")
+@register_adapter
 class MaPLeAdapter(VisualPromptsMixin, PromptAdapter):
     """``V`` = ``[ctx; compound_prompts_text]`` (text width); π from the prompt-free CLIP image feature."""
 

@@ -18,7 +18,7 @@ from prompt_diffusion.adapters.coop import CoOpAdapter
 __all__ = ["ProGradAdapter"]
 
 
-@register_adapter("ProGrad")
+@register_adapter
 class ProGradAdapter(CoOpAdapter):
     required_attributes = CoOpAdapter.required_attributes + ("zs_text_features",)
     host_loss_is_prompt_ce = False  # its value is the CE, its gradient the projected one

@@ -18,7 +18,7 @@ from prompt_diffusion.prompt_methods import promptsrc_loss_terms
 __all__ = ["PromptSRCAdapter"]
 
 
-@register_adapter("PromptSRC")
+@register_adapter
 class PromptSRCAdapter(IVLPAdapter):
     """IVLP's prompt groups and per-sample forward; PromptSRC's regularised loss as the host loss
     (weights ``TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT`` / ``IMAGE_LOSS_WEIGHT``)."""

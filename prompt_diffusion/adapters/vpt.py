@@ -42,7 +42,7 @@ class VisualPromptsMixin:
         return encode_image(self.find("image_encoder"), images, shallow, deep)
 
 
-@register_adapter("VPT")
+@register_adapter
 class VPTAdapter(VisualPromptsMixin, PromptAdapter):
     required_attributes = ("image_encoder.VPT", "embeddings.return_fixed_embeddings", "logit_scale")
     host_loss_is_prompt_ce = True

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from prompt_diffusion import engine
     from prompt_diffusion.diagnostics import diagnose, probe
     from prompt_diffusion.run_record import checkpoint_epoch
+    from prompt_diffusion.wrapper import labelled_batches
 
     if not args.model_dir:
         raise SystemExit("prompt-diffusion diagnose: --model-dir (a trained PD run) is required")
@@ -53,16 +54,19 @@ def run(args: argparse.Namespace) -> int:
     if cfg.SEED >= 0:
         engine.set_random_seed(cfg.SEED)
     trainer = engine.build_trainer(cfg)
-    if not getattr(trainer, "pd_enabled", False):
+    if getattr(trainer, "pd", None) is None:
         raise SystemExit(f"prompt-diffusion diagnose: trainer {cfg.TRAINER.NAME} is not a prompt-diffusion "
                          "trainer with TRAINER.PD.ENABLE True")
     trainer.load_model(args.model_dir, epoch=checkpoint_epoch(args.model_dir, args.load_epoch))
     loader = {"test": trainer.test_loader, "val": trainer.val_loader, "train": trainer.train_loader_x}[args.split]
     if loader is None:
         raise SystemExit(f"prompt-diffusion diagnose: the dataset has no {args.split} split")
-    result = diagnose(trainer, loader, max_images=args.max_images, progress=True)
+    trainer.set_model_mode("eval")
+    training = args.split == "train"
+    result = diagnose(trainer.pd, labelled_batches(trainer, loader, training), max_images=args.max_images, progress=True)
     print(result.report())
-    probed = probe(trainer, trainer.train_loader_x, loader, max_images=args.max_images) if args.probe else None
+    probed = probe(trainer.pd, labelled_batches(trainer, trainer.train_loader_x, training=True),
+                   labelled_batches(trainer, loader, training), max_images=args.max_images) if args.probe else None
     if probed is not None:
         print(probed.report())
     if args.json:

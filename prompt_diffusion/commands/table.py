@@ -22,7 +22,7 @@ from prompt_diffusion.commands.sweep import add_selection_arguments, load_select
 from prompt_diffusion.results.plots import plot_sweep
 from prompt_diffusion.results.render import run_groups_csv, run_groups_markdown, to_csv, to_markdown
 from prompt_diffusion.results.runs import group_run_dirs, log_files
-from prompt_diffusion.sweep.plan import table_for
+from prompt_diffusion.sweep.plan import pd_settings_notes, table_for
 from prompt_diffusion.sweep.spec import SpecError, experiment_names, resolve_spec
 
 DATASET_NAMES = {
@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}")
         return 2
     text = to_markdown(table, {**DATASET_NAMES, **spec.column_names})
+    notes = pd_settings_notes(spec)
+    if notes:
+        text += "\nPrompt-diffusion settings beside the shipped TRAINER.PD defaults:\n" + "".join(
+            f"- {note}\n" for note in notes)
     print(text)
     _write(args.markdown, text)
     _write(args.csv, to_csv(table))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from prompt_diffusion.generators.base import Prompts, PromptGenerator, standard_normal
 from prompt_diffusion.generators.networks import FrequencyEmbedding, TokenTransformer
 
-from .samplers import sample
+from .samplers import NoiseSampler, sample
 from .schedule import NoiseSchedule
 
 
@@ -139,9 +139,9 @@ class PromptDenoiser(PromptGenerator):
         predicted = self.layout.flatten(self(self.layout.unflatten(noisy), cond, t.to(residual.dtype)))
         return (predicted.float() - residual).pow(2).mean(), predicted
 
-    def sample_residual(self, cond: Tensor, noise: Tensor, generator: Optional[torch.Generator] = None,
+    def sample_residual(self, cond: Tensor, noise: Tensor, noise_sampler: NoiseSampler = None,
                         sampler: str = "dpmpp_2m", nfe: int = 5, amed_predictor: Optional[nn.Module] = None) -> Tensor:
         """``noise [B, N]`` (the start of the reverse process) -> ``sampler`` with ``nfe`` denoiser
-        calls (``generator`` draws ddpm's ancestral noise; ``amed_predictor``: a distilled
+        calls (``noise_sampler`` gives ddpm's ancestral noise; ``amed_predictor``: a distilled
         :class:`~.amed.AMEDPredictor` for ``amed``) -> the x0 residual ``[B, N]``."""
-        return sample(self.denoise_fn(cond), noise, self.schedule, sampler, nfe, generator, amed_predictor)
+        return sample(self.denoise_fn(cond), noise, self.schedule, sampler, nfe, noise_sampler, amed_predictor)

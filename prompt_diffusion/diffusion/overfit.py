@@ -25,16 +25,7 @@ def sign_step(prompt: Tensor, grad: Tensor, lr: float) -> Tensor:
     return prompt - lr * grad.sign()
 
 
-def normalized_step(prompt: Tensor, grad: Tensor, lr: float) -> Tensor:
-    """Gradient descent with each sample's step normalised: ``V − η √m ∇V / ‖∇V‖`` per row
-    (``m`` coordinates), so every sample moves by RMS ``η`` per coordinate (like ``sign``) but
-    along its true gradient direction (not the sign pattern of its small components)."""
-    rows = grad.flatten(1)  # [B, m]
-    norm = rows.norm(dim=1).clamp_min(1e-12) / rows.shape[1] ** 0.5  # [B]: RMS of each sample's gradient
-    return prompt - lr * grad / norm.view(-1, *([1] * (grad.dim() - 1)))
-
-
-STEP_RULES: Dict[str, StepRule] = {"sgd": sgd_step, "sign": sign_step, "normalized": normalized_step}
+STEP_RULES: Dict[str, StepRule] = {"sgd": sgd_step, "sign": sign_step}
 
 
 # ------------------------------------------------------------------ what a sample's prompt is overfitted to
@@ -65,22 +56,16 @@ LABEL_FREE_OBJECTIVES: Dict[str, Callable[[Tensor], Tensor]] = {"entropy": entro
 OVERFIT_TARGETS = ("label", *LABEL_FREE_OBJECTIVES)
 
 
-def target_objective(target: str, logits: Tensor, labels: Optional[Tensor], label_weight: float = 0.0) -> Tensor:
+def target_objective(target: str, logits: Tensor, labels: Optional[Tensor]) -> Tensor:
     """The per-sample loss ``[B]`` that overfitting lowers for ``target`` (``OVERFIT_TARGETS``):
-    ``label`` is the true-label CE; a label-free target is its objective, plus ``label_weight``
-    times the true-label CE when that weight is > 0 (a mix of the two; it needs the labels)."""
+    ``label`` is the true-label CE; a label-free target is its objective (``labels`` may be None)."""
     if target == "label":
         if labels is None:
             raise ValueError("the overfitting target 'label' needs the labels (a label-free target does not)")
         return label_objective(logits, labels)
     if target not in LABEL_FREE_OBJECTIVES:
         raise ValueError(f"unknown overfitting target {target!r}; allowed: {', '.join(OVERFIT_TARGETS)}")
-    loss = LABEL_FREE_OBJECTIVES[target](logits)
-    if label_weight > 0:
-        if labels is None:
-            raise ValueError(f"the overfitting target {target!r} with a label weight > 0 needs the labels")
-        loss = loss + label_weight * label_objective(logits, labels)
-    return loss
+    return LABEL_FREE_OBJECTIVES[target](logits)
 
 
 def overfit_prompts(

@@ -29,14 +29,15 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from prompt_diffusion.generators.base import standard_normal
-
 from .schedule import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver_2", "dpmpp_2m", "amed")
 
 Denoise = Callable[..., Union[Tensor, Tuple[Tensor, Tensor]]]
 StepCallback = Optional[Callable[[int, Tensor], None]]
+#: ``noise(i) -> [B, N]``: the standard normal noise of an ancestral sampler's step ``i`` (k-diffusion's
+#: noise_sampler; ``diffusion.noise.seeded_noise_sampler`` gives per-sample seeded noise)
+NoiseSampler = Optional[Callable[[int], Tensor]]
 
 
 def grid_is_zero(sigmas: Tensor) -> List[bool]:
@@ -85,12 +86,13 @@ def ddim(model: SigmaDenoiser, x: Tensor, sigmas: Tensor, callback: StepCallback
     return x
 
 
-def ddpm(model: SigmaDenoiser, x: Tensor, sigmas: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+def ddpm(model: SigmaDenoiser, x: Tensor, sigmas: Tensor, noise_sampler: NoiseSampler = None) -> Tensor:
     """Ancestral DDPM (paper Eq. 5): sample ``q(x_{t'} | x_t, x̂0)`` at each grid step.
 
     In σ space the posterior step is a deterministic move to ``σ_down`` plus fresh noise of size
     ``σ_up`` with ``σ_up² = σ'²(σ² − σ'²)/σ²`` and ``σ_down² = σ'² − σ_up²`` (DDIM with η=1; on
     consecutive integer timesteps this is exactly Eq. 5 with the posterior variance β̃_t).
+    ``noise_sampler(i)`` gives step ``i``'s standard normal noise (default: the global random stream).
     """
     to_zero = grid_is_zero(sigmas)
     for i in range(len(sigmas) - 1):
@@ -100,7 +102,8 @@ def ddpm(model: SigmaDenoiser, x: Tensor, sigmas: Tensor, generator: Optional[to
         sigma_down = torch.sqrt(sigma_next**2 - sigma_up**2)
         x = denoised + (sigma_down / sigma) * (x - denoised)
         if not to_zero[i + 1]:
-            x = x + sigma_up * standard_normal(x.shape, generator, x.device).to(x.dtype)
+            noise = torch.randn_like(x) if noise_sampler is None else noise_sampler(i)
+            x = x + sigma_up * noise.to(device=x.device, dtype=x.dtype)
     return x
 
 
@@ -245,7 +248,7 @@ def sample(
     schedule: NoiseSchedule,
     sampler: str = "dpmpp_2m",
     nfe: int = 5,
-    generator: Optional[torch.Generator] = None,
+    noise_sampler: NoiseSampler = None,
     amed_predictor=None,
     grid: str = "logsnr",
 ) -> Tensor:
@@ -258,7 +261,7 @@ def sample(
             :meth:`PromptDenoiser.denoise_fn`).
         x_T: ``[B, N]`` standard normal noise (the VP state at t = T−1).
         sampler: one of ``SAMPLERS``.
-        generator: noise for ``ddpm``'s ancestral steps.
+        noise_sampler: ``noise(i)``, ``ddpm``'s ancestral noise at step ``i`` (default: the global stream).
         amed_predictor: an :class:`~.amed.AMEDPredictor` (required for ``amed``; its ``nfe`` and
             ``grid`` must match).
         grid: σ spacing, see :meth:`NoiseSchedule.sigma_grid`.
@@ -274,7 +277,7 @@ def sample(
     if sampler == "ddim":
         return ddim(model, x, sigmas)
     if sampler == "ddpm":
-        return ddpm(model, x, sigmas, generator)
+        return ddpm(model, x, sigmas, noise_sampler)
     if sampler == "dpmpp_2m":
         return dpmpp_2m(model, x, sigmas)
     if sampler == "dpm_solver_2":

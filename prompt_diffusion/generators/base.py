@@ -12,7 +12,7 @@ Spaces (the one thing to get right when calling a generator):
 A :class:`PromptGenerator` models the conditional distribution of the normalized residual given
 the condition π ``[B, cond_dim]``. Subclasses implement two things, both in flat normalized space:
 ``residual_loss(residual, cond, generator)`` (the training loss and the residual it predicts, for
-the CE term of the paper's Eq. 8) and ``sample_residual(cond, noise, generator, **options)``
+the CE term of the paper's Eq. 8) and ``sample_residual(cond, noise, **options)``
 (inference from ``noise [B, noise_dim]``). The base class turns them into :meth:`loss` and
 :meth:`generate` on raw prompts, and owns what all generators share: the layout, the per-group
 scale, and the per-group gain that calibration sets after training (:meth:`calibrate_gain`).
@@ -129,10 +129,10 @@ class PromptGenerator(nn.Module):
         and the residual ``[B, N]`` the generator predicts for them (attached to the graph)."""
         raise NotImplementedError
 
-    def sample_residual(self, cond: Tensor, noise: Tensor, generator: Optional[torch.Generator] = None,
-                        **options) -> Tensor:
+    def sample_residual(self, cond: Tensor, noise: Tensor, **options) -> Tensor:
         """One normalized flat residual ``[B, N]`` per condition row, from ``noise [B, noise_dim]``
-        (``generator``: any further randomness the sampler draws)."""
+        (``options``: the generator's own sampling settings, e.g. the diffusion sampler and the
+        noise of its ancestral steps)."""
         raise NotImplementedError
 
     # ---- checkpoints ---------------------------------------------------------------------------
@@ -180,8 +180,7 @@ class PromptGenerator(nn.Module):
         return loss, self.denormalize(self.layout.unflatten(predicted), center)
 
     @torch.no_grad()
-    def generate(self, cond: Tensor, center: Prompts, noise: Tensor, generator: Optional[torch.Generator] = None,
-                 **options) -> Prompts:
+    def generate(self, cond: Tensor, center: Prompts, noise: Tensor, **options) -> Prompts:
         """Sample one raw prompt per condition: ``noise [B, noise_dim]`` -> residual (``options``:
         the generator's sampling settings), times each group's gain (``{name}_gain``, see
         :meth:`calibrate_gain`) -> ``center + scale·residual``.
@@ -191,7 +190,7 @@ class PromptGenerator(nn.Module):
         if noise.dim() != 2 or noise.shape != (cond.shape[0], self.noise_dim):
             raise ValueError(f"noise must be [B, {self.noise_dim}] for {cond.shape[0]} conditions, "
                              f"got {list(noise.shape)}")
-        flat = self.sample_residual(cond, noise, generator, **options).float()
+        flat = self.sample_residual(cond, noise, **options).float()
         residual = {name: r * getattr(self, f"{name}_gain") for name, r in self.layout.unflatten(flat).items()}
         return self.denormalize(residual, {k: v.float() for k, v in center.items()})
 

@@ -83,6 +83,5 @@ class FlowGenerator(PromptGenerator):
         sample = self.invert(standard_normal(residual.shape, generator, residual.device), cond)
         return nll, sample
 
-    def sample_residual(self, cond: Tensor, noise: Tensor, generator: Optional[torch.Generator] = None,
-                        **options) -> Tensor:
+    def sample_residual(self, cond: Tensor, noise: Tensor, **options) -> Tensor:
         return self.invert(noise, cond)

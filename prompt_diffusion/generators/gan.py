@@ -69,6 +69,5 @@ class GANGenerator(PromptGenerator):
         loss_g = F.softplus(-functional_call(d, frozen, (fake, cond))).mean()
         return loss_g + loss_d, fake
 
-    def sample_residual(self, cond: Tensor, noise: Tensor, generator: Optional[torch.Generator] = None,
-                        **options) -> Tensor:
+    def sample_residual(self, cond: Tensor, noise: Tensor, **options) -> Tensor:
         return self(cond, noise)

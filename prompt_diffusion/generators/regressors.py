@@ -30,8 +30,7 @@ class _Regressor(PromptGenerator):
         predicted = self.predict(cond)
         return (predicted.float() - residual).pow(2).mean(), predicted
 
-    def sample_residual(self, cond: Tensor, noise: Tensor, generator: Optional[torch.Generator] = None,
-                        **options) -> Tensor:
+    def sample_residual(self, cond: Tensor, noise: Tensor, **options) -> Tensor:
         return self.predict(cond)
 
 

@@ -55,6 +55,5 @@ class VAEGenerator(PromptGenerator):
         loss = (reconstruction.float() - residual).pow(2).mean() + self.kl_weight * kl.mean()
         return loss, reconstruction
 
-    def sample_residual(self, cond: Tensor, noise: Tensor, generator: Optional[torch.Generator] = None,
-                        **options) -> Tensor:
+    def sample_residual(self, cond: Tensor, noise: Tensor, **options) -> Tensor:
         return self.decode(noise, cond)

@@ -129,6 +129,38 @@ def merged_config(method: Method, spec: Spec, variant_value: Optional[Any] = Non
                             spec.opts + method.opts + _variant_opts(spec, variant_value))
 
 
+def unread_key_prefixes(trainer: str) -> Tuple[str, ...]:
+    """The config keys (by prefix) that the registered trainer ``trainer`` never reads, so its runs do
+    not change with their defaults: ``TRAINER.PD.`` unless it is a prompt-diffusion trainer,
+    ``TRAINER.ZEROSHOT.`` unless it is zero-shot CLIP. A name not registered reads them all."""
+    from prompt_diffusion.engine import TRAINER_REGISTRY
+    from prompt_diffusion.trainer_kinds import is_pd_trainer
+    from prompt_diffusion.trainers.zsclip import ZeroshotCLIP
+
+    if trainer not in TRAINER_REGISTRY.registered_names():
+        return ()
+    unread = () if is_pd_trainer(trainer) else ("TRAINER.PD.",)
+    return unread + (() if issubclass(TRAINER_REGISTRY.get(trainer), ZeroshotCLIP) else ("TRAINER.ZEROSHOT.",))
+
+
+def pd_settings_notes(spec: Spec) -> List[str]:
+    """One line per prompt-diffusion method of ``spec``: the ``TRAINER.PD`` settings its runs get that
+    differ from the shipped defaults (``config.add_pd_keys``), so a table says what it measured."""
+    from prompt_diffusion.config import extend_cfg
+    from prompt_diffusion.engine import get_cfg_default
+    from prompt_diffusion.run_record import flat_keys
+
+    shipped = flat_keys(extend_cfg(get_cfg_default()).TRAINER.PD)
+    notes = []
+    for method in spec.methods:
+        if "TRAINER.PD." in unread_key_prefixes(method.trainer):
+            continue
+        used = flat_keys(merged_config(method, spec).TRAINER.PD)
+        changed = [f"{key} {used[key]} (shipped {shipped[key]})" for key in used if used[key] != shipped[key]]
+        notes.append(f"{method.label or method.name}: " + (", ".join(changed) if changed else "the shipped defaults"))
+    return notes
+
+
 def _dir_tag(opts: Sequence[str]) -> str:
     """A short stable suffix for run dirs whose runs get extra opts (so they never collide)."""
     return "" if not opts else "_" + hashlib.sha1(" ".join(opts).encode()).hexdigest()[:8]

@@ -12,8 +12,7 @@ from tqdm import tqdm
 from prompt_diffusion.results.runs import COMPLETE, MISSING, read_run
 from prompt_diffusion.run_record import PLACEMENT_KEYS, RUN_CONFIG, flat_keys
 from prompt_diffusion.sweep.child import run_command
-from prompt_diffusion.sweep.plan import Chain, Run
-from prompt_diffusion.trainer_kinds import is_pd_trainer
+from prompt_diffusion.sweep.plan import Chain, Run, unread_key_prefixes
 
 
 def stale_runs(chains: Sequence[Chain]) -> List[str]:
@@ -28,9 +27,9 @@ def stale_runs(chains: Sequence[Chain]) -> List[str]:
         then, now = (flat_keys(yaml.safe_load(text)) for text in (record.read_text(encoding="utf-8"), run.config_text()))
         if then.get("TRAINER.NAME") == "":  # recorded by the sweep itself, before train wrote the records
             then["TRAINER.NAME"] = now["TRAINER.NAME"]
-        reads_pd = is_pd_trainer(run.trainer)  # a host's runs do not change with a TRAINER.PD default
+        unread = unread_key_prefixes(run.trainer)
         changed = sorted(key for key in then.keys() | now.keys()
-                         if key not in PLACEMENT_KEYS and (reads_pd or not key.startswith("TRAINER.PD."))
+                         if key not in PLACEMENT_KEYS and not key.startswith(unread)
                          and then.get(key) != now.get(key))
         if changed:
             shown = ", ".join(f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])

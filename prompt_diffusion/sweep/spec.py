@@ -19,6 +19,9 @@ Spec keys (``configs/experiments/table1.yaml`` is an example):
 - ``host`` (per method): the row a PD method is compared with image by image (default: the name
   without ``PD`` when the spec has it).
 - ``opts``: config opts for every run (``{KEY: VALUE}``); a run dir gets a hash of them.
+- ``profiles`` (spec level, and per method): shipped profiles, ``configs/profiles/<name>.yaml``, whose
+  keys go before the spec's (or the method's) own opts, so one block of settings lives in one file
+  (``toy_cpu``: any trainer on the CPU with the toy CLIP; ``toy_pd``: the toy tables' PD choices).
 - ``variants``: ``{name, key, values, scope: train | eval, methods}``: one swept config key. ``train``
   trains a model per value; ``eval`` evaluates one model at each value (base accuracy then comes
   from a ``test_base`` run at that value).
@@ -36,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from prompt_diffusion.results.paper import RowKey
+from prompt_diffusion.run_record import flat_keys
 from prompt_diffusion.shipped import CONFIGS_DIR
 
 EXPERIMENTS_DIR = CONFIGS_DIR / "experiments"
@@ -43,8 +47,9 @@ PROTOCOLS = ("base2new", "cross_dataset")
 VARIANT_SCOPES = ("train", "eval")
 
 _SPEC_KEYS = {"name", "title", "paper", "protocol", "seeds", "shots", "methods", "datasets", "domains", "source",
-              "targets", "opts", "variants", "extra_metrics", "plot", "column_names", "by_domain"}
-_METHOD_KEYS = {"trainer", "config", "opts", "load_epoch", "label", "host", "train", "weights"}
+              "targets", "opts", "profiles", "variants", "extra_metrics", "plot", "column_names", "by_domain"}
+_METHOD_KEYS = {"trainer", "config", "opts", "profiles", "load_epoch", "label", "host", "train", "weights"}
+PROFILES_DIR = CONFIGS_DIR / "profiles"
 _VARIANT_KEYS = {"name", "key", "values", "scope", "methods"}
 _PLOT_KEYS = {"x", "metric", "column", "time_metric"}
 
@@ -160,6 +165,20 @@ def _opts(where: str, value: Any) -> List[str]:
     raise SpecError(f"{where} must be a KEY: VALUE mapping or a list of KEY VALUE pairs, got {value!r}")
 
 
+def _profile_opts(where: str, value: Any) -> List[str]:
+    """The ``[KEY, VALUE, ...]`` opts of the shipped profiles ``value`` names (one name or a list), in order."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    shipped = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    unknown = [name for name in names if not isinstance(name, str) or name not in shipped]
+    if not isinstance(names, list) or unknown:
+        raise SpecError(f"{where} must name shipped profiles ({', '.join(shipped)}); got {value!r}")
+    return [str(x) for name in names
+            for key, setting in flat_keys(yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text(encoding="utf-8"))).items()
+            for x in (key, setting)]
+
+
 def load_spec(name_or_path: str) -> Spec:
     """Read and check a spec's structure (names are checked against the registry by ``validate_spec``)."""
     path = resolve_spec(name_or_path)
@@ -185,7 +204,8 @@ def load_spec(name_or_path: str) -> Spec:
             raise SpecError(f"{where}: methods.{name} needs a config (e.g. 'CoCoOp/vit_b16_c4_ep10_batch1_ctxv1')")
         _check_keys(f"{where}: methods.{name}", entry, _METHOD_KEYS)
         methods.append(Method(name=str(name), trainer=str(entry.get("trainer", name)), config=str(entry["config"]),
-                              opts=_opts(f"{where}: methods.{name}.opts", entry.get("opts")),
+                              opts=_profile_opts(f"{where}: methods.{name}.profiles", entry.get("profiles"))
+                              + _opts(f"{where}: methods.{name}.opts", entry.get("opts")),
                               load_epoch=entry.get("load_epoch"), label=entry.get("label"),
                               host=entry.get("host"), train=bool(entry.get("train", "weights" not in entry)),
                               weights=entry.get("weights")))
@@ -193,7 +213,8 @@ def load_spec(name_or_path: str) -> Spec:
         name=str(data.get("name", path.stem)), path=path, title=str(data.get("title", path.stem)),
         protocol=data["protocol"], seeds=_as_list(f"{where}: seeds", data["seeds"], int),
         shots=int(data.get("shots", 16)), methods=methods, paper=data.get("paper"),
-        opts=_opts(f"{where}: opts", data.get("opts")), extra_metrics=dict(data.get("extra_metrics") or {}),
+        opts=_profile_opts(f"{where}: profiles", data.get("profiles")) + _opts(f"{where}: opts", data.get("opts")),
+        extra_metrics=dict(data.get("extra_metrics") or {}),
         column_names=dict(data.get("column_names") or {}),
     )
     trained = {m.name for m in methods if m.train}

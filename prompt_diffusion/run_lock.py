@@ -25,14 +25,19 @@ def _holder(path: str) -> Optional[Tuple[int, str]]:
 
 
 def _running(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host (one of another user counts)."""
+    """Whether a process ``pid`` runs on this host (one of another user counts; a killed one that is
+    not yet reaped, a zombie, does not: Linux's /proc says which)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "r", encoding="utf-8") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc: it runs
+        return True
 
 
 class RunLock:

@@ -96,8 +96,8 @@ def benchmark_root(tmp_path_factory) -> Path:
 
 
 # figure5's first chain trains with TRAINER.PD.OVERFIT.ITERS 0: nothing is overfitted, and the per-epoch
-# diagnosis divides the generator's error by the zero residual's (after_training.pd_generator_fit)
-BROKEN = {"figure5": "OVERFIT.ITERS 0: ZeroDivisionError in pd_generator_fit's per-epoch diagnosis"}
+# check divides the generator's error by the zero residual's (after_training.generator_fit)
+BROKEN = {"figure5": "OVERFIT.ITERS 0: ZeroDivisionError in after_training.generator_fit's per-epoch check"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(reason=BROKEN[name], strict=True))

@@ -41,8 +41,9 @@ setup(
     extras_require={
         # open_clip_torch: the OpenCLIP backbones (MODEL.BACKBONE.NAME open_clip:<arch>); transformers and
         # safetensors: Hugging Face CLIPModel folders (MODEL.BACKBONE.NAME hf). In dev so the parity tests run
-        # (open_clip_torch about 12 s to install with its timm and huggingface-hub from a warm pip cache)
-        "dev": ["pytest>=7", "open_clip_torch>=3", "transformers>=4.31", "safetensors"],
+        # (open_clip_torch about 12 s to install with its timm and huggingface-hub from a warm pip cache);
+        # submitit: sweep --slurm, whose array the tests run through submitit's local executor
+        "dev": ["pytest>=7", "open_clip_torch>=3", "transformers>=4.31", "safetensors", "submitit"],
         "open_clip": ["open_clip_torch>=3"],
         "hf": ["transformers>=4.31", "safetensors"],
         "slurm": ["submitit"],

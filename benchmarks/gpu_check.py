@@ -1,9 +1,10 @@
 """The CUDA path in one command, for a lent GPU (under 5 minutes on one): the CUDA tests, then
 prompt diffusion's cost table.
 
-1. ``pytest -m cuda tests/test_devices.py``: PD training and inference in fp32 / fp16 / amp,
-   registered models on the GPU, seeded inference, GPU <-> CPU checkpoints, AMED distillation,
-   host-device synchronisations while sampling (the count is printed).
+1. ``pytest -m cuda tests/test_devices.py``: every host and PD variant trained a step, evaluated and
+   checkpointed in fp32 / fp16 / amp, AMED distilled in fp16 (all of which also run on the CPU),
+   registered models on the GPU, seeded inference, GPU <-> CPU checkpoints, host-device
+   synchronisations while sampling (the count is printed).
 2. ms per image, CoCoOp vs CoCoOpPD, at NFE 1, 2, 3, 5, 10 (AMED distilled for one batch), for
    B = 4 and 32 and K = 100 and 1000, beside the paper's extra time at NFE 5 (Fig. 4: +0.045 s
    per prediction, batch not stated).

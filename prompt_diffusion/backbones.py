@@ -8,7 +8,8 @@ all load. The name ``toy`` loads the small CLIP the project ships (``prompt_diff
 ``hf`` the Hugging Face ``transformers`` CLIPModel folder at ``MODEL.BACKBONE.PATH`` (``prompt_diffusion.hf_backbone``).
 
 Precision follows the CoOp family (``TRAINER.<NAME>.PREC``): ``fp16`` keeps CLIP's half-precision
-weights, ``fp32`` and ``amp`` run a float32 model (``amp`` under autocast).
+weights, ``fp32`` and ``amp`` run a float32 model (``amp`` under float16 autocast with a gradient
+scaler). All three run on the CPU as on a GPU (half precision is slower there: ``precision_note``).
 """
 import os
 import warnings
@@ -210,17 +211,26 @@ def load_clip_from_cfg(cfg) -> CLIP:
     return load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
 
 
-def check_precision(prec: str, device: Union[str, torch.device], key: str = "PREC") -> None:
-    """Refuse an unknown policy, and ``fp16`` on a CPU (half-precision CLIP does not run there)."""
+def check_precision(prec: str, key: str = "PREC") -> None:
+    """Refuse an unknown policy, naming the key and the allowed ones."""
     if prec not in PRECISIONS:
         raise ValueError(f"{key}={prec!r}: must be one of {PRECISIONS}")
-    if prec == "fp16" and torch.device(device).type == "cpu":
-        raise ValueError(f"{key}=fp16 needs a CUDA device; on the CPU use {key} fp32 (or amp)")
+
+
+def precision_note(prec: str, device: Union[str, torch.device], key: str = "PREC") -> str:
+    """The log's line for half precision on a CPU (it runs, more slowly than fp32); else empty."""
+    if prec in ("fp16", "amp") and torch.device(device).type == "cpu":
+        return f"Note: {key} {prec} on the CPU runs in half precision, which is slower there than fp32"
+    return ""
 
 
 def apply_precision(model: CLIP, prec: str, device: Union[str, torch.device], key: str = "PREC") -> CLIP:
-    """Set CLIP's weights for the policy: ``fp16`` half (as released), ``fp32`` / ``amp`` float32. In place."""
-    check_precision(prec, device, key)
+    """Set CLIP's weights for the policy: ``fp16`` half (as released), ``fp32`` / ``amp`` float32. In
+    place; half precision on a CPU is said in the log (``precision_note``)."""
+    check_precision(prec, key)
+    note = precision_note(prec, device, key)
+    if note:
+        print(note)
     if prec == "fp16":
         convert_weights(model)
     else:

@@ -9,7 +9,7 @@ clears the noise. The demo applies the command line's changes (methods, seeds,
 shots, epochs, test images, extra ``KEY VALUE`` opts) to that spec, writes the result as
 ``<out>/demo.yaml``, runs it with the sweep's functions (``prompt_diffusion.sweep``: normal run
 folders under ``<out>/base2new/``, finished runs skipped, interrupted ones resumed) and prints the
-table ``prompt-diffusion table <out>/demo.yaml --output <out>`` prints (``prompt_diffusion.results``:
+table ``prompt-diffusion table <out>/demo.yaml --output-dir <out>`` prints (``prompt_diffusion.results``:
 mean ± population std over seeds, PD rows paired image by image with their host), also written as
 ``demo_table.md``, ``demo_table.csv`` and the bar chart ``demo_table.png``.
 
@@ -96,7 +96,7 @@ def write_spec(settings: DemoSettings) -> Path:
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     path = settings.out_dir / "demo.yaml"
     header = ("# Written by `prompt-diffusion demo` from configs/experiments/demo.yaml with its command line's "
-              "changes.\n# Reprint the table: prompt-diffusion table " + f"{path} --output {settings.out_dir}\n")
+              "changes.\n# Reprint the table: prompt-diffusion table " + f"{path} --output-dir {settings.out_dir}\n")
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
 
@@ -183,7 +183,7 @@ def main(settings: DemoSettings) -> ResultTable:
           f"thread(s) each); runs under {settings.out_dir / 'base2new'}")
     for kind, path in written.items():
         print(f"{kind}: {path}")
-    print(f"reprint: prompt-diffusion table {settings.out_dir / 'demo.yaml'} --output {settings.out_dir}")
+    print(f"reprint: prompt-diffusion table {settings.out_dir / 'demo.yaml'} --output-dir {settings.out_dir}")
     return table
 
 

@@ -9,8 +9,12 @@
 ``--model-dir RUN`` without ``--config-file`` then starts from RUN's record (``eval``, ``diagnose``,
 ``predict``): flags and opts given on top change it, a dataset file replaces its dataset, and a key
 that makes another model (``MODEL_KEYS``: backbone, trainer, input size, prompt and generator
-shapes) differing from the record is an error naming both values. The sweep compares the same
-record with what its spec now gives a run (``sweep.run.stale_runs``), less ``PLACEMENT_KEYS``.
+shapes) differing from the record is an error naming both values (``check_same_model``; a PD variant
+loads its host's run and a host the host part of its PD variant's: ``trainer_kinds.same_weights``).
+A rerun into a folder whose record holds another model or seed is refused before anything is
+written (``check_same_run``). The sweep compares the same record with what its spec now gives a run
+(``sweep.run.stale_runs``), less ``PLACEMENT_KEYS``. Paths in the record are absolute
+(``absolute_paths``), so it reads the same from any working folder; ``--root`` gives another.
 """
 import os
 import os.path as osp
@@ -26,12 +30,16 @@ PLACEMENT_KEYS = ("DATASET.ROOT", "OUTPUT_DIR", "SEED", "RESUME", "DATALOADER.NU
 MODEL_KEYS = ("TRAINER.NAME", "MODEL.BACKBONE.NAME", "INPUT.SIZE", "TRAINER.PD.GENERATOR", "TRAINER.PD.COND",
               "TRAINER.PD.DEEP_TOKENS")
 MODEL_KEY_PARTS = ("N_CTX", "PROMPT_DEPTH", "TRAINER.PD.GENERATOR_SIZE.")
+# keys that hold a path: resolved to absolute before the record is written
+PATH_KEYS = ("DATASET.ROOT", "OUTPUT_DIR", "RESUME", "MODEL.BACKBONE.PATH", "MODEL.INIT_WEIGHTS",
+             "DATASET.FEWSHOT_CACHE_DIR", "TRAINER.CoPrompt.DESCRIPTIONS_DIR")
 
 
 def flat_keys(node: Any, prefix: str = "") -> Dict[str, Any]:
-    """``{"A.B": value}`` of a nested config (a CfgNode or a plain dict)."""
+    """``{"A.B": value}`` of a nested config (a CfgNode or a plain dict); tuples as lists, as a record
+    read back from YAML holds them."""
     if not isinstance(node, dict):
-        return {prefix: node}
+        return {prefix: list(node) if isinstance(node, tuple) else node}
     return {key: value for name, child in node.items()
             for key, value in flat_keys(child, f"{prefix}.{name}" if prefix else str(name)).items()}
 
@@ -94,15 +102,59 @@ def run_classnames(model_dir: str) -> List[str]:
     return read_classnames(path)
 
 
-def check_same_model(recorded: CfgNode, cfg: CfgNode, model_dir: str) -> None:
-    """A ``ValueError`` naming the first ``MODEL_KEYS`` key whose value in ``cfg`` is not the run's."""
+def absolute_paths(cfg: CfgNode) -> None:
+    """Every non-empty ``PATH_KEYS`` value of ``cfg`` (unfrozen) made absolute (``~`` expanded), in place."""
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str) and node[leaf]:
+            node[leaf] = osp.abspath(osp.expanduser(node[leaf]))
+
+
+def _model_differences(recorded: CfgNode, cfg: CfgNode) -> List[str]:
+    """The ``MODEL_KEYS`` keys whose values differ between a run's record and ``cfg``, sorted.
+    ``TRAINER.NAME`` differs only where the weights do not load (``trainer_kinds.same_weights``), and
+    the generator's keys count only between two prompt-diffusion trainers (a host has no generator)."""
+    from prompt_diffusion.trainer_kinds import is_pd_trainer, same_weights
+
     then, now = flat_keys(recorded), flat_keys(cfg)
-    if then.get("TRAINER.NAME") == "":  # recorded by the sweep before train wrote the records: no trainer
-        del then["TRAINER.NAME"]
-    for key in sorted(k for k in then if is_model_key(k) and k in now):
-        if then[key] != now[key]:
-            raise ValueError(f"--model-dir {model_dir} was trained with {key} {then[key]!r}, this command gives "
-                             f"{now[key]!r} (another model); drop the flag, option or config file that sets it")
+    trained, loading = then.get("TRAINER.NAME", ""), now.get("TRAINER.NAME", "")
+    both_pd = bool(trained) and is_pd_trainer(trained) and is_pd_trainer(loading)
+    differing = []
+    for key in sorted(k for k in then if is_model_key(k) and k in now and then[k] != now[k]):
+        if key == "TRAINER.NAME" and (not trained or same_weights(trained, loading)):
+            continue  # no trainer recorded (the sweep recorded runs before train did), or weights that load
+        if key.startswith("TRAINER.PD.") and not both_pd:
+            continue
+        differing.append(key)
+    return differing
+
+
+def check_same_model(recorded: CfgNode, cfg: CfgNode, model_dir: str) -> None:
+    """A ``ValueError`` naming the first ``MODEL_KEYS`` key whose value in ``cfg`` makes another model
+    than the run's (``_model_differences``)."""
+    then, now = flat_keys(recorded), flat_keys(cfg)
+    for key in _model_differences(recorded, cfg)[:1]:
+        raise ValueError(f"--model-dir {model_dir} was trained with {key} {then[key]!r}, this command gives "
+                         f"{now[key]!r} (another model); drop the flag, option or config file that sets it")
+
+
+def check_same_run(output_dir: str, cfg: CfgNode) -> None:
+    """Refuse a run into ``output_dir`` whose record (a run there before) has another trainer, model
+    or seed than ``cfg``: its checkpoints would be resumed as this run's. A ``ValueError`` naming
+    both values; nothing when the folder has no record."""
+    path = osp.join(output_dir, RUN_CONFIG)
+    if not osp.isfile(path):
+        return
+    with open(path, "r", encoding="utf-8") as stream:
+        recorded = CfgNode.load_cfg(stream)
+    then, now = flat_keys(recorded), flat_keys(cfg)
+    differing = [key for key in ("TRAINER.NAME", "SEED") if then.get(key, "") not in ("", now.get(key))]
+    for key in (differing + _model_differences(recorded, cfg))[:1]:
+        raise ValueError(f"--output-dir {output_dir} holds a run with {key} {then[key]!r}, this command gives "
+                         f"{now[key]!r}; give another --output-dir (or remove that run)")
 
 
 def checkpoint_epoch(model_dir: str, load_epoch: Optional[int]) -> Optional[int]:

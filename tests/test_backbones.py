@@ -60,15 +60,17 @@ def test_missing_weights_say_where_to_put_and_get_them(tmp_path, monkeypatch):
         load_clip("ViT-B/17")
 
 
-def test_precision_policies(one_head_clip):
+def test_precision_policies(one_head_clip, capsys):
     model = build_tiny_clip()
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        apply_precision(model, "fp16", "cpu", key="TRAINER.COOP.PREC")
+    assert apply_precision(model, "fp16", "cpu", key="TRAINER.COOP.PREC").dtype == torch.float16  # runs on a CPU
+    assert capsys.readouterr().out == ("Note: TRAINER.COOP.PREC fp16 on the CPU runs in half precision, which is "
+                                       "slower there than fp32\n")
     with pytest.raises(ValueError, match="one of"):
         apply_precision(model, "bf16", "cpu")
-    clip.model.convert_weights(model)
     assert model.dtype == torch.float16
-    assert apply_precision(model, "amp", "cpu").dtype == torch.float32
+    assert apply_precision(model, "amp", "cpu").dtype == torch.float32  # float16 autocast over fp32 weights
+    assert "PREC amp on the CPU" in capsys.readouterr().out
+    assert apply_precision(model, "fp32", "cpu").dtype == torch.float32 and capsys.readouterr().out == ""
 
 
 def test_toy_backbone_loads_through_load_clip():

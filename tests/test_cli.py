@@ -45,6 +45,40 @@ def test_flags_after_the_opts_are_flags():
     assert (demo.opts, demo.seeds) == (["TRAINER.PD.NFE", "3"], [1, 2])
 
 
+def test_every_command_speaks_one_language():
+    """The same output flag and root flag, lists of values one after another, and KEY VALUE opts after
+    the flags in train, diagnose, demo and predict: a list ends at the first config key."""
+    parse = cli.build_parser().parse_args
+    for argv in (["train", "--source-domains", "a", "b", "OPTIM.LR", "0.1", "--seed", "2"],
+                 ["diagnose", "--model-dir", "RUN", "--target-domains", "a", "b", "OPTIM.LR", "0.1", "--seed", "2"],
+                 ["demo", "--methods", "CoOp", "CoOpPD", "OPTIM.LR", "0.1", "--seeds", "2"],
+                 ["predict", "--model-dir", "RUN", "a.png", "b/", "OPTIM.LR", "0.1", "--top-k", "2"]):
+        args = parse(argv)
+        assert args.opts == ["OPTIM.LR", "0.1"], argv
+        lists = {"train": args.__dict__.get("source_domains"), "diagnose": args.__dict__.get("target_domains"),
+                 "demo": args.__dict__.get("methods"), "predict": args.__dict__.get("images")}[argv[0]]
+        assert len(lists) == 2, argv
+    predict = parse(["predict", "--model-dir", "RUN", "a.png", "--host", "b.png", "TRAINER.PD.NFE", "10"])
+    assert (predict.images, predict.host, predict.opts) == (["a.png", "b.png"], True, ["TRAINER.PD.NFE", "10"])
+    for command in (["train"], ["demo"], ["sweep", "table1"], ["table", "table1"]):
+        assert parse(command + ["--output-dir", "OUT"]).output_dir == "OUT", command
+    for command in (["train"], ["demo"], ["sweep", "table1"]):
+        assert parse(command + ["--root", "DATA"]).root == "DATA", command
+    sweep = parse(["sweep", "table1", "--gpus", "0", "1", "--seeds", "1", "2", "--methods", "VPT", "VPTPD"])
+    assert (sweep.gpus, sweep.seeds, sweep.methods) == (["0", "1"], [1, 2], ["VPT", "VPTPD"])
+    with pytest.raises(SystemExit):
+        parse(["sweep", "table1", "--seeds", "1,2"])  # one separator: the space
+
+
+def test_train_help_lists_the_trainers(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    trainers = text.split("trainers (--trainer", 1)[1]
+    assert all(f" {name}," in trainers or trainers.rstrip().endswith(name)
+               for name in ("CoOp", "CoCoOpPD", "MaPLePD", "ZeroshotCLIP"))
+
+
 def test_a_truncated_clip_file_is_refused_before_any_data_is_read(tmp_path, capsys):
     weights = tmp_path / "ViT-B-16.pt"
     save_clip(build_tiny_clip(), weights)

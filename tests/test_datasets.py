@@ -169,9 +169,11 @@ def test_dataset_loads_with_upstream_classes(tmp_path, name):
             assert os.path.isfile(item.impath)
     if test_only:  # upstream: train_x = test = the data, no val
         assert dataset.train_x is dataset.test and dataset.val is None
-    elif name == "ImageNet":
-        assert dataset.val is dataset.test  # CoOp evaluates ImageNet on its val set
-        assert len(dataset.train_x) == 3 * PER_SPLIT["train"] and len(dataset.test) == 3 * 3
+    elif name == "ImageNet":  # its val split is drawn from train (upstream's is the test set): no test image in it
+        val, test = {d.impath for d in dataset.val}, {d.impath for d in dataset.test}
+        assert not val & test and not val & {d.impath for d in dataset.train_x}
+        assert all("/images/train/" in path for path in val) and len(dataset.test) == 3 * 3
+        assert len(dataset.train_x) + len(dataset.val) == 3 * PER_SPLIT["train"]
     else:
         sizes = [len(dataset.train_x), len(dataset.val), len(dataset.test)]
         assert sizes == [len(classnames) * PER_SPLIT[s] for s in ("train", "val", "test")]
@@ -230,12 +232,18 @@ def test_fewshot_equals_dassl_rule(tmp_path, tree, name, seed):
     root = copy_dataset(tree, tmp_path, name)
     full = load(root, name)
     random.seed(seed)  # Dassl's set_random_seed, then train, then val with min(shots, 4)
-    expected_train = dassl_fewshot(full.train_x, 4)
-    expected_val = full.test if name == "ImageNet" else dassl_fewshot(full.val, 4)
+    everything = full.train_x  # ImageNet's full train: train_x and the val drawn from it, in reading order
+    if name == "ImageNet":
+        everything = sorted(full.train_x + full.val, key=lambda d: (d.label, d.impath))
+    expected_train = dassl_fewshot(everything, 4)
 
     dataset = load(root, name, num_shots=4, seed=seed)
     assert paths(dataset.train_x) == paths(expected_train)
-    assert paths(dataset.val) == paths(expected_val)
+    if name == "ImageNet":  # up to 4 per class of the training images the selection left out, none of test
+        left_out = set(paths(everything)) - set(paths(expected_train))
+        assert dataset.val and set(paths(dataset.val)) <= left_out
+    else:
+        assert paths(dataset.val) == paths(dassl_fewshot(full.val, 4))
     assert paths(dataset.test) == paths(full.test)
     # second run reads the cache and gives the same selection
     assert paths(load(root, name, num_shots=4, seed=seed).train_x) == paths(expected_train)

@@ -1,10 +1,13 @@
-"""The CUDA path: PD trainers train and infer on a GPU in fp32, fp16 and amp, every registered model
-lives on the trainer's device, seeded inference is reproducible there, checkpoints move between GPU
-and CPU, AMED distils on the GPU, and the sampling loop does not synchronise with the host per step.
+"""Precision and devices: every host and PD variant trains a step, evaluates, and round-trips its
+checkpoint (dtypes kept) in fp32, fp16 and amp, and AMED distils in fp16, on the CPU always and on a
+GPU when there is one; every registered model lives on the trainer's device, seeded inference is
+reproducible there, checkpoints move between GPU and CPU, and the sampling loop does not synchronise
+with the host per step.
 
 Tests marked ``cuda`` are collected always and skipped without a GPU (``benchmarks/gpu_check.py``
-runs them on one). The CPU halves of the device logic (checkpoints written on a GPU load on a CPU)
-run everywhere.
+runs them on one): only what is about device placement. The precision logic runs on the CPU too
+(torch runs float16 there), as do the CPU halves of the device logic (checkpoints written on a GPU
+load on a CPU).
 """
 import math
 
@@ -115,32 +118,67 @@ def test_pd_checkpoint_written_on_gpu_loads_on_cpu_everywhere(world, tmp_path):
     assert all(v.device.type == "cpu" and torch.equal(v, expected[k]) for k, v in got.items())
 
 
-# ---------------------------------------------------------------------------------------- CUDA only
-@cuda
-@needs_cuda
+# ----------------------------------------------------------------------------- precision, CPU and GPU
+TRAINERS = [trainer for host in HOSTS for trainer in (host, f"{host}PD")]
+# the CPU always; the GPU when there is one (marked cuda: benchmarks/gpu_check.py runs those)
+DEVICES = ["cpu", pytest.param("cuda", marks=[cuda, needs_cuda])]
+
+
+def trainable_tensors(trainer):
+    """Every trainable parameter of every registered model, cloned: ``{model/name: tensor}``."""
+    return {f"{model_name}/{name}": p.detach().clone() for model_name in trainer.get_model_names()
+            for name, p in trainer._models[model_name].named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prec", ["fp32", "fp16", "amp"])
-@pytest.mark.parametrize("name", ["CoCoOpPD", "VPTPD", "MaPLePD"])
-def test_pd_training_steps_and_inference_on_cuda(world, tmp_path, name, prec):
-    trainer = build_trainer(device_cfg(world, tmp_path / "run", name, "cuda", prec))
+@pytest.mark.parametrize("name", TRAINERS)
+def test_training_step_evaluation_and_checkpoint_at_every_precision(world, tmp_path, name, prec, device):
+    """Three training steps move some trainable weight with finite losses (amp: through the
+    GradScaler, which may skip a step whose gradients overflow), inference gives finite logits on the
+    device, and the weights round-trip through a checkpoint with their dtypes."""
+    trainer = build_trainer(device_cfg(world, tmp_path / "run", name, device, prec))
     assert (getattr(trainer, "scaler", None) is not None) == (prec == "amp")
-    denoiser_before = {k: v.detach().clone() for k, v in trainer.pd.generator.named_parameters()}
+    before = trainable_tensors(trainer)
     batch = next(iter(trainer.train_loader_x))
     trainer.set_model_mode("train")
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 10  # as the training loop sets them
     for _ in range(3):
         summary = trainer.forward_backward(batch)
         assert all(math.isfinite(value) for value in summary.values()), summary
-    moved = [k for k, v in trainer.pd.generator.named_parameters() if not torch.equal(v, denoiser_before[k])]
-    assert moved, f"{name} {prec}: no denoiser parameter changed in 3 steps"
+    after = trainable_tensors(trainer)
+    assert any(not torch.equal(after[key], before[key]) for key in before), f"{name} {prec}: nothing trained"
     trainer.set_model_mode("eval")
     logits = inference(trainer, next(iter(trainer.test_loader)))
-    assert logits.is_cuda and logits.shape == (len(logits), trainer.num_classes)
+    assert logits.device.type == device and logits.shape == (len(logits), trainer.num_classes)
     assert torch.isfinite(logits.float()).all()
+    trainer.save_model(0, str(tmp_path / "run"))
+    loaded = build_trainer(device_cfg(world, tmp_path / "eval", name, device, prec))
+    loaded.load_model(str(tmp_path / "run"), epoch=1)
+    saved, got = tensors_of(trainer), tensors_of(loaded)
+    assert {key: value.dtype for key, value in got.items()} == {key: value.dtype for key, value in saved.items()}
+    assert all(torch.equal(got[key], saved[key]) for key in trainable_tensors(trainer))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_amed_distils_in_fp16(world, tmp_path, device):
+    trainer = build_trainer(device_cfg(world, tmp_path / "run", "CoCoOpPD", device, "fp16",
+                                       **{"TRAINER.PD.AMED.DISTILL_ITERS": 8}))
+    assert trainer.model.dtype == torch.float16  # the host's CLIP runs in half precision
+    give_denoiser_an_output(trainer)
+    trainer.set_model_mode("eval")
+    conditions = after_training.conditions(trainer.pd, [trainer.parse_batch_train(next(iter(trainer.train_loader_x)))[0]])
+    history = after_training.distill(trainer.pd, conditions, conditions, 0, 8)[trainer.cfg.TRAINER.PD.NFE]
+    assert len(history) == 8 and all(math.isfinite(loss) for loss in history)
+    assert trainer.pd.amed.distilled and all(p.device.type == device for p in trainer.pd.amed.parameters())
+    assert trainer.pd.sampler()[0] == "amed"
+    assert torch.isfinite(inference(trainer, next(iter(trainer.test_loader))).float()).all()
+
+
+# ---------------------------------------------------------------------------------------- CUDA only
 @cuda
 @needs_cuda
-@pytest.mark.parametrize("name", [trainer for host in HOSTS for trainer in (host, f"{host}PD")])
+@pytest.mark.parametrize("name", TRAINERS)
 def test_every_registered_model_is_on_the_gpu(world, tmp_path, name):
     trainer = build_trainer(device_cfg(world, tmp_path / "run", name, "cuda"))
     misplaced = [k for k, v in tensors_of(trainer).items() if not v.is_cuda]
@@ -184,21 +222,6 @@ def test_checkpoint_moves_between_gpu_and_cpu(world, tmp_path, source, target):
     assert all(v.device.type == target for v in got.values())
     assert all(torch.equal(v.cpu(), expected[k]) for k, v in got.items())
     assert loaded.pd.amed.distilled
-
-
-@cuda
-@needs_cuda
-def test_amed_distils_on_the_gpu(world, tmp_path):
-    trainer = build_trainer(device_cfg(world, tmp_path / "run", "CoCoOpPD", "cuda",
-                                       **{"TRAINER.PD.AMED.DISTILL_ITERS": 8}))
-    give_denoiser_an_output(trainer)
-    trainer.set_model_mode("eval")
-    conditions = after_training.conditions(trainer.pd, [trainer.parse_batch_train(next(iter(trainer.train_loader_x)))[0]])
-    history = after_training.distill(trainer.pd, conditions, conditions, 0, 8)[trainer.cfg.TRAINER.PD.NFE]
-    assert len(history) == 8 and all(math.isfinite(loss) for loss in history)
-    assert trainer.pd.amed.distilled and all(p.is_cuda for p in trainer.pd.amed.parameters())
-    assert trainer.pd.sampler()[0] == "amed"
-    assert torch.isfinite(inference(trainer, next(iter(trainer.test_loader)))).all()
 
 
 def sync_events(trainer, nfe: int):

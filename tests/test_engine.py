@@ -60,6 +60,15 @@ class ToyColors(DatasetBase):
         ]
 
 
+@DATASET_REGISTRY.register(force=True)
+class ToyColorsWithoutVal(DatasetBase):
+    """ToyColors without its val split."""
+
+    def __init__(self, cfg):
+        colors = ToyColors(cfg)
+        super().__init__(train_x=colors.train_x, test=colors.test)
+
+
 @TRAINER_REGISTRY.register(force=True)
 class ToyLinearProbe(TrainerX):
     """Mean colour -> linear classifier, trained like CoOp (update_lr after the last batch)."""
@@ -91,6 +100,10 @@ class ToyLinearProbe(TrainerX):
         super().after_epoch()
         if self.stop_after_epoch == self.epoch + 1:
             raise StopRun(self.epoch + 1)
+
+    def after_train(self):
+        self.epoch_after_training = self.epoch  # the epoch after_train sees (a PD trainer saves under it)
+        super().after_train()
 
 
 class StopRun(Exception):
@@ -184,15 +197,20 @@ def test_train_command_trains_logs_and_evaluates(data_root, tmp_path):
 
 
 def test_resume_continues_exactly(data_root, tmp_path):
-    straight = build_toy(data_root, tmp_path / "straight", **{"TRAIN.CHECKPOINT_FREQ": 1})
+    """With the default TRAIN.CHECKPOINT_FREQ (0: keep the last epoch only) every epoch is still
+    saved, so a run stopped after its first epoch resumes from it; once the next epoch is written the
+    first is removed."""
+    straight = build_toy(data_root, tmp_path / "straight")
     straight.train()
     straight_acc = straight.test()
+    assert sorted(p.name for p in (tmp_path / "straight" / "probe").glob("model.pth.tar-*")) == ["model.pth.tar-2"]
 
-    interrupted = build_toy(data_root, tmp_path / "resumed", **{"TRAIN.CHECKPOINT_FREQ": 1})
+    interrupted = build_toy(data_root, tmp_path / "resumed")
     interrupted.stop_after_epoch = 1
     with pytest.raises(StopRun):
         interrupted.train()
-    resumed = build_toy(data_root, tmp_path / "resumed", **{"TRAIN.CHECKPOINT_FREQ": 1})
+    assert (tmp_path / "resumed" / "probe" / "model.pth.tar-1").exists()
+    resumed = build_toy(data_root, tmp_path / "resumed")
     resumed.train()
     assert resumed.start_epoch == 1
     assert [h[2:] for h in resumed.history] == [h[2:] for h in straight.history if h[0] == 1]
@@ -202,6 +220,48 @@ def test_resume_continues_exactly(data_root, tmp_path):
         resumed.optim.state_dict()["state"][0]["momentum_buffer"])
     assert straight.sched.state_dict() == resumed.sched.state_dict()
     assert resumed.test() == straight_acc
+    # a finished run run again: nothing left to train, after_train sees the last epoch (not epoch 0)
+    again = build_toy(data_root, tmp_path / "resumed")
+    again.train()
+    assert (again.start_epoch, again.epoch_after_training) == (2, 1) and again.history == []
+
+
+def test_model_selection_never_sees_a_test_image(data_root, tmp_path):
+    """An image folder with train/ and test/ and no val/ (the README's layout): the val split that
+    selects the model (TEST.FINAL_MODEL best_val) holds images of train/ only, none of test/; a
+    dataset with no val images at all refuses best_val and an evaluation on val."""
+    import shutil
+
+    import prompt_diffusion.data  # noqa: F401  (registers ImageFolder)
+    from prompt_diffusion.config import extend_cfg
+
+    folder = tmp_path / "my_images"
+    for split in ("train", "test"):
+        shutil.copytree(data_root / split, folder / split)
+    cfg = extend_cfg(get_cfg_default())
+    cfg.merge_from_list(toy_opts(folder, tmp_path / "run", **{"DATASET.NAME": "ImageFolder",
+                                                              "TEST.FINAL_MODEL": "best_val"}))
+    set_random_seed(cfg.SEED)
+    trainer = build_trainer(cfg)
+    val = {item.impath for item in trainer.val_loader.dataset.data_source}
+    test = {item.impath for item in trainer.test_loader.dataset.data_source}
+    train = {item.impath for item in trainer.train_loader_x.dataset.data_source}
+    assert len(val) == 4 and all(Path(path).parts[-3] == "train" for path in val)  # one per class, from train/
+    assert not val & test and not val & train
+    trainer.train()
+    best = load_checkpoint(str(tmp_path / "run" / "probe" / "model-best.pth.tar"))
+    assert best["val_result"] in (0.0, 25.0, 50.0, 75.0, 100.0)  # a share of the 4 val images
+
+    none = toy_cfg(data_root, tmp_path / "none", **{"DATASET.NAME": "ToyColorsWithoutVal"})
+    trainer = build_trainer(none)
+    assert trainer.val_loader is None
+    with pytest.raises(ValueError, match=r"no val split to evaluate on \(DATASET.NAME ToyColorsWithoutVal\); the "
+                                         "test split is never used in its place"):
+        trainer.test(split="val")
+    with pytest.raises(ValueError, match="TEST.FINAL_MODEL best_val selects the model on the val split, and "
+                                         "DATASET.NAME ToyColorsWithoutVal has no val images here"):
+        build_trainer(toy_cfg(data_root, tmp_path / "best", **{"DATASET.NAME": "ToyColorsWithoutVal",
+                                                               "TEST.FINAL_MODEL": "best_val"}))
 
 
 # ---------------------------------------------------------------- learning-rate schedules

@@ -82,8 +82,8 @@ def test_toy_base2new_spec_sweeps_then_tables(tmp_path):
     path = tmp_path / "toy_base2new.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
-    assert cli.main(["sweep", str(path), "--root", str(shared_toy_root()), "--output", str(out), "--jobs", "2"]) == 0
-    printed = subprocess.run([sys.executable, "-m", "prompt_diffusion", "table", str(path), "--output", str(out)],
+    assert cli.main(["sweep", str(path), "--root", str(shared_toy_root()), "--output-dir", str(out), "--jobs", "2"]) == 0
+    printed = subprocess.run([sys.executable, "-m", "prompt_diffusion", "table", str(path), "--output-dir", str(out)],
                              capture_output=True, text=True, check=True).stdout
     assert "| CoOpPD |" in printed and "| CoOp |" in printed and "Missing or incomplete" not in printed
 

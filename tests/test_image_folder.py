@@ -33,7 +33,10 @@ def test_train_and_test_folders_give_sorted_labels_and_folder_names_with_spaces(
     make_image_folder(tmp_path / "test", CLASSES[:3], per_class=2, size=8, seed=1)
     data = ImageFolder(folder_cfg(tmp_path))
     assert data.classnames == ["blue star", "green circle", "red square", "yellow moon"]
-    assert len(data.train_x) == 20 and len(data.test) == 6 and data.val == data.test  # no val/: the test split
+    # no val/: one image of each class's five (VAL_FRACTION) moves from train to val, never a test image
+    assert (len(data.train_x), len(data.val), len(data.test)) == (16, 4, 6)
+    val, train, test = ({d.impath for d in split} for split in (data.val, data.train_x, data.test))
+    assert all(Path(path).parts[-3] == "train" for path in val) and not val & (train | test)
     assert {d.classname for d in data.test} == {"blue star", "green circle", "red square"}
     assert all(Path(d.impath).parent.name.replace("_", " ") == d.classname for d in data.train_x + data.test)
 

@@ -173,7 +173,8 @@ PREC_KEYS = {"MaPLe": "TRAINER.MAPLE.PREC", "PromptSRC": "TRAINER.PROMPTSRC.PREC
 
 @pytest.mark.parametrize("name", sorted(PREC_KEYS))
 def test_trains_under_amp(world, tmp_path, name):
-    """amp: autocast (bfloat16 on the CPU) around the forward; every loss term stays finite."""
+    """amp: float16 autocast around the forward and a GradScaler (on the CPU as on a GPU); every loss
+    term stays finite."""
     cfg = make_cfg(name, world, "base", tmp_path / "run", max_epoch=1,
                    **{PREC_KEYS[name]: "amp", "TRAINER.PROMPTSRC.GPA_MEAN": 1})
     trainer = build_trainer(cfg)

@@ -154,3 +154,22 @@ def test_a_record_the_sweep_wrote_without_its_trainer_checks_the_rest():
     cfg.TRAINER.COOP.N_CTX = 4
     with pytest.raises(ValueError, match=r"RUN was trained with TRAINER.COOP.N_CTX 16, this command gives 4"):
         check_same_model(recorded, cfg, "RUN")
+
+
+def test_a_pd_variant_loads_its_hosts_run_and_a_host_its_pd_runs_host_part_and_nothing_else(runs, capsys):
+    """What a spec's ``weights:`` rows do: a PD variant over its host's trained run (its generator
+    fresh), and the host over the host part of its PD variant's run; any other trainer is refused."""
+    over_host = runs["tmp"] / "coop_run_as_cooppd"
+    assert cli.main(["train", "--eval-only", "--model-dir", str(runs["coop"]), "--trainer", "CoOpPD",
+                     "--output-dir", str(over_host)]) == 0
+    assert read_run(over_host, training=False).status == "complete"
+    assert "(a host's run): the host's weights are loaded, the prompt-diffusion module stays as built" in (
+        over_host / "log.txt").read_text()
+    host_part = runs["tmp"] / "cocooppd_run_as_cocoop"
+    assert cli.main(["train", "--eval-only", "--model-dir", str(runs["pd"]), "--trainer", "CoCoOp",
+                     "--output-dir", str(host_part)]) == 0
+    assert read_run(host_part, training=False).status == "complete"
+    capsys.readouterr()
+    for run, trainer, trained in (("coop", "CoCoOp", "CoOp"), ("pd", "VPTPD", "CoCoOpPD"), ("coop", "CoCoOpPD", "CoOp")):
+        assert cli.main(["train", "--eval-only", "--model-dir", str(runs[run]), "--trainer", trainer]) == 1
+        assert f"was trained with TRAINER.NAME '{trained}', this command gives '{trainer}'" in capsys.readouterr().err

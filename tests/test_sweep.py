@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_result_log
+from helpers import shared_toy_root, write_result_log
 from prompt_diffusion.cli import build_parser, main
 from prompt_diffusion.results import RowKey, paper_table_ids
 from prompt_diffusion.sweep import (CONFIGS_DIR, SpecError, expand, experiment_names, load_spec, measurements,
@@ -172,7 +172,7 @@ def test_table4_trains_one_cocooppd_per_generator_beside_the_paper(tmp_path):
     assert len(chains) == 7 * 11 * 3
     gan = next(c.runs[0] for c in chains if c.runs[0].row == RowKey.make("CoCoOpPD", {"generator": "gan"}))
     assert gan.opts[-2:] == ("TRAINER.PD.GENERATOR", "gan") and gan.output_dir.parent.name.endswith("_generatorgan")
-    code, text = run_cli("table", "table4", "--output", str(tmp_path))
+    code, text = run_cli("table", "table4", "--output-dir", str(tmp_path))
     assert code == 0
     assert "| CoCoOpPD[generator=gan] |" in text and "75.99" in text  # the paper's H beside the (missing) runs
 
@@ -224,17 +224,17 @@ def test_bad_specs_name_the_problem_and_the_valid_choices(tmp_path):
 def test_dry_run_prints_only_unfinished_runs_and_table_reads_finished_ones(tmp_path):
     spec_path = write_spec(tmp_path, GOOD.replace("[1]", "[1, 2]"))
     out = tmp_path / "out"
-    code, text = run_cli("sweep", spec_path, "--dry-run", "--output", str(out))
+    code, text = run_cli("sweep", spec_path, "--dry-run", "--output-dir", str(out))
     lines = text.splitlines()
     assert code == 0 and lines[0] == "# spec: 4 runs, 0 finished, 4 to run"
     assert all(line.startswith("prompt-diffusion train --root $DATA --seed ") for line in lines[1:])
     chains = expand(load_spec(spec_path), out)
     write_result_log(chains[0].runs[0].output_dir, 80.0)  # seed 1 trained, not yet evaluated
-    code, text = run_cli("sweep", spec_path, "--dry-run", "--output", str(out), "--root", "/data")
+    code, text = run_cli("sweep", spec_path, "--dry-run", "--output-dir", str(out), "--root", "/data")
     assert text.splitlines()[0] == "# spec: 4 runs, 1 finished, 3 to run"
     assert f"--output-dir {chains[0].runs[0].output_dir} " not in text and "--root /data" in text
     write_result_log(chains[0].runs[1].output_dir, 60.0, training=False)
-    code, text = run_cli("table", spec_path, "--output", str(out), "--csv", str(tmp_path / "t.csv"))
+    code, text = run_cli("table", spec_path, "--output-dir", str(out), "--csv", str(tmp_path / "t.csv"))
     assert code == 0
     row = next(line for line in text.splitlines() if line.startswith("| CoCoOp |"))
     assert row.startswith("| CoCoOp | 80.00 | 60.00 | 68.57 |") and "⚠ missing seed 2" in row
@@ -253,7 +253,7 @@ def test_table_reads_a_glob_of_run_dirs(tmp_path):
 
 def test_a_missing_dataset_stops_the_sweep_before_anything_runs(tmp_path):
     out = tmp_path / "out"
-    code, text = run_cli("sweep", "table3", "--root", str(tmp_path / "data"), "--output", str(out),
+    code, text = run_cli("sweep", "table3", "--root", str(tmp_path / "data"), "--output-dir", str(out),
                          "--methods", "CoCoOp", "--seeds", "1")
     assert code == 1 and "nothing was launched" in text
     assert "ImageNetV2" in text and "ABSENT" in text and "fix:" in text
@@ -337,7 +337,7 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
     spec_path = tmp_path / "toy.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     out, root = tmp_path / "out", tmp_path / "data"
-    sweep = ["sweep", str(spec_path), "--root", str(root), "--output", str(out)]
+    sweep = ["sweep", str(spec_path), "--root", str(root), "--output-dir", str(out)]
     first = expand(load_spec(str(spec_path)), out)[0].runs[0]
 
     process = subprocess.Popen([sys.executable, "-m", "prompt_diffusion", *sweep], start_new_session=True,
@@ -351,12 +351,12 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
         process.wait()
     assert (first.output_dir / "log.txt").exists() and first.status() == "incomplete"
 
-    code, text = run_cli(*sweep, "--gpus", "0,1")
+    code, text = run_cli(*sweep, "--gpus", "0", "1")
     assert code == 0, text
     assert "8 runs, 0 finished, 8 to run" in text and f"resuming {first.output_dir}" in text
     assert (first.output_dir / "console.txt").read_text().count("$ prompt-diffusion train") == 2
 
-    code, text = run_cli("table", str(spec_path), "--output", str(out), "--csv", str(tmp_path / "toy.csv"))
+    code, text = run_cli("table", str(spec_path), "--output-dir", str(out), "--csv", str(tmp_path / "toy.csv"))
     assert code == 0 and "Missing or incomplete" not in text
     rows = [line for line in text.splitlines() if line.startswith(("| CoOp |", "| CoOpPD |"))]
     assert len(rows) == 2 and all(row.endswith("| 2/2 |") for row in rows)  # one dataset: no average panel
@@ -407,7 +407,6 @@ def test_sweep_on_the_toy_world_resumes_after_a_kill_and_table_reads_it(tmp_path
 def test_slurm_array_task_runs_its_chain_and_reports_the_failure(tmp_path):
     """submitit's in-process debug executor stands in for SLURM: one array task per unfinished
     chain; a task stops its chain at the first failing run and returns it."""
-    pytest.importorskip("submitit")
     from dataclasses import replace as with_changes
 
     from prompt_diffusion.sweep import submit_slurm
@@ -457,3 +456,50 @@ datasets: [toy_world]
     with pytest.raises(SpecError, match=r"profiles must name shipped profiles \(.*toy_cpu.*\); got \['toy_gpu'\]"):
         load_spec(str(write_spec(tmp_path, "protocol: base2new\nseeds: [1]\nprofiles: [toy_gpu]\n"
                                            "methods: {CoOp: CoOp/vit_b16}\ndatasets: [toy_world]\n")))
+
+
+def wait_for(condition, what: str, timeout: float = 240.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_slurm_array_through_submitits_local_executor_resumes_after_a_cancel(tmp_path):
+    """``sweep --slurm`` with submitit's local executor: the chains pickled and submitted as an array
+    of tasks that run as processes here. Cancelled while a training runs (submitit's cancel), the task
+    and its run end (the run's log says it was interrupted); the same command then submits only the
+    unfinished chains, and the interrupted run resumes from its checkpoint."""
+    import yaml
+
+    from prompt_diffusion.sweep import submit_slurm
+
+    spec = {"protocol": "base2new", "seeds": [1, 2], "shots": 1, "datasets": ["toy_world"],
+            "opts": {**TINY_OPTS, "MODEL.BACKBONE.NAME": "toy", "OPTIM.MAX_EPOCH": 20},
+            "methods": {"CoOp": "CoOp/vit_b16_ep50"}}
+    spec_path = tmp_path / "toy.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    out, root = tmp_path / "out", str(shared_toy_root())
+    chains = expand(load_spec(str(spec_path)), out)
+    jobs = submit_slurm(chains, root, out / "slurm", {"timeout_min": 10}, cluster="local")
+    assert len(jobs) == 2 and all(type(job).__name__ == "LocalJob" for job in jobs)
+    trainings = [chain.runs[0] for chain in chains]
+    wait_for(lambda: all((run.output_dir / "log.txt").exists() and "epoch [2/20]" in (run.output_dir / "log.txt").read_text()
+                         for run in trainings), "both trainings' second epoch")
+    for job in jobs:
+        job.cancel()
+    wait_for(lambda: all(job.done() for job in jobs), "the cancelled tasks to end", timeout=60)
+    wait_for(lambda: all("Interrupted (Ctrl-C)" in (run.output_dir / "log.txt").read_text() for run in trainings),
+             "the runs of the cancelled tasks to stop", timeout=60)
+    assert all(run.status() != "complete" for run in trainings)
+
+    code, text = run_cli("sweep", str(spec_path), "--root", root, "--output-dir", str(out), "--slurm",
+                         "--slurm-cluster", "local", "--slurm-time", "10")
+    pending = [chain for chain in chains if chain.pending()]
+    assert code == 0 and f"submitted {len(pending)} array task(s): " in text
+    wait_for(lambda: all(run.status() == "complete" for chain in chains for run in chain.runs), "the resubmitted chains")
+    for run in trainings:  # resumed from its last epoch, not trained again from scratch
+        reruns = sorted(run.output_dir.glob("log.txt-*"))
+        assert reruns and "Found checkpoint" in reruns[-1].read_text()

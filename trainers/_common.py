@@ -188,11 +188,10 @@ def attach_visual_prompts(visual: nn.Module, n_ctx: int, depth: int) -> None:
 
 
 def autocast_context(prec: str, device: torch.device):
-    """``amp``: autocast (float16 on CUDA, bfloat16 on CPU); otherwise a no-op context."""
+    """``amp``: float16 autocast on the device's type (CUDA or CPU alike); otherwise a no-op context."""
     if prec != "amp":
         return contextlib.nullcontext()
-    device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=torch.float16)
 
 
 class PromptedCLIPTrainer(TrainerX):
@@ -219,9 +218,7 @@ class PromptedCLIPTrainer(TrainerX):
         return self.cfg.TRAINER[self.PREC_NODE].PREC
 
     def check_cfg(self, cfg):
-        # Dassl calls check_cfg before it sets self.device: derive the device the same way
-        device = "cuda" if torch.cuda.is_available() and cfg.USE_CUDA else "cpu"
-        check_precision(cfg.TRAINER[self.PREC_NODE].PREC, device, key=f"TRAINER.{self.PREC_NODE}.PREC")
+        check_precision(cfg.TRAINER[self.PREC_NODE].PREC, key=f"TRAINER.{self.PREC_NODE}.PREC")
 
     def build_custom_clip(self, cfg, classnames: Sequence[str], clip_model: nn.Module) -> nn.Module:
         raise NotImplementedError
@@ -246,8 +243,7 @@ class PromptedCLIPTrainer(TrainerX):
         self.optim = build_optimizer(learned, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.MODEL_NAME, learned, self.optim, self.sched)
-        self.scaler = (torch.amp.GradScaler("cuda")
-                       if self.prec == "amp" and torch.device(self.device).type == "cuda" else None)
+        self.scaler = torch.amp.GradScaler(torch.device(self.device).type) if self.prec == "amp" else None
 
     def learned_module(self) -> nn.Module:
         """The module that is registered, optimised and saved (``MODEL_NAME``): ``model.prompt_learner``
@@ -269,7 +265,7 @@ class PromptedCLIPTrainer(TrainerX):
         return loss_summary
 
     def step_on_loss(self, loss: Tensor) -> None:
-        """Backward and optimizer step (through the GradScaler under CUDA ``amp``); the learning
+        """Backward and optimizer step (through the GradScaler under ``amp``); the learning
         rate steps after the last batch of an epoch, as upstream."""
         backward_and_update(self, loss, self.scaler)
         if (self.batch_idx + 1) == self.num_batches:

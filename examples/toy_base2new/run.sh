@@ -8,5 +8,5 @@ DATA=${1:-pd_data}
 OUT=${2:-pd_examples/toy_base2new}
 SPEC=$(dirname "$0")/toy_base2new.yaml
 
-prompt-diffusion sweep "$SPEC" --root "$DATA" --output "$OUT" --jobs "${JOBS:-2}"
-prompt-diffusion table "$SPEC" --output "$OUT" --csv "$OUT/table.csv" --markdown "$OUT/table.md"
+prompt-diffusion sweep "$SPEC" --root "$DATA" --output-dir "$OUT" --jobs "${JOBS:-2}"
+prompt-diffusion table "$SPEC" --output-dir "$OUT" --csv "$OUT/table.csv" --markdown "$OUT/table.md"

@@ -11,13 +11,13 @@ same command again only runs what is missing.
 Examples:
 
   prompt-diffusion demo                                    # zero-shot CLIP, CoCoOp, CoCoOpPD; 1 seed
-  prompt-diffusion demo --seeds 1 2 3 --methods CoOp CoOpPD --out pd_demo_coop
+  prompt-diffusion demo --seeds 1 2 3 --methods CoOp CoOpPD --output-dir pd_demo_coop
 """
 import argparse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
+    from prompt_diffusion.commands import HelpFormatter, ListThenOpts, OptsThenFlags
     from prompt_diffusion.demo import DEMO_METHODS, DemoSettings
 
     parser = subparsers.add_parser(
@@ -25,11 +25,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=HelpFormatter,
     )
     defaults = DemoSettings(out_dir=".")
-    parser.add_argument("--out", default="pd_demo", help="folder for the runs, the spec and the table")
-    parser.add_argument("--data-root", default=None,
-                        help="where the toy world is rendered (reused between runs); not given: OUT/data")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="few-shot seeds")
-    parser.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=DEMO_METHODS,
+    parser.add_argument("--output-dir", default="pd_demo", help="folder for the runs, the spec and the table")
+    parser.add_argument("--root", default=None,
+                        help="DATASET.ROOT: where the toy world is rendered (reused between runs); not given: "
+                             "OUTPUT_DIR/data")
+    parser.add_argument("--seeds", action=ListThenOpts, kind=int, default=list(defaults.seeds), help="few-shot seeds")
+    parser.add_argument("--methods", action=ListThenOpts, allowed=DEMO_METHODS, default=list(defaults.methods),
                         metavar="METHOD", help=f"trainers to compare, from {', '.join(DEMO_METHODS)}")
     parser.add_argument("--shots", type=int, default=defaults.shots, help="training images per base class")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (OPTIM.MAX_EPOCH)")
@@ -52,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from prompt_diffusion.demo import DemoSettings, main
 
     settings = DemoSettings(
-        out_dir=args.out, methods=tuple(args.methods), seeds=tuple(args.seeds), shots=args.shots,
-        epochs=args.epochs, test_per_class=args.test_per_class, data_root=args.data_root,
+        out_dir=args.output_dir, methods=tuple(args.methods), seeds=tuple(args.seeds), shots=args.shots,
+        epochs=args.epochs, test_per_class=args.test_per_class, data_root=args.root,
         zero_shot=not args.no_zero_shot, verbose=args.verbose, threads=args.threads, jobs=args.jobs, extra_opts=list(args.opts),
     )
     main(settings)

@@ -1,11 +1,11 @@
-"""prompt-diffusion predict --model-dir RUN IMAGE_OR_FOLDER...: what a trained run predicts.
+"""prompt-diffusion predict --model-dir RUN IMAGE_OR_FOLDER... [KEY VALUE ...]: what a trained run predicts.
 
 Prints the top-k classes with their probabilities for every image (a folder: every image file below
 it), or writes them with --json / --csv. The run folder describes itself (its run_config.yaml and
 classnames.txt, written by prompt-diffusion train), so nothing else is needed; --classnames FILE
 scores the images against other class names (one a line: classes the run never trained on, the
-point of base-to-new), and --opts KEY VALUE ... change the run's config (e.g. TRAINER.PD.NFE 10). For a
-prompt-diffusion trainer, --host also gives the host's own prediction (TRAINER.PD.ENABLE False).
+point of base-to-new), and KEY VALUE opts after the images change the run's config (e.g. TRAINER.PD.NFE 10).
+For a prompt-diffusion trainer, --host also gives the host's own prediction (TRAINER.PD.ENABLE False).
 
 Example:
 
@@ -16,7 +16,7 @@ import contextlib
 import io
 import sys
 
-from prompt_diffusion.commands import HelpFormatter
+from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,8 +24,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "predict", help="top-k classes of image files for a trained run (table, --json, --csv)",
         description=__doc__, formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model-dir", required=True, help="the run folder (prompt-diffusion train's --output-dir)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders of them")
+    parser.add_argument("--model-dir", default="", help="the run folder (prompt-diffusion train's --output-dir); "
+                                                        "required")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, action=OptsThenFlags, leading="images", default=[],
+                        metavar="IMAGE_OR_FOLDER ... [KEY VALUE ...]",
+                        help="image files and folders of them, then config opts that change the run's config, "
+                             "e.g. TRAINER.PD.NFE 10")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     parser.add_argument("--classnames", default="", metavar="FILE",
                         help="class names to score against, one a line (default: the run's classnames.txt)")
@@ -40,9 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
                         help="import this module or .py file first (the run's trainer, if defined outside)")
     parser.add_argument("--verbose", action="store_true", help="show the trainer's build output")
-    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
-                        help="change the run's config, e.g. --opts TRAINER.PD.NFE 10")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, images=[])
     return parser
 
 
@@ -56,8 +58,13 @@ def build_predictor(args: argparse.Namespace):
 
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: must be at least 1")
+    if not args.model_dir:
+        raise ValueError("--model-dir RUN is required: the run folder to predict with")
+    if not args.images:
+        raise ValueError("no image given: prompt-diffusion predict --model-dir RUN IMAGE_OR_FOLDER ... [KEY VALUE ...]")
     train_args = argparse.Namespace(**{**vars(train.build_parser().parse_args([])), "model_dir": args.model_dir,
-                                       "opts": list(args.opts), "imports": args.imports})
+                                       "load_epoch": args.load_epoch, "opts": list(args.opts),
+                                       "imports": args.imports})
     cfg, _ = train.prepare(train_args, check_dataset=False)
     classnames = read_classnames(args.classnames) if args.classnames else run_classnames(args.model_dir)
     paths = image_paths(args.images)

@@ -2,7 +2,7 @@
 
 Finished runs (a result in their log) are skipped, interrupted ones start again and resume from
 their checkpoint. Runs go one after another (--jobs N: N at a time on the CPU), one chain per GPU
-(--gpus 0,1), or to SLURM as a job array (--slurm, needs submitit). --dry-run prints the
+(--gpus 0 1), or to SLURM as a job array (--slurm, needs submitit). --dry-run prints the
 prompt-diffusion train lines instead. Before launching anything the datasets are checked as
 prompt-diffusion data check does; a missing or broken one stops the sweep.
 
@@ -10,14 +10,13 @@ Examples:
 
   prompt-diffusion sweep --list
   prompt-diffusion sweep table1 --dry-run
-  prompt-diffusion sweep table1 --root $DATA --gpus 0,1,2,3
+  prompt-diffusion sweep table1 --root $DATA --gpus 0 1 2 3
   prompt-diffusion sweep my_spec.yaml --root $DATA --import my_fork/trainers.py
 """
 import argparse
 from pathlib import Path
-from typing import List
 
-from prompt_diffusion.commands import HelpFormatter
+from prompt_diffusion.commands import HelpFormatter, ListThenOpts
 from prompt_diffusion.sweep.executors import run_local, submit_slurm
 from prompt_diffusion.sweep.plan import expand
 from prompt_diffusion.sweep.run import stale_message, stale_runs
@@ -25,23 +24,12 @@ from prompt_diffusion.sweep.spec import SpecError, experiment_names, load_spec, 
 from prompt_diffusion.sweep.validate import missing_datasets, registered_trainers, validate_spec
 
 
-def comma_list(text: str) -> List[str]:
-    return [part for part in text.split(",") if part]
-
-
-def comma_ints(text: str) -> List[int]:
-    try:
-        return [int(part) for part in comma_list(text)]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
-
-
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--output`` and the ``--methods/--datasets/--seeds`` filters shared by ``sweep`` and ``table``."""
-    parser.add_argument("--output", default="output", help="root folder of the run directories")
-    parser.add_argument("--methods", type=comma_list, help="only these methods of the spec (comma-separated)")
-    parser.add_argument("--datasets", type=comma_list, help="only these datasets/targets of the spec")
-    parser.add_argument("--seeds", type=comma_ints, help="only these seeds (comma-separated)")
+    """``--output-dir`` and the ``--methods/--datasets/--seeds`` filters shared by ``sweep`` and ``table``."""
+    parser.add_argument("--output-dir", default="output", help="root folder of the run directories")
+    parser.add_argument("--methods", action=ListThenOpts, help="only these methods of the spec")
+    parser.add_argument("--datasets", action=ListThenOpts, help="only these datasets/targets of the spec")
+    parser.add_argument("--seeds", action=ListThenOpts, kind=int, help="only these seeds")
 
 
 def load_selected(args: argparse.Namespace):
@@ -59,8 +47,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--root", help="DATASET.ROOT, the folder holding the datasets (required unless --dry-run)")
     add_selection_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the commands of the unfinished runs, run nothing")
-    parser.add_argument("--gpus", type=comma_list,
-                        help="local GPU ids, e.g. 0,1,2,3: one chain of runs per GPU at a time")
+    parser.add_argument("--gpus", action=ListThenOpts,
+                        help="local GPU ids, e.g. 0 1 2 3: one chain of runs per GPU at a time")
     parser.add_argument("--jobs", type=int, default=1, help="without --gpus: chains of runs at a time on the CPU")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
                         help="a module or .py file that registers trainers or datasets the spec uses "
@@ -72,6 +60,9 @@ def add_parser(subparsers) -> None:
     slurm.add_argument("--slurm-parallel", type=int, default=32, help="array tasks running at once")
     slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per task")
     slurm.add_argument("--slurm-mem-gb", type=int, default=64, help="memory per task in GB")
+    slurm.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
+                       help="submitit's executor: slurm, or local to run the array's tasks as processes on this "
+                            "machine (to try a sweep's submission without a cluster)")
     parser.set_defaults(func=run, _resume_hint="Run the same command again: finished runs are skipped, the "
                                                "interrupted one resumes from its last checkpoint.")
 
@@ -91,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = load_selected(args)
         validate_spec(spec, registered_trainers(args.imports))
-        chains = expand(spec, Path(args.output), args.imports)
+        chains = expand(spec, Path(args.output_dir), args.imports)
     except SpecError as error:
         print(f"error: {error}")
         return 2
@@ -120,12 +111,13 @@ def run(args: argparse.Namespace) -> int:
                       "name": f"pd-{spec.name}"}
         if args.slurm_partition:
             parameters["slurm_partition"] = args.slurm_partition
-        jobs = submit_slurm(chains, args.root, Path(args.output) / "slurm" / spec.name, parameters)
+        jobs = submit_slurm(chains, args.root, Path(args.output_dir) / "slurm" / spec.name, parameters,
+                            cluster=args.slurm_cluster)
         print(f"submitted {len(jobs)} array task(s): {' '.join(job.job_id for job in jobs)}")
-        print(f"when they end: prompt-diffusion table {args.spec} --output {args.output}")
+        print(f"when they end: prompt-diffusion table {args.spec} --output-dir {args.output_dir}")
         return 0
     failures = run_local(chains, args.root, args.gpus, jobs=args.jobs)
     done = len(runs) - sum(len(chain.pending()) for chain in chains)
     print(f"{spec.name}: {done}/{len(runs)} runs finished, {len(failures)} failed")
-    print(f"table: prompt-diffusion table {args.spec} --output {args.output}")
+    print(f"table: prompt-diffusion table {args.spec} --output-dir {args.output_dir}")
     return 1 if failures else 0

@@ -9,8 +9,8 @@ prints it.
 
 Examples:
 
-  prompt-diffusion table table1 --output output --csv table1.csv
-  prompt-diffusion table figure4 --output output --plot figure4.png
+  prompt-diffusion table table1 --output-dir output --csv table1.csv
+  prompt-diffusion table figure4 --output-dir output --plot figure4.png
   prompt-diffusion table "output/base2new/train_base/dtd/shots_16/CoCoOp/*/seed*"
 """
 import argparse
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         spec = load_selected(args)
-        table = table_for(spec, Path(args.output), with_paper=not args.no_paper)
+        table = table_for(spec, Path(args.output_dir), with_paper=not args.no_paper)
     except SpecError as error:
         print(f"error: {error}")
         return 2

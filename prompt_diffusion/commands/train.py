@@ -2,12 +2,15 @@
 
 Config: Dassl defaults + prompt_diffusion.config.extend_cfg -> --dataset-config-file ->
 --config-file -> flags (--root, --output-dir, --seed ...) -> KEY VALUE opts (flags may also come
-after the opts). Then <OUTPUT_DIR>/log.txt (written as the run goes; the environment report goes to
-<OUTPUT_DIR>/env.txt), the CLIP weights and the dataset's layout are checked, the run folder records
-its config (run_config.yaml) and class names (classnames.txt), and the trainer is built: train()
-resumes from OUTPUT_DIR when it holds checkpoints, so an interrupted run is resumed by the same
-command; --eval-only loads --model-dir at --load-epoch (default: model-best, else the last epoch) and
-tests. With --model-dir and no --config-file the run's record is the config (flags, a dataset file and
+after the opts); its paths are made absolute. Before anything is written: the trainer, dataset and
+config values, the CLIP weights, the dataset's layout and the checkpoints to load or resume are
+checked, and OUTPUT_DIR is locked for this run (run.lock; another run there is an error, and so is a
+rerun there with another trainer, model or seed than its record). Then <OUTPUT_DIR>/log.txt (written
+as the run goes; the environment report goes to <OUTPUT_DIR>/env.txt), the run folder records its
+config (run_config.yaml) and class names (classnames.txt), and the trainer is built: train() saves
+every epoch and resumes from OUTPUT_DIR when it holds checkpoints, so an interrupted run is resumed
+by the same command; --eval-only loads --model-dir at --load-epoch (default: model-best, else the
+last epoch) and tests. With --model-dir and no --config-file the run's record is the config (flags, a dataset file and
 opts change it; a different backbone, trainer or prompt shape is an error naming both values):
 
   prompt-diffusion train --eval-only --model-dir output/dtd/CoCoOpPD/seed1 DATASET.SUBSAMPLE_CLASSES new
@@ -33,10 +36,10 @@ from typing import List, Optional, Tuple
 import torch
 from yacs.config import CfgNode
 
-from prompt_diffusion.commands import HelpFormatter, OptsThenFlags
+from prompt_diffusion.commands import HelpFormatter, ListThenOpts, OptsThenFlags
 from prompt_diffusion.config import extend_cfg
-from prompt_diffusion.run_record import (RUN_CONFIG, check_same_model, checkpoint_epoch, run_config_path,
-                                         write_classnames, write_run_config)
+from prompt_diffusion.run_record import (RUN_CONFIG, absolute_paths, check_same_model, check_same_run,
+                                         checkpoint_epoch, run_config_path, write_classnames, write_run_config)
 from prompt_diffusion.shipped import resolve_config_path, shipped_note
 
 
@@ -46,11 +49,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="train (or evaluate) a Dassl-style trainer from yacs config files",
         description=__doc__,
         formatter_class=HelpFormatter,
+        add_help=False,
     )
+    parser.add_argument("-h", "--help", action=HelpWithTrainers, nargs=0,
+                        help="show this help message, with the registered trainers, and exit")
     add_arguments(parser)
     parser.set_defaults(func=run, _resume_hint="Run the same command again to resume from the last checkpoint "
                                                "in --output-dir.")
     return parser
+
+
+class HelpWithTrainers(argparse.Action):
+    """``--help``, ending with the trainers ``--trainer`` takes (this package's and the plug-ins')."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from prompt_diffusion.engine import TRAINER_REGISTRY
+        from prompt_diffusion.plugins import load_plugins
+
+        load_plugins(())
+        parser.epilog = ("trainers (--trainer; <Name>PD: with prompt diffusion; --import adds your own): "
+                         + ", ".join(sorted(TRAINER_REGISTRY.registered_names())))
+        parser.print_help()
+        parser.exit()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint directory (from which the training resumes)")
     parser.add_argument("--seed", type=int, default=None,
                         help="fixed seed (>= 0, 0 included); negative: random")
-    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
-    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
-    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    parser.add_argument("--source-domains", action=ListThenOpts, help="source domains for DA/DG")
+    parser.add_argument("--target-domains", action=ListThenOpts, help="target domains for DA/DG")
+    parser.add_argument("--transforms", action=ListThenOpts, help="data augmentation methods")
     parser.add_argument("--config-file", action="append", default=[],
                         help="path to config file (repeatable: merged in the order given, e.g. a trainer's config "
                              "then configs/profiles/toy_cpu.yaml); a configs/... path not in the working folder "
@@ -173,6 +193,7 @@ def setup_cfg(args: argparse.Namespace, notes: Optional[List[str]] = None) -> Cf
         check_same_model(recorded, cfg, args.model_dir)
         if not cfg.OUTPUT_DIR:
             cfg.OUTPUT_DIR = osp.join(args.model_dir, "eval", f"{cfg.DATASET.NAME}_{cfg.DATASET.SUBSAMPLE_CLASSES}")
+    absolute_paths(cfg)  # the record reads the same from any working folder
     cfg.freeze()
     return cfg
 
@@ -190,25 +211,34 @@ def print_args(args: argparse.Namespace, cfg: CfgNode) -> None:
     print(cfg)
 
 
-def prepare(args: argparse.Namespace, check_dataset: bool = True) -> Tuple[CfgNode, List[str]]:
-    """What ``train`` and ``diagnose`` do before building a trainer, cheapest checks first: the
-    registries (``--import``, plug-ins), the config, the data-loader workers (capped at the
-    available cores), the CLIP weights file (before any data is rendered or read) and the dataset's
-    own checks (``check_before_run``: a benchmark's layout, an image folder's every image), so bad
-    input fails before the run folder is written (``check_dataset=False``: not the dataset, for
-    ``predict``, which reads image files instead). Returns the
-    frozen config and the lines the log should start with (plug-ins imported, workers capped)."""
+def prepare(args: argparse.Namespace, check_dataset: bool = True,
+            loads_model: bool = True) -> Tuple[CfgNode, List[str]]:
+    """What ``train``, ``diagnose`` and ``predict`` do before building a trainer, cheapest checks
+    first: the registries (``--import``, plug-ins), the config (``run_checks.check_run_config``: names
+    and values), the checkpoints of ``--model-dir`` (when the command loads it: ``loads_model``) or the
+    ones a training run resumes from, the data-loader workers (capped at the available cores), the
+    CLIP weights file (before any data is rendered or read) and the dataset's own checks
+    (``check_before_run``: a benchmark's layout, an image folder's every image), so bad input fails
+    before the run folder is written (``check_dataset=False``: not the dataset, for ``predict``, which
+    reads image files instead). Returns the frozen config and the lines the log should start with
+    (plug-ins imported, workers capped)."""
     from prompt_diffusion.backbones import check_backbone_weights
     from prompt_diffusion.data import check_dataset_before_run
     from prompt_diffusion.engine.checkpoint import UNSAFE_ENV
     from prompt_diffusion.engine.utils import cap_workers
     from prompt_diffusion.plugins import load_plugins
+    from prompt_diffusion.run_checks import check_model_dir_checkpoints, check_resume_checkpoints, check_run_config
 
     if args.allow_unsafe_checkpoints:
         os.environ[UNSAFE_ENV] = "1"
     imported = load_plugins(args.imports)
     notes = [f"Imported plug-in modules: {', '.join(imported)}"] if imported else []
     cfg = setup_cfg(args, notes)
+    check_run_config(cfg)
+    if args.model_dir and loads_model:
+        check_model_dir_checkpoints(args.model_dir, checkpoint_epoch(args.model_dir, args.load_epoch))
+    elif not loads_model:
+        check_resume_checkpoints(cfg.RESUME or cfg.OUTPUT_DIR)
     check_backbone_weights(cfg)
     if check_dataset:
         check_dataset_before_run(cfg)
@@ -219,11 +249,25 @@ def prepare(args: argparse.Namespace, check_dataset: bool = True) -> Tuple[CfgNo
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run CoOp's ``main``: config, seed, logger, trainer, then evaluate or train."""
+    """Run CoOp's ``main``: config and checks, the folder's lock, seed, logger, trainer, then evaluate
+    or train."""
+    from prompt_diffusion.run_lock import RunLock
+
+    cfg, notes = prepare(args, loads_model=args.eval_only)
+    lock = RunLock(cfg.OUTPUT_DIR)
+    taken_over = lock.acquire()
+    try:
+        check_same_run(cfg.OUTPUT_DIR, cfg)
+        return run_locked(args, cfg, notes + ([taken_over] if taken_over else []))
+    finally:
+        lock.release()
+
+
+def run_locked(args: argparse.Namespace, cfg: CfgNode, notes: List[str]) -> int:
+    """The run itself, its folder locked: logger, seed, records, the trainer, then evaluate or train."""
     from prompt_diffusion import engine
     from prompt_diffusion.engine.interrupt import raise_if_interrupted, sigint_remembered
 
-    cfg, notes = prepare(args)
     logger = engine.setup_logger(cfg.OUTPUT_DIR)
     try:
         print(f"Engine: {engine.engine_description()}")

@@ -5,7 +5,8 @@ subclass says where its files are (``dataset_dir``, ``image_subdir``, ``required
 its splits into ``(path relative to the image dir, label, classname)`` entries
 (:meth:`BenchmarkDataset.read_entries`); this class turns them into Dassl ``Datum`` lists, applies
 ``DATASET.NUM_SHOTS`` (few-shot train, val with ``min(shots, 4)``, as CoOp) and
-``DATASET.SUBSAMPLE_CLASSES``. The same ``read_entries`` serves ``prompt-diffusion data check``,
+``DATASET.SUBSAMPLE_CLASSES``. A dataset without a val split (ImageNet, an image folder without
+``val/``) gets one drawn from its training images (``fewshot.val_from_train``), never its test split. The same ``read_entries`` serves ``prompt-diffusion data check``,
 which needs no config.
 """
 import json
@@ -15,7 +16,7 @@ import textwrap
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from prompt_diffusion.data.fewshot import load_or_generate_fewshot, subsample_classes
+from prompt_diffusion.data.fewshot import load_or_generate_fewshot, subsample_classes, val_from_train
 from prompt_diffusion.data.splits import (
     MAX_LISTED, SPLIT_NAMES, DatasetSetupError, SplitEntry, check_label_names, entries_to_data,
     load_split_entries, require_images,
@@ -80,20 +81,17 @@ class BenchmarkDataset(DatasetBase):
             super().__init__(train_x=data["test"], test=data["test"])
             return
 
-        train, val, test = data["train"], data.get("val"), data["test"]
+        full_train, val, test = data["train"], data.get("val"), data["test"]
         train, val = load_or_generate_fewshot(
-            train, val,
+            full_train, val,
             num_shots=cfg.DATASET.NUM_SHOTS, seed=cfg.SEED, dataset_dir=self.dataset_dir,
             cache_dir=dataset_key(cfg, "FEWSHOT_CACHE_DIR"),
             allow_fewer=dataset_key(cfg, "FEWSHOT_ALLOW_FEWER"),
         )
-        subsample = dataset_key(cfg, "SUBSAMPLE_CLASSES")
-        if val is None:  # ImageNet: its val set is the test set
-            train, test = subsample_classes(train, test, subsample=subsample)
-            val = test
-        else:
-            train, val, test = subsample_classes(train, val, test, subsample=subsample)
-        super().__init__(train_x=train, val=val, test=test)
+        if val is None:  # no val split: drawn from train (upstream reads ImageNet's test images as val)
+            train, val = val_from_train(full_train, train, cfg.DATASET.NUM_SHOTS, cfg.SEED)
+        train, val, test = subsample_classes(train, val, test, subsample=dataset_key(cfg, "SUBSAMPLE_CLASSES"))
+        super().__init__(train_x=train, val=val or None, test=test)
 
     # ---- layout -------------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ Three pieces every benchmark dataset (and the toy world) shares:
   (``DATASET.FEWSHOT_CACHE_DIR``), so a read-only dataset root works.
 * :func:`subsample_classes` keeps the base (first ``ceil(K/2)`` sorted labels) or new (the rest)
   classes and relabels them from 0, as CoOp's ``OxfordPets.subsample_classes``.
+* :func:`val_from_train` gives a dataset without a val split (ImageNet, an image folder without
+  ``val/``) one drawn from its training images, so that model selection, calibration and every
+  other fitted number never see a test image (upstream uses ImageNet's test images as its val).
 
 Items are Dassl ``Datum`` objects (anything with ``impath``, ``label``, ``classname`` and
 ``domain`` attributes whose class accepts those four keyword arguments).
@@ -35,6 +38,8 @@ logger = logging.getLogger(__name__)
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 # the val split of a few-shot dataset gets at most this many images per class (CoOp's rule)
 MAX_VAL_SHOTS = 4
+# the share of each class's images a val split drawn from all of train takes (rounded)
+VAL_FRACTION = 0.1
 CACHE_FORMAT = "prompt-diffusion-fewshot/1"
 
 
@@ -149,6 +154,33 @@ def subsample_classes(*datasets: Sequence[Any], subsample: str = "all") -> List[
         ]
         for dataset in datasets
     ]
+
+
+def val_from_train(train: Sequence[Any], selected: Sequence[Any], num_shots: int,
+                   seed: Optional[int]) -> Tuple[List[Any], List[Any]]:
+    """``(train, val)`` for a dataset without a val split: val drawn per class, seeded, from its
+    training images, never from its test split.
+
+    ``train`` is the full training split, ``selected`` the few-shot selection from it. With shots
+    (``num_shots >= 1``) val takes ``min(num_shots, 4)`` (CoOp's val size) of the class's images the
+    selection left out, and the selection trains unchanged (Dassl's images for the seed); a class
+    whose images all train gives none. With every image in training (``num_shots < 1``),
+    ``VAL_FRACTION`` of each class's images (rounded; at least one stays) move from train to val.
+    The draws are ``random.Random(seed)``'s (unseeded for a missing or negative seed)."""
+    rng = random.Random(seed) if seed is not None and seed >= 0 else random.Random()
+    everything_trains = num_shots < 1
+    chosen = {item.impath for item in selected}
+    val: List[Any] = []
+    for class_items in split_by_label(train).values():
+        if everything_trains:
+            candidates = class_items
+            count = min(len(class_items) - 1, int(len(class_items) * VAL_FRACTION + 0.5))
+        else:
+            candidates = [item for item in class_items if item.impath not in chosen]
+            count = min(num_shots, MAX_VAL_SHOTS, len(candidates))
+        val.extend(rng.sample(candidates, count))
+    held_out = {item.impath for item in val}
+    return [item for item in selected if item.impath not in held_out], val
 
 
 # ---------------------------------------------------------------------------------------------

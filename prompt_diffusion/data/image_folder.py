@@ -3,14 +3,15 @@
 ``DATASET.ROOT`` is the folder itself::
 
     ROOT/train/<class>/<image>     required
-    ROOT/val/<class>/<image>       optional (absent: val is the test split, as ImageNet's)
+    ROOT/val/<class>/<image>       optional (absent: drawn from train, seeded; never the test split)
     ROOT/test/<class>/<image>      optional (absent: train is split per class, seeded, below)
     ROOT/classnames.txt            optional: ``<folder> <class name>`` per line (ImageNet's format)
 
 Labels are the sorted positions of the ``train`` class folders; a class's name is its line in
 ``classnames.txt``, else the folder name with ``_`` read as a space. Without ``test/`` each class's
 images (sorted, then shuffled by ``random.Random(SPLIT_SEED)``) give ``TEST_FRACTION`` to test and
-``VAL_FRACTION`` to val, the rest to train: the same split on every machine. Few-shot sampling
+``VAL_FRACTION`` to val, the rest to train: the same split on every machine. With ``test/`` and
+without ``val/``, val is drawn from train by the run's seed (``fewshot.val_from_train``, as for ImageNet). Few-shot sampling
 (``DATASET.NUM_SHOTS``), base/new halves (``DATASET.SUBSAMPLE_CLASSES``) and ``prompt-diffusion data
 check --root ROOT --dataset ImageFolder`` are the benchmarks' (:class:`BenchmarkDataset`).
 
@@ -28,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from prompt_diffusion.data.benchmark import BenchmarkDataset
+from prompt_diffusion.data.fewshot import VAL_FRACTION
 from prompt_diffusion.data.imagenet import list_class_folders, list_images, read_classnames
 from prompt_diffusion.data.splits import MAX_LISTED, DatasetSetupError, SplitEntry
 from prompt_diffusion.engine import DATASET_REGISTRY
@@ -35,7 +37,6 @@ from prompt_diffusion.engine import DATASET_REGISTRY
 CLASSNAMES_FILE = "classnames.txt"
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
-VAL_FRACTION = 0.1
 LAYOUT = ("{dataset_dir}/train/<class>/<image> (one folder per class; optional val/ and test/ alike, "
           "and classnames.txt with '<folder> <class name>' lines)")
 

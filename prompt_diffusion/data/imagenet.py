@@ -79,7 +79,8 @@ def named_folders(folders: Sequence[str], classnames: Dict[str, str], source: st
 
 @DATASET_REGISTRY.register()
 class ImageNet(BenchmarkDataset):
-    """ILSVRC-2012: train from ``images/train``, test (also used as val) from ``images/val``."""
+    """ILSVRC-2012: train from ``images/train``, test from ``images/val``; its val split is drawn from
+    train (``BenchmarkDataset``), never the test images (upstream validates on them)."""
 
     dataset_dir = "imagenet"
     image_subdir = "images"

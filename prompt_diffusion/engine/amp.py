@@ -1,4 +1,4 @@
-"""The optimizer step of a trainer, with or without a ``GradScaler`` (mixed precision on CUDA).
+"""The optimizer step of a trainer, with or without a ``GradScaler`` (mixed precision, ``PREC amp``).
 
 ``backward_and_update`` is one step from one loss. A step whose loss is backpropagated in parts
 (the prompt-diffusion wrapper backpropagates the host's loss before its per-sample overfitting,
@@ -12,8 +12,8 @@ import torch
 def backward_and_update(trainer, loss: torch.Tensor, scaler: Optional["torch.amp.GradScaler"] = None) -> None:
     """One step of every registered optimizer of ``trainer`` (a Dassl-style trainer, either engine).
 
-    Without ``scaler``: the trainer's own ``model_backward_and_update(loss)``. With one (``PREC amp``
-    on CUDA): zero the gradients, check the loss (``detect_anomaly``), backward the scaled loss, step
+    Without ``scaler``: the trainer's own ``model_backward_and_update(loss)``. With one (``PREC amp``,
+    CUDA or CPU): zero the gradients, check the loss (``detect_anomaly``), backward the scaled loss, step
     each optimizer through the scaler (it skips steps with inf/NaN gradients) and update the scale.
     """
     if scaler is None:

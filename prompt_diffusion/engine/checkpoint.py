@@ -105,6 +105,18 @@ def _corrupt_error(fpath: str, error: Exception) -> RuntimeError:
     )
 
 
+def check_checkpoint_file(fpath: str) -> None:
+    """Refuse a checkpoint that is not a torch archive (truncated, corrupt), before anything loads
+    or writes: the error of ``load_checkpoint`` for such a file. Cheap: the zip directory is read,
+    not the tensors."""
+    try:
+        with zipfile.ZipFile(fpath) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise zipfile.BadZipFile("a zip archive without data.pkl")
+    except (zipfile.BadZipFile, OSError) as error:
+        raise _corrupt_error(fpath, error) from None
+
+
 def saved_epochs(directory: str) -> List[int]:
     """The epochs with a ``model.pth.tar-<epoch>`` in ``directory``, ascending."""
     if not osp.isdir(directory):

@@ -25,11 +25,12 @@ from prompt_diffusion.engine.evaluator import compute_accuracy
 from prompt_diffusion.engine.optim import build_lr_scheduler
 from prompt_diffusion.engine.safe_trainer import SafeCheckpointsMixin
 from prompt_diffusion.engine.trainer import SimpleTrainer as BuiltinSimpleTrainer
+from prompt_diffusion.engine.trainer import TrainerBase as BuiltinTrainerBase
 
 _PATCHED_MARK = "_prompt_diffusion_fixes"
 FIXED_TRAINER_METHODS = ("save_model", "resume_model_if_exist", "load_model", "_load_registered_model",
                          "_load_state_dict", "detect_anomaly", "check_loss_summary", "_anomaly_message",
-                         "_trainer_name")
+                         "_trainer_name", "kept_epoch", "remove_superseded_checkpoint")
 
 
 def _solarize_add(img: Image.Image, addition: int = 0, threshold: int = 128) -> Image.Image:
@@ -62,7 +63,11 @@ FIXES: Tuple[str, ...] = tuple(
     + " -> SafeCheckpointsMixin: load_model formats val_result=None (crash on last-epoch checkpoints); "
     "a non-finite loss raises FloatingPointError naming epoch and batch",
     "dassl.engine.trainer.SimpleTrainer.test -> the built-in one: same loop and result lines, plus the "
-    "`* time_per_image_ms` line Figure 4 reads",
+    "`* time_per_image_ms` line Figure 4 reads; no val split is an error, not the test split",
+    "dassl.engine.trainer.SimpleTrainer.after_epoch -> the built-in one: every epoch saved (an interrupted "
+    "run resumes), TRAIN.CHECKPOINT_FREQ says which stay",
+    "dassl.engine.trainer.TrainerBase.train -> the built-in one: after_train sees the last finished epoch "
+    "when a resumed run has none left",
 )
 
 
@@ -92,6 +97,8 @@ def install_fixes() -> None:
     for name in FIXED_TRAINER_METHODS:
         setattr(dassl_trainer.TrainerBase, name, SafeCheckpointsMixin.__dict__[name])
     dassl_trainer.SimpleTrainer.test = BuiltinSimpleTrainer.__dict__["test"]
+    dassl_trainer.SimpleTrainer.after_epoch = BuiltinSimpleTrainer.__dict__["after_epoch"]
+    dassl_trainer.TrainerBase.train = BuiltinTrainerBase.__dict__["train"]
     setattr(dassl, _PATCHED_MARK, True)
 
 

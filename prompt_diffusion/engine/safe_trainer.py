@@ -7,9 +7,12 @@ trainers by the Dassl bridge, so both engines save, resume and load the same way
 - ``resume_model_if_exist`` refuses another trainer's checkpoints and restores the random states;
 - ``load_model`` loads ``weights_only`` and does not format a missing ``val_result``; trainers adapt it
   per model through ``_load_state_dict`` (e.g. to skip class-dependent buffers);
+- ``remove_superseded_checkpoint``: every epoch is saved (the resume point), the ones
+  ``TRAIN.CHECKPOINT_FREQ`` does not keep are removed once the next is written;
 - ``detect_anomaly`` names the epoch, the batch and the last finite loss.
 """
 import math
+import os
 import os.path as osp
 from typing import Optional, Sequence
 
@@ -54,6 +57,24 @@ class SafeCheckpointsMixin:
                 is_best=is_best,
                 model_name=model_name,
             )
+
+    def kept_epoch(self, epoch: int) -> bool:
+        """Whether the checkpoint of finished epoch ``epoch`` (1-based) stays once a later one is
+        written: the last epoch, and every ``TRAIN.CHECKPOINT_FREQ``-th when that is positive."""
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        return epoch == self.max_epoch or (freq > 0 and epoch % freq == 0)
+
+    def remove_superseded_checkpoint(self, epoch: int) -> None:
+        """After epoch ``epoch`` (0-based) is saved, remove every model's checkpoint of the epoch before
+        it unless ``kept_epoch`` keeps it: an interrupted run resumes from its last epoch, and the disk
+        holds only the epochs asked for."""
+        previous = epoch  # the 1-based number of the epoch before ``epoch``
+        if previous < 1 or self.kept_epoch(previous):
+            return
+        for name in self.get_model_names():
+            path = osp.join(self.output_dir, name, f"model.pth.tar-{previous}")
+            if osp.exists(path):
+                os.remove(path)
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Resume every registered model from ``directory`` if all have checkpoints; returns the

@@ -3,6 +3,9 @@
 Construction (``SimpleTrainer.__init__``): ``check_cfg`` -> ``build_data_loader`` -> ``build_model``
 -> evaluator. ``train()``: ``before_train`` (resume from ``OUTPUT_DIR`` or ``RESUME``) -> per epoch
 ``before_epoch``, ``run_epoch``, ``after_epoch`` (checkpoints) -> ``after_train`` (final test).
+Every epoch is saved, so an interrupted run resumes from its last finished epoch whatever
+``TRAIN.CHECKPOINT_FREQ`` says; that key says which epochs stay (every N-th, and the last), the
+others are removed once the next one is written.
 The learning rate is stepped by the trainer itself (``update_lr``), as in Dassl.
 
 Every ``TRAIN.PRINT_FREQ`` batches ``run_epoch`` prints Dassl's line::
@@ -30,7 +33,7 @@ from prompt_diffusion.engine.predictions import PredictionRecord
 from prompt_diffusion.engine.registry import TRAINER_REGISTRY, check_availability
 from prompt_diffusion.engine.safe_trainer import SafeCheckpointsMixin
 from prompt_diffusion.engine.timing import InferenceTimer
-from prompt_diffusion.engine.utils import mkdir_if_missing, tolist_if_not
+from prompt_diffusion.engine.utils import tolist_if_not
 
 
 def progress_enabled() -> bool:
@@ -109,6 +112,8 @@ class TrainerBase(SafeCheckpointsMixin):
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
+        # the last finished epoch: what after_train sees when a resumed run has no epoch left to train
+        self.epoch = self.start_epoch - 1
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.before_epoch()
             self.run_epoch()
@@ -180,6 +185,9 @@ class SimpleTrainer(TrainerBase):
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
         self.build_data_loader()
+        if cfg.TEST.FINAL_MODEL == "best_val" and not cfg.TEST.NO_TEST and self.val_loader is None:
+            raise ValueError(f"TEST.FINAL_MODEL best_val selects the model on the val split, and DATASET.NAME "
+                             f"{cfg.DATASET.NAME} has no val images here; use TEST.FINAL_MODEL last_step")
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
@@ -213,9 +221,7 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
-        writer_dir = osp.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
+        self.init_writer(osp.join(self.output_dir, "tensorboard"))  # the folder only when tensorboard writes there
         self.time_start = time.time()
 
     def after_train(self) -> None:
@@ -232,33 +238,31 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     def after_epoch(self) -> None:
-        last_epoch = (self.epoch + 1) == self.max_epoch
-        do_test = not self.cfg.TEST.NO_TEST
-        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
-        meet_checkpoint_freq = (self.epoch + 1) % freq == 0 if freq > 0 else False
-        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+        """Validate (``best_val``: ``model-best.pth.tar`` when val improves), then save the epoch, the
+        point a rerun resumes from, and remove the previous one unless ``kept_epoch`` keeps it."""
+        if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
             curr_result = self.test(split="val")
             if curr_result > self.best_result:
                 self.best_result = curr_result
                 self.save_model(self.epoch, self.output_dir, val_result=curr_result,
                                 model_name="model-best.pth.tar")
-        if meet_checkpoint_freq or last_epoch:
-            self.save_model(self.epoch, self.output_dir)
+        self.save_model(self.epoch, self.output_dir)
+        self.remove_superseded_checkpoint(self.epoch)
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:
-        """Evaluate on ``split`` (default ``TEST.SPLIT``; val falls back to test when there is no
-        val loader); prints Dassl's result block plus ``* time_per_image_ms`` and returns the first
-        metric (accuracy)."""
+        """Evaluate on ``split`` (default ``TEST.SPLIT``); prints Dassl's result block plus
+        ``* time_per_image_ms`` and returns the first metric (accuracy). Without a val loader, ``val``
+        is an error: Dassl falls back to the test split, which would select models on test images."""
         self.set_model_mode("eval")
         self.evaluator.reset()
         if split is None:
             split = self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
-            data_loader = self.val_loader
-        else:
-            split = "test"
-            data_loader = self.test_loader
+        if split == "val" and self.val_loader is None:
+            raise ValueError(f"no val split to evaluate on (DATASET.NAME {self.cfg.DATASET.NAME}); the test split "
+                             "is never used in its place")
+        split = "val" if split == "val" else "test"
+        data_loader = self.val_loader if split == "val" else self.test_loader
         print(f"Evaluate on the *{split}* set")
         timer = InferenceTimer()
         predictions = PredictionRecord(split)

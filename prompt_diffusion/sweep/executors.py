@@ -62,8 +62,9 @@ def _slurm_chain_job(runs: List[Run], root: str) -> List[str]:
 def submit_slurm(chains: Sequence[Chain], root: str, folder: Path, parameters: Dict[str, Any],
                  cluster: Optional[str] = None) -> list:
     """Submit one SLURM array task per unfinished chain through ``submitit``; returns the jobs
-    (``job.job_id``; ``job.result()`` is the task's list of failures). ``cluster``: submitit's
-    ``"local"`` or ``"debug"`` to try a sweep without SLURM; default: SLURM."""
+    (``job.job_id``; ``job.result()`` is the task's list of failures). ``cluster``: ``"slurm"``, or
+    submitit's ``"local"`` (tasks as processes on this machine) or ``"debug"`` (in this process) to try
+    a sweep without SLURM; None: what submitit detects."""
     try:
         import submitit
     except ImportError as error:

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from prompt_diffusion.results.paper import PaperTable, RowKey, load_paper_table
 from prompt_diffusion.results.runs import COMPLETE, read_run
 from prompt_diffusion.results.table import Measurement, ResultTable, build_table
+from prompt_diffusion.run_record import absolute_paths
 from prompt_diffusion.shipped import CONFIGS_DIR
 from prompt_diffusion.sweep.spec import Method, Spec, SpecError
 
@@ -65,6 +66,7 @@ class Run:
         that place the run (root, seed, output and model dirs): what ``stale_runs`` compares."""
         cfg = _resolved_config(self.config_file, self.opts, self.dataset)
         cfg.TRAINER.NAME = self.trainer
+        absolute_paths(cfg)  # as train records them
         return cfg.dump()
 
 
@@ -132,13 +134,13 @@ def unread_key_prefixes(trainer: str) -> Tuple[str, ...]:
     not change with their defaults: ``TRAINER.PD.`` unless it is a prompt-diffusion trainer,
     ``TRAINER.ZEROSHOT.`` unless it is zero-shot CLIP. A name not registered reads them all."""
     from prompt_diffusion.engine import TRAINER_REGISTRY
+    from prompt_diffusion.trainer_kinds import is_pd_trainer
     from prompt_diffusion.trainers.zsclip import ZeroshotCLIP
-    from prompt_diffusion.wrapper import DiffusionPromptWrapper
 
     if trainer not in TRAINER_REGISTRY.registered_names():
         return ()
-    readers = {"TRAINER.PD.": DiffusionPromptWrapper, "TRAINER.ZEROSHOT.": ZeroshotCLIP}
-    return tuple(prefix for prefix, reader in readers.items() if not issubclass(TRAINER_REGISTRY.get(trainer), reader))
+    unread = () if is_pd_trainer(trainer) else ("TRAINER.PD.",)
+    return unread + (() if issubclass(TRAINER_REGISTRY.get(trainer), ZeroshotCLIP) else ("TRAINER.ZEROSHOT.",))
 
 
 def pd_settings_notes(spec: Spec) -> List[str]:

@@ -1,12 +1,9 @@
-"""Running a plan's runs: each ``prompt-diffusion train`` in a child process (its console in
-``console.txt``), a chain in order (finished runs skipped, interrupted ones resumed, the rest of a
+"""Running a plan's runs: each ``prompt-diffusion train`` in a child process (``sweep.child``; its
+console in ``console.txt``), a chain in order (finished runs skipped, interrupted ones resumed, the rest of a
 chain skipped after a failure), and the check that refuses folders whose run a changed config
 would now make differently.
 """
-import os
 import signal
-import subprocess
-import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
@@ -14,6 +11,7 @@ from tqdm import tqdm
 
 from prompt_diffusion.results.runs import COMPLETE, MISSING, read_run
 from prompt_diffusion.run_record import PLACEMENT_KEYS, RUN_CONFIG, flat_keys
+from prompt_diffusion.sweep.child import run_command
 from prompt_diffusion.sweep.plan import Chain, Run, unread_key_prefixes
 
 
@@ -52,16 +50,15 @@ def run_one(run: Run, root: str, env: Optional[Dict[str, str]] = None,
     the console's tail on failure)."""
     run.output_dir.mkdir(parents=True, exist_ok=True)
     console_path = run.output_dir / "console.txt"
-    command = [sys.executable, "-m", "prompt_diffusion"] + run.argv(root)
     with open(console_path, "a", encoding="utf-8", buffering=1) as console:
         console.write(f"\n$ {run.command(root)}\n")
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}) as child:
-            for line in child.stdout:
-                console.write(line)
-                if echo is not None:
-                    echo(line.rstrip("\n"))
-        code = child.returncode
+
+        def on_line(line: str) -> None:
+            console.write(line)
+            if echo is not None:
+                echo(line.rstrip("\n"))
+
+        code = run_command(run.argv(root), env, on_line)
     if code == 0 and run.status() != COMPLETE:
         reason = read_run(run.output_dir, run.training).reason
         return 1, f"exited 0 but {run.output_dir}/log.txt holds no result ({reason})"

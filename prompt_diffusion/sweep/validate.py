@@ -56,6 +56,7 @@ def validate_spec(spec: Spec, trainers: Optional[Sequence[str]] = None) -> None:
 def _config_problems(spec: Spec) -> List[str]:
     """Each method's config merged with the spec's opts at every swept value; PD settings checked."""
     from prompt_diffusion.config import validate_pd_cfg
+    from prompt_diffusion.trainer_kinds import is_pd_trainer
 
     problems = []
     for method in spec.methods:
@@ -63,7 +64,7 @@ def _config_problems(spec: Spec) -> List[str]:
         for value in values:
             try:
                 cfg = merged_config(method, spec, value)
-                if method.trainer.endswith("PD"):
+                if is_pd_trainer(method.trainer):
                     validate_pd_cfg(cfg)
             except Exception as error:  # yacs raises KeyError/ValueError/AssertionError naming the key
                 where = "" if value is None else f" at {spec.variants.name}={value}"

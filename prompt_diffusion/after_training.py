@@ -117,7 +117,8 @@ def generator_fit(pd: PromptDiffusion, batches: Iterable[LabelledBatch], draws: 
     """How well the generator's training prediction reconstructs the overfitted prompts of ``batches``:
     ``Σ‖V* − V̂‖² / Σ‖V* − V_h‖²`` in normalised space over ``draws`` seeded draws of the loss's randomness
     per sample (diffusion: the denoiser's x0 from a random timestep and noise; GAN and flow: a sample;
-    VAE: the reconstruction). 1: no better than the host's prompts; 0: exact."""
+    VAE: the reconstruction). 1: no better than the host's prompts; 0: exact; NaN when there is no
+    residual to fit (``OVERFIT.ITERS 0``, or an image the overfitting leaves where it is)."""
     generator = torch.Generator().manual_seed(seed)
     error = baseline = 0.0
     for batch in batches:
@@ -130,7 +131,7 @@ def generator_fit(pd: PromptDiffusion, batches: Iterable[LabelledBatch], draws: 
             predicted = pd.generator.residual_loss(residual, pi, generator)[1]  # normalized, as ``residual``
             error += float((predicted.float() - residual).pow(2).mean()) * len(batch)
             baseline += float(residual.pow(2).mean()) * len(batch)
-    return error / baseline
+    return error / baseline if baseline > 0 else float("nan")
 
 
 @torch.no_grad()

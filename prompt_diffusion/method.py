@@ -325,10 +325,9 @@ class PromptDiffusion(nn.Module):
         if not self._shares_host_pass(batch, images, labels, features):
             with self.autocast():
                 loss = self.adapter.host_loss(batch)
-            if loss is not None:
+            if loss is not None and loss.requires_grad:  # (a host with nothing to learn has no gradient to pass)
                 backward(pd.HOST_LOSS_WEIGHT * loss)
-                loss = loss.detach()
-            return loss, None
+            return None if loss is None else loss.detach(), None
         with self.autocast():
             logits = self.adapter.logits(images, center, features)
             loss = F.cross_entropy(logits, labels)

@@ -95,13 +95,7 @@ def benchmark_root(tmp_path_factory) -> Path:
     return root
 
 
-# figure5's first chain trains with TRAINER.PD.OVERFIT.ITERS 0: nothing is overfitted, and the per-epoch
-# check divides the generator's error by the zero residual's (after_training.generator_fit)
-BROKEN = {"figure5": "OVERFIT.ITERS 0: ZeroDivisionError in after_training.generator_fit's per-epoch check"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(reason=BROKEN[name], strict=True))
-                                  if name in BROKEN else name for name in PAPER_SPECS])
+@pytest.mark.parametrize("name", PAPER_SPECS)
 def test_paper_spec_dry_runs_and_runs_its_first_chain(name, benchmark_root, tmp_path):
     """The dry run of the whole spec, then its first chain (a training run and the evaluations of its
     model) run as the sweep runs chains (``run_chain``: the same commands; the sweep itself would

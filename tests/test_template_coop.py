@@ -74,3 +74,11 @@ def test_the_bank_texts_are_encoded_once_per_context_at_evaluation(tmp_path):
         host.model.prompt_learner.ctx.add_(0.1)  # an in-place change (an optimizer step, a load)
         assert host.model.bank_text_features() is not first
     assert host.model.bank_text_features().requires_grad  # with autograd: computed anew, attached to ctx
+
+
+def test_the_pd_variant_trains_over_a_host_with_nothing_to_learn(tmp_path):
+    """``N_CTX 0``: the zero-shot bank, its host loss without a gradient; the generator alone trains."""
+    trainer = template_coop(tmp_path, "TemplateCoOpPD", write_templates(tmp_path, *TEMPLATES), 0, TINY_PD)
+    before = [p.detach().clone() for p in trainer.pd.generator.parameters()]
+    trainer.train()
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.pd.generator.parameters(), before))

@@ -122,6 +122,22 @@ def _resolved_config(config_file: Path, opts: Sequence[str], dataset: Optional[s
     return cfg
 
 
+def effective_opts(config_file: Path, opts: Sequence[str]) -> List[str]:
+    """The ``KEY VALUE`` pairs of ``opts`` that change the config the trainer file gives (a profile that
+    restates the defaults, as ``pd_paper``, adds none): what a run's command line and folder name carry."""
+    cfg = _resolved_config(config_file, [])
+    kept: List[str] = []
+    for key, value in zip(opts[::2], opts[1::2]):
+        node, leaf = cfg, key.split(".")
+        for part in leaf[:-1]:
+            node = node[part]
+        before = node[leaf[-1]] if leaf[-1] in node else None
+        cfg.merge_from_list([key, value])
+        if node[leaf[-1]] != before:
+            kept += [key, value]
+    return kept
+
+
 def merged_config(method: Method, spec: Spec, variant_value: Optional[Any] = None):
     """The yacs config a training run of ``method`` gets, before its dataset: defaults, project keys,
     the trainer config file, then the spec's and the method's opts (as ``train`` merges them)."""
@@ -204,9 +220,12 @@ def expand(spec: Spec, output_root: Path, imports: Sequence[str] = ()) -> List[C
     kind, train_phase = ("base2new", "train_base") if base2new else ("xd", "train")
     methods = {method.name: method for method in spec.methods}
 
+    opts_of = {method.name: effective_opts(CONFIGS_DIR / "trainers" / f"{method.config}.yaml", spec.opts + method.opts)
+               for method in spec.methods}
+
     def run_dir(method: Method, train_value: Optional[Any], phase: str, on: str, seed: int,
                 eval_value: Optional[Any] = None) -> Path:
-        name = Path(method.config).name + _dir_tag(spec.opts + method.opts) + _value_tag(spec, train_value)
+        name = Path(method.config).name + _dir_tag(opts_of[method.name]) + _value_tag(spec, train_value)
         if method.weights is not None:  # the same trainer and opts over another method's models: its own dirs
             name += f"_weights-{method.weights}"
         return (output_root / kind / phase / on / f"shots_{spec.shots}" / method.trainer /
@@ -217,7 +236,7 @@ def expand(spec: Spec, output_root: Path, imports: Sequence[str] = ()) -> List[C
     chains: Dict[Tuple[str, Any, str, int], Chain] = {}
     for method in sorted(spec.methods, key=lambda m: m.weights is not None):
         config_file = CONFIGS_DIR / "trainers" / f"{method.config}.yaml"
-        method_opts = spec.opts + method.opts
+        method_opts = opts_of[method.name]
         if method.weights is not None and method.weights not in methods:
             raise SpecError(f"{spec.path}: method {method.name} evaluates {method.weights}'s trained models: "
                             f"select {method.weights} too")

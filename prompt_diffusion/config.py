@@ -202,7 +202,7 @@ def add_pd_keys(cfg: CN) -> None:
 _PD_CHOICES = {
     "OVERFIT.MODE": ("online", "cached"),
     "INFERENCE": ("generate", "tune", "tpt", "zero"),
-    "COND": ("meta_net", "image_feature", "host_meta_net"),
+    "COND": ("meta_net", "image_feature"),
 }
 
 

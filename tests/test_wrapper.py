@@ -381,7 +381,7 @@ def test_overfitting_lowers_every_sample_ce_and_vstar_is_detached(world, tmp_pat
     assert not torch.equal(trainer.model.prompt_learner.ctx, ctx_before)
 
 
-@pytest.mark.parametrize("cond", ["meta_net", "host_meta_net", "image_feature"])
+@pytest.mark.parametrize("cond", ["meta_net", "image_feature"])
 def test_with_the_host_loss_on_the_host_is_trained_by_it_alone_at_every_step(cond, world, tmp_path):
     """HOST_LOSS_WEIGHT 1: the CE of Eq. 8 and the generator's loss train the PD module only, so at every
     step, once the generator's zero-initialised output maps have moved and pass gradients back to π,

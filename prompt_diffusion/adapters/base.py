@@ -206,13 +206,6 @@ class PromptAdapter(ABC):
             features = encode_image(self.find("image_encoder"), images)  # [B, E], no prompts
         return features / features.norm(dim=-1, keepdim=True)
 
-    def meta_net(self) -> Optional[nn.Module]:
-        """The host's own image-feature network (CoCoOp's ``prompt_learner.meta_net``), or ``None``.
-
-        When ``None`` and ``TRAINER.PD.COND`` is ``meta_net``, the wrapper builds one.
-        """
-        return None
-
     # ------------------------------------------------------------------ the forward
     @abstractmethod
     def logits(self, images: Tensor, prompts: Dict[str, Tensor], image_features: Optional[Tensor] = None) -> Tensor:

@@ -1,10 +1,10 @@
-"""CoCoOp adapter: ``V`` is the text context ``prompt_learner.ctx``; CoCoOp's Meta-Net gives ``π``.
+"""CoCoOp adapter: ``V`` is the text context ``prompt_learner.ctx``, shifted per image by CoCoOp's Meta-Net.
 
 Upstream layout (KaiyangZhou/CoOp ``trainers/cocoop.py``): CoOp's plus ``prompt_learner.meta_net``
 (vis_dim -> vis_dim/16 -> ctx_dim). In the host the Meta-Net shifts the context per image, and so
 it does under prompt diffusion: the host's prompt ``ctx + meta_net(f(x))`` is the centre of each
-sample's residual. Its output on the frozen image feature is also the condition ``π`` of the
-denoiser (paper §4.2).
+sample's residual. The generator's condition ``π`` is prompt diffusion's own (``TRAINER.PD.COND``):
+the host's Meta-Net stays the host's, trained by its own loss alone.
 """
 from typing import Dict, Optional
 
@@ -21,7 +21,8 @@ class CoCoOpAdapter(TextContextAdapter):
     required_attributes = TextContextAdapter.required_attributes + ("prompt_learner.meta_net",)
     host_loss_is_prompt_ce = True
 
-    def meta_net(self) -> Optional[nn.Module]:
+    def meta_net(self) -> nn.Module:
+        """CoCoOp's Meta-Net (``prompt_learner.meta_net``): the host's per-image shift of its context."""
         return self.find("prompt_learner.meta_net")
 
     def host_prompts(self, image_features: Tensor) -> Dict[str, Tensor]:

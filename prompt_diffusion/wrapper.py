@@ -27,15 +27,8 @@ from prompt_diffusion.method import PromptDiffusion
 
 __all__ = ["DiffusionPromptWrapper", "PD_MODEL_NAME", "labelled_batches"]
 
-#: the registered model (checkpoint sub-directory of OUTPUT_DIR) that holds ``self.pd``
-PD_MODEL_NAME = "prompt_diffusion"
-#: where earlier versions saved the generator: such a run cannot be loaded into this layout
-EARLIER_MODEL_NAMES = ("pd_generator", "pd_meta_net", "pd_amed")
-
-
-def with_pd_keys(cfg: CfgNode) -> CfgNode:
-    """``cfg`` itself when it has ``TRAINER.PD``, else a copy with the defaults added (same frozenness)."""
-    return cfg if "PD" in cfg.TRAINER else extend_cfg(cfg.clone(), [add_pd_keys])
+PD_MODEL_NAME = "prompt_diffusion"  # the registered model (checkpoint sub-directory of OUTPUT_DIR) holding self.pd
+EARLIER_MODEL_NAMES = ("pd_generator", "pd_meta_net", "pd_amed")  # an earlier version's layout: refused
 
 
 def labelled_batches(trainer, loader, training: bool = False) -> Iterator[LabelledBatch]:
@@ -50,11 +43,12 @@ def labelled_batches(trainer, loader, training: bool = False) -> Iterator[Labell
 def _unregistered(trainer, name: str) -> Iterator[None]:
     """The registered model ``name`` hidden from the host's own ``load_model`` (which loads every
     registered model its own way, e.g. upstream CoOp's ``strict=False``)."""
-    entries = [registry.pop(name) for registry in (trainer._models, trainer._optims, trainer._scheds)]
+    registries = (trainer._models, trainer._optims, trainer._scheds)
+    entries = [registry.pop(name) for registry in registries]
     try:
         yield
     finally:
-        for registry, entry in zip((trainer._models, trainer._optims, trainer._scheds), entries):
+        for registry, entry in zip(registries, entries):
             registry[name] = entry
 
 
@@ -64,35 +58,29 @@ def _finish(trainer) -> None:
     save the result under the last epoch's checkpoint, so an interrupted run finishes on its rerun."""
     pd, cfg, val = trainer.pd, trainer.cfg.TRAINER.PD, trainer.val_loader
     trainer.set_model_mode("eval")
-    finished = False
-    if pd.amed is not None and not pd.amed.distilled:
+    distilling, calibrating = pd.amed is not None and not pd.amed.distilled, cfg.CALIBRATE and not bool(pd.calibrated)
+    if distilling:
         train = conditions(pd, (b.images for b in labelled_batches(trainer, trainer.train_loader_x, training=True)))
         check = (conditions(pd, (b.images for b in labelled_batches(trainer, val)), AMED_CHECK_IMAGES)
                  if val is not None else train[:AMED_CHECK_IMAGES])
         distill(pd, train, check, trainer.cfg.SEED, cfg.AMED.DISTILL_ITERS)
-        finished = True
-    if cfg.CALIBRATE and not bool(pd.calibrated) and val is not None:
+    if calibrating and val is not None:
         calibrate(pd, labelled_batches(trainer, val))
-        finished = True
-    if finished:
+    if distilling or (calibrating and val is not None):
         trainer.save_model(trainer.max_epoch - 1, trainer.output_dir)
 
 
 class DiffusionPromptWrapper:
-    """Mixin that turns a Dassl-style prompt-learning trainer into its prompt-diffusion variant.
-
-    Use ``DiffusionPromptWrapper.register(Host, adapter=...)``: the adapter in code, else
-    ``TRAINER.PD.ADAPTER`` by name, else the one whose layout fits the host's model.
-    """
+    """Mixin that turns a Dassl-style prompt-learning trainer into its prompt-diffusion variant (``register``):
+    the adapter given in code, else ``TRAINER.PD.ADAPTER`` by name, else the one whose layout fits the model."""
 
     #: the adapter given to ``register`` (None: TRAINER.PD.ADAPTER, else layout detection)
     pd_adapter_class: Optional[Type[PromptAdapter]] = None
 
     @classmethod
     def register(cls, host: type, adapter: Optional[Type[PromptAdapter]] = None) -> type:
-        """Register ``<Host>PD``, a subclass of ``host`` with prompt diffusion, in the engine's
-        ``TRAINER_REGISTRY`` (Dassl's own when Dassl is installed) and return it. Registering the same
-        host with the same adapter again returns the class registered before."""
+        """Register ``<Host>PD``, a subclass of ``host`` with prompt diffusion, in the engine's (or Dassl's)
+        ``TRAINER_REGISTRY`` and return it; the same host and adapter again return the class registered before."""
         if not isinstance(host, type):
             raise TypeError(f"register() takes a trainer class, got {host!r}")
         if issubclass(host, DiffusionPromptWrapper):
@@ -110,8 +98,8 @@ class DiffusionPromptWrapper:
         TRAINER_REGISTRY.register(wrapped)
         return wrapped
 
-    def __init__(self, cfg: CfgNode):
-        super().__init__(with_pd_keys(cfg))
+    def __init__(self, cfg: CfgNode):  # a user's own extend_cfg may know nothing of TRAINER.PD: its defaults
+        super().__init__(cfg if "PD" in cfg.TRAINER else extend_cfg(cfg.clone(), [add_pd_keys]))
 
     def check_cfg(self, cfg: CfgNode) -> None:
         super().check_cfg(cfg)
@@ -129,7 +117,7 @@ class DiffusionPromptWrapper:
             return
         model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
         adapter = choose_adapter(type(self).pd_adapter_class, cfg.TRAINER.PD.ADAPTER, model)(model, cfg)
-        amp = getattr(self, "scaler", None) is not None  # the host trains under CUDA amp with a GradScaler
+        amp = getattr(self, "scaler", None) is not None  # the host trains under amp with a GradScaler
         self.pd = PromptDiffusion(adapter, cfg.TRAINER.PD, self.num_classes, torch.float16 if amp else None)
         optim = build_optimizer(self.pd, cfg.OPTIM)
         self.register_model(PD_MODEL_NAME, self.pd, optim, build_lr_scheduler(optim, cfg.OPTIM))
@@ -137,9 +125,9 @@ class DiffusionPromptWrapper:
     def before_train(self) -> None:
         super().before_train()
         if self.pd is not None:
-            overfit = self.cfg.TRAINER.PD.OVERFIT
-            every = "every step" if overfit.MODE == "online" else f"each sample's V* recomputed every {overfit.REFRESH} epoch(s)"
-            print(f"Prompt diffusion: per-sample overfitting {overfit.MODE} ({self.pd.overfit_text()}; {every})")
+            refresh = self.cfg.TRAINER.PD.OVERFIT.REFRESH
+            print(f"Prompt diffusion: per-sample overfitting {self.cfg.TRAINER.PD.OVERFIT.MODE} ({self.pd.overfit_text()}"
+                  + ("; every step)" if self.cfg.TRAINER.PD.OVERFIT.MODE == "online" else f"; V* renewed every {refresh} epochs)"))
             if self.val_loader is None:
                 print("Prompt diffusion: no val split, so no held-out check in the log and no residual calibration "
                       "(a test image never reaches a fitted number)")
@@ -160,9 +148,8 @@ class DiffusionPromptWrapper:
         return summary
 
     def after_epoch(self) -> None:
-        """The host's ``after_epoch`` (checkpoints, validation), then one log line on how the generator
-        does on ``TRAINER.PD.DIAGNOSE_IMAGES`` val images (its fit, the alignment of generated with
-        overfitted residuals, accuracy against the host's prompts)."""
+        """The host's ``after_epoch``, then a log line on ``TRAINER.PD.DIAGNOSE_IMAGES`` val images (the
+        generator's fit, the alignment of generated with overfitted residuals, accuracy against the host's)."""
         super().after_epoch()
         images = self.cfg.TRAINER.PD.DIAGNOSE_IMAGES if self.pd is not None else 0
         if images <= 0 or self.val_loader is None:
@@ -179,8 +166,7 @@ class DiffusionPromptWrapper:
         super().after_train()
 
     def parse_batch_test(self, batch: dict):
-        """The host's parsing; the batch's dataset indices are kept for ``model_inference`` (they seed
-        each image's inference noise)."""
+        """The host's parsing, keeping the batch's dataset indices for ``model_inference`` (its noise seeds)."""
         self._pd_indices = torch.as_tensor(batch["index"]) if "index" in batch else None
         return super().parse_batch_test(batch)
 
@@ -207,8 +193,7 @@ class DiffusionPromptWrapper:
             self.pd.load_state_dict(load_checkpoint(path)["state_dict"])
             print(f"Load {path} to {PD_MODEL_NAME}")
         elif any(osp.isdir(osp.join(directory, name)) for name in EARLIER_MODEL_NAMES):
-            raise ValueError(f"{directory} was trained by an earlier prompt-diffusion, which saved the generator under "
-                             f"{'/'.join(EARLIER_MODEL_NAMES)}; this version saves one {PD_MODEL_NAME}/ model: retrain it")
+            raise ValueError(f"{directory} was trained by an earlier prompt-diffusion (its generator under "
+                             f"{'/'.join(EARLIER_MODEL_NAMES)}, not {PD_MODEL_NAME}/): retrain it")
         else:
-            print(f"Prompt diffusion: no {path} (a host's run): the host's weights are loaded, the prompt-diffusion "
-                  "module stays as built")
+            print(f"Prompt diffusion: no {path} (a host's run): the host's weights load, the PD module stays as built")

@@ -163,7 +163,7 @@ def test_a_pd_variant_loads_its_hosts_run_and_a_host_its_pd_runs_host_part_and_n
     assert cli.main(["train", "--eval-only", "--model-dir", str(runs["coop"]), "--trainer", "CoOpPD",
                      "--output-dir", str(over_host)]) == 0
     assert read_run(over_host, training=False).status == "complete"
-    assert "(a host's run): the host's weights are loaded, the prompt-diffusion module stays as built" in (
+    assert "(a host's run): the host's weights load, the PD module stays as built" in (
         over_host / "log.txt").read_text()
     host_part = runs["tmp"] / "cocooppd_run_as_cocoop"
     assert cli.main(["train", "--eval-only", "--model-dir", str(runs["pd"]), "--trainer", "CoCoOp",

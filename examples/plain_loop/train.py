@@ -81,4 +81,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", type=Path, help="a folder with train/, val/ and test/, one folder per class")
     parser.add_argument("--epochs", type=int, default=3)
-    main(parser.parse_args().images, parser.parse_args().epochs)
+    args = parser.parse_args()
+    main(args.images, args.epochs)

@@ -484,7 +484,7 @@ def test_slurm_array_through_submitits_local_executor_resumes_after_a_cancel(tmp
     from prompt_diffusion.sweep import submit_slurm
 
     spec = {"protocol": "base2new", "seeds": [1, 2], "shots": 1, "datasets": ["toy_world"],
-            "opts": {**TINY_OPTS, "MODEL.BACKBONE.NAME": "toy", "OPTIM.MAX_EPOCH": 20},
+            "opts": {**TINY_OPTS, "MODEL.BACKBONE.NAME": "toy", "OPTIM.MAX_EPOCH": 40},
             "methods": {"CoOp": "CoOp/vit_b16_ep50"}}
     spec_path = tmp_path / "toy.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
@@ -492,11 +492,17 @@ def test_slurm_array_through_submitits_local_executor_resumes_after_a_cancel(tmp
     chains = expand(load_spec(str(spec_path)), out)
     jobs = submit_slurm(chains, root, out / "slurm", {"timeout_min": 10}, cluster="local")
     assert len(jobs) == 2 and all(type(job).__name__ == "LocalJob" for job in jobs)
-    trainings = [chain.runs[0] for chain in chains]
-    wait_for(lambda: all((run.output_dir / "log.txt").exists() and "epoch [2/20]" in (run.output_dir / "log.txt").read_text()
-                         for run in trainings), "both trainings' second epoch")
-    for job in jobs:
-        job.cancel()
+    trainings = [chain.runs[0] for chain in chains]  # one task per chain, in order
+    training = dict(zip(jobs, trainings))
+
+    def cancel_each_in_its_second_epoch() -> bool:  # the tasks may start far apart on a loaded machine
+        for job, run in list(training.items()):
+            log = run.output_dir / "log.txt"
+            if log.exists() and "epoch [2/40]" in log.read_text():
+                job.cancel()
+                del training[job]
+        return not training
+    wait_for(cancel_each_in_its_second_epoch, "both trainings' second epoch")
     wait_for(lambda: all(job.done() for job in jobs), "the cancelled tasks to end", timeout=60)
     wait_for(lambda: all("Interrupted (Ctrl-C)" in (run.output_dir / "log.txt").read_text() for run in trainings),
              "the runs of the cancelled tasks to stop", timeout=60)

@@ -465,6 +465,37 @@ datasets: [toy_world]
                                            "methods: {CoOp: CoOp/vit_b16}\ndatasets: [toy_world]\n")))
 
 
+def test_a_background_sweep_killed_leaves_no_run_going(tmp_path):
+    """A sweep started as a shell's background job (SIGINT ignored, inherited by all it starts), then
+    killed: its fork server ends, the kernel sends the running child Ctrl-C, and the child stops as
+    after Ctrl-C (its log says so) instead of training on behind a sweep that is gone."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = {"protocol": "base2new", "seeds": [1], "shots": 1, "datasets": ["toy_world"],
+            "opts": {**TINY_OPTS, "MODEL.BACKBONE.NAME": "toy", "OPTIM.MAX_EPOCH": 400},
+            "methods": {"CoOp": "CoOp/vit_b16_ep50"}}
+    spec_path = tmp_path / "toy.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    training = expand(load_spec(str(spec_path)), out)[0].runs[0]
+    log = training.output_dir / "log.txt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prompt_diffusion", "sweep", str(spec_path), "--root", str(shared_toy_root()),
+         "--output-dir", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        wait_for(lambda: log.exists() and "epoch [2/400]" in log.read_text(), "the training's second epoch")
+    finally:
+        process.kill()  # the sweep alone: its child is the fork server's
+        process.wait()
+    wait_for(lambda: "Interrupted (Ctrl-C)" in log.read_text(), "the orphaned run to stop", timeout=60)
+    assert training.status() != "complete"
+
+
 def wait_for(condition, what: str, timeout: float = 240.0) -> None:
     import time
 

@@ -9,12 +9,11 @@ folder, and stdout and stderr on one pipe whose lines the caller reads as they c
 the command's (130 after Ctrl-C; a negative signal number when it was killed). A child outlives
 neither its caller nor the fork server: interrupted while it waits, the caller passes Ctrl-C on to
 the child and waits for it (the child stops as after Ctrl-C: its log says so, its folder's lock is
-released); killed, the fork server ends and the kernel sends the child Ctrl-C (Linux;
-``PR_SET_PDEATHSIG``), and a child whose caller is gone still writes its log. So a cancelled SLURM
-task or a killed sweep leaves no run going on behind it.
+released); killed, the caller's end of a lifeline pipe closes, and the child, seeing it close, stops
+as after Ctrl-C and still writes its log. (The fork server cannot say it: every child it forks holds
+its liveness pipe, so it outlives a killed caller while a run goes on.) So a cancelled SLURM task or a
+killed sweep leaves no run going on behind it, however it was started.
 """
-import ctypes
-import ctypes.util
 import io
 import multiprocessing
 import os
@@ -23,7 +22,6 @@ import sys
 import threading
 from typing import Callable, Dict, List, Optional
 
-PR_SET_PDEATHSIG = 1
 # seconds an interrupted caller gives its child to end on the Ctrl-C it got too, before passing it on
 INTERRUPT_GRACE_S = 0.5
 
@@ -57,18 +55,31 @@ def _context() -> "multiprocessing.context.ForkServerContext":
     return context
 
 
-def _interrupt_when_parent_dies() -> None:
-    """Ask the kernel for a SIGINT when this process's parent (the fork server) ends (Linux only)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
-    except (OSError, AttributeError):  # not Linux: a killed caller's child runs to its end
-        pass
+def take_ctrl_c() -> None:
+    """Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` in this process even when it started with SIGINT
+    ignored, as a shell's background job (``&``, ``nohup``) and everything it starts do: the SIGINT a
+    caller passes on, a cancelled task gets or the kernel sends at the caller's death must stop the
+    run, not be dropped."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _command_in_child(argv: List[str], env: Dict[str, str], cwd: str, output) -> None:
+def _interrupt_when_caller_ends(lifeline) -> None:
+    """Ctrl-C to this process when ``lifeline`` ends: the reading end of a pipe whose only writing end
+    the caller holds, open and silent, while it waits for this child; its end of file is the caller's
+    death (killed, where it could not pass Ctrl-C on). Watched by a daemon thread."""
+    def watch() -> None:
+        try:
+            lifeline.recv()
+        except EOFError:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _command_in_child(argv: List[str], env: Dict[str, str], cwd: str, output, lifeline) -> None:
     """The child's body: output to the pipe, environment and folder as the caller's, then the command."""
-    _interrupt_when_parent_dies()
+    take_ctrl_c()
+    _interrupt_when_caller_ends(lifeline)
     for fd in (1, 2):
         os.dup2(output.fileno(), fd)
     output.close()
@@ -91,9 +102,12 @@ def run_command(argv: List[str], env: Optional[Dict[str, str]] = None,
     ``on_line`` gets each line of its output (stdout and stderr) as it comes. Returns its exit code."""
     context = _context()
     reader, writer = context.Pipe(duplex=False)
-    child = context.Process(target=_command_in_child, args=(list(argv), dict(env or {}), os.getcwd(), writer))
+    lifeline, held = context.Pipe(duplex=False)  # the caller holds `held` until the child ends
+    child = context.Process(target=_command_in_child,
+                            args=(list(argv), dict(env or {}), os.getcwd(), writer, lifeline))
     child.start()
     writer.close()
+    lifeline.close()
     pump = threading.Thread(target=_read_lines, args=(reader, on_line), daemon=True)
     pump.start()
     try:
@@ -106,6 +120,7 @@ def run_command(argv: List[str], env: Optional[Dict[str, str]] = None,
         raise
     finally:
         pump.join()
+        held.close()
     return child.exitcode
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
+from prompt_diffusion.sweep.child import take_ctrl_c
 from prompt_diffusion.sweep.plan import Chain, Run
 from prompt_diffusion.sweep.run import run_chain, stale_message, stale_runs
 
@@ -55,7 +56,9 @@ def run_local(chains: Sequence[Chain], root: str, gpus: Optional[Sequence[str]] 
 
 
 def _slurm_chain_job(runs: List[Run], root: str) -> List[str]:
-    """A SLURM array task: one chain (module-level so submitit can pickle it)."""
+    """A SLURM array task: one chain (module-level so submitit can pickle it). A cancel (submitit's
+    local tasks get SIGINT) stops it however the submitting process was started."""
+    take_ctrl_c()
     return run_chain(Chain(list(runs)), root)
 
 

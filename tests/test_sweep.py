@@ -80,9 +80,9 @@ def test_table1_expands_to_train_base_then_test_new_of_its_checkpoint(tmp_path):
 def test_toy_benchmark_evaluates_each_model_on_both_halves_of_every_domain(tmp_path):
     spec = load_spec("toy_benchmark")
     chains = expand(spec, tmp_path)
-    # CoCoOp, CoCoOpPD, VPT, VPTPD, ZS-ensemble, ZS-weighted, TemplatePD x 3 seeds; CoCoOp+TPT and
-    # CoCoOp+Zero train nothing: their evaluations join CoCoOp's chain, after its training
-    assert len(chains) == 7 * 3
+    # CoCoOp, CoCoOpPD, VPT, VPTPD, ZS-ensemble, ZS-weighted, TemplatePD, TemplatePD-agreement x 3
+    # seeds; CoCoOp+TPT and CoCoOp+Zero train nothing: their evaluations join CoCoOp's chain, after its training
+    assert len(chains) == 8 * 3
     runs = chains[0].runs[:8]
     assert {r.method for r in chains[0].runs[8:]} == {"CoCoOp+TPT", "CoCoOp+Zero"}
     assert len(chains[0].runs) == 8 + 2 * 8  # (they also evaluate the photo's base half)
@@ -97,7 +97,7 @@ def test_toy_benchmark_evaluates_each_model_on_both_halves_of_every_domain(tmp_p
         ("toy_world_sketch", "base"), ("toy_world_sketch", "new")]
     assert spec.hosts() == {RowKey("CoCoOpPD"): RowKey("CoCoOp"), RowKey("VPTPD"): RowKey("VPT"),
                             RowKey("CoCoOp+TPT"): RowKey("CoCoOp"), RowKey("CoCoOp+Zero"): RowKey("CoCoOp"),
-                            RowKey("TemplatePD"): RowKey("ZS-weighted")}
+                            RowKey("TemplatePD"): RowKey("ZS-weighted"), RowKey("TemplatePD-agreement"): RowKey("ZS-weighted")}
     # a PD model is evaluated with its generated prompts and with TRAINER.PD.ENABLE False (V_h alone)
     pd_runs = chains[3].runs
     assert pd_runs[0].method == "CoCoOpPD" and len(pd_runs) == 1 + 2 * 8

@@ -7,6 +7,7 @@ world, ``RUN``: the walkthrough's run) and tiny opts appended; a ``sweep`` of a 
 run by tests/test_shipped_specs.py (every toy spec end to end, every paper spec's first chain),
 ``--slurm`` by tests/test_sweep.py (submitit's local executor), ``demo`` by tests/test_toy_demo.py.
 """
+import argparse
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ import pytest
 
 from helpers import shared_toy_root
 from prompt_diffusion import cli
+from prompt_diffusion.commands import train
 from prompt_diffusion.results import read_run
 from test_shipped_specs import PAPER_SPECS, TOY_SPECS, benchmark_root  # noqa: F401  (a fixture)
 
@@ -132,21 +134,32 @@ def run_documented(command: str, folder: Path, fill: dict) -> int:
 
 @pytest.fixture(scope="module")
 def prepared(benchmark_root, tmp_path_factory) -> Tuple[Path, dict]:
-    """A folder with the README's my_trainers.py, and the model docs/toy_mixed.md's ladder loads
-    (CoCoOp's seed-1 run of toy_mixed, trained tiny); the placeholders' values."""
+    """A folder with the README's my_trainers.py, and the models docs/toy_mixed.md's ladders load
+    (each trained tiny by ``ladder_training``); the placeholders' values."""
     folder = tmp_path_factory.mktemp("documented")
     (folder / "my_trainers.py").write_text(next(block for block in code_blocks(REPO / "README.md")
                                                 if block.startswith("# my_trainers.py")))
     fill = {"$DATA": str(benchmark_root), "data": str(shared_toy_root())}
-    ladder = next(command for _, command in documented_commands() if "target_ladder.py --max-images" in command)
-    words = shlex.split(ladder)
-    assert cli.main(["train", "--root", fill["data"], "--seed", "1", "--trainer", "CoCoOp",
-                     "--dataset-config-file", "configs/datasets/toy_world_mixed.yaml",
-                     "--config-file", "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
-                     "--output-dir", str(folder / words[words.index("--model-dir") + 1]),
-                     "DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.COCOOP.PREC", "fp32", *TINY,
-                     "OPTIM.MAX_EPOCH", words[words.index("--load-epoch") + 1]]) == 0
+    ladders = [command for _, command in documented_commands() if "target_ladder.py --max-images" in command]
+    assert len(ladders) == 2  # the CoCoOp route's and the template route's
+    for ladder in ladders:
+        assert cli.main(ladder_training(ladder, fill["data"], folder)) == 0
     return folder, fill
+
+
+def ladder_training(ladder: str, data: str, folder: Path) -> List[str]:
+    """The ``train`` command line of the model a documented ``target_ladder.py`` command loads, tiny:
+    its trainer, dataset and config files and opts, on the base classes, for ``--load-epoch`` epochs,
+    into ``folder / --model-dir``."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--setting", action="append")
+    parser.add_argument("--max-images")
+    train.add_arguments(parser)
+    args = parser.parse_args(shlex.split(ladder)[2:])
+    opts = [word if word != "new" else "base" for word in args.opts]  # DATASET.SUBSAMPLE_CLASSES
+    return ["train", "--root", data, "--seed", str(args.seed), "--trainer", args.trainer,
+            "--dataset-config-file", args.dataset_config_file, *sum((["--config-file", f] for f in args.config_file), []),
+            "--output-dir", str(folder / args.model_dir), *opts, *TINY, "OPTIM.MAX_EPOCH", str(args.load_epoch)]
 
 
 def documented_here():
@@ -162,7 +175,7 @@ def test_documented_command_runs(document, command, prepared, capsys):
     """The README's own-trainer, DTD and diagnose commands, docs/toy_mixed.md's ladder of targets, the
     dry runs, lists, tables and data checks, each as printed with its placeholders filled."""
     folder, fill = prepared
-    command = command.replace("--max-images 480", "--max-images 8")  # the ladder, at tiny scale
+    command = re.sub(r"--max-images \d+", "--max-images 8", command)  # a ladder, at tiny scale
     code = run_documented(command, folder, fill)
     expected = (0, 1) if shlex.split(command)[1:3] == ["data", "check"] else (0,)  # fixtures: smaller than CoOp's
     assert code in expected, (document, command, capsys.readouterr().err[-2000:])

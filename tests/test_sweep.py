@@ -496,6 +496,29 @@ def test_a_background_sweep_killed_leaves_no_run_going(tmp_path):
     assert training.status() != "complete"
 
 
+def test_a_lost_exit_status_counts_a_run_by_its_folder(tmp_path, monkeypatch):
+    """multiprocessing reports 255 for a fork-server child whose status the fork server lost: a run
+    whose folder then holds its complete result counts as finished (as the next sweep would count
+    it), said in its console; one whose folder does not stays a failure with that code."""
+    import yaml
+
+    from prompt_diffusion.sweep import run as sweep_run
+    from prompt_diffusion.sweep.child import LOST_STATUS
+
+    spec = {"protocol": "base2new", "seeds": [1], "shots": 1, "datasets": ["toy_world"],
+            "opts": {**TINY_OPTS, "MODEL.BACKBONE.NAME": "toy"},
+            "methods": {"ZeroshotCLIP": {"config": "CoOp/vit_b16", "train": False}}}
+    spec_path = tmp_path / "toy.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    first, second = expand(load_spec(str(spec_path)), tmp_path / "out")[0].runs
+    real = sweep_run.run_command
+    monkeypatch.setattr(sweep_run, "run_command", lambda *args: (real(*args), LOST_STATUS)[1])
+    assert sweep_run.run_one(first, str(shared_toy_root())) == (0, "")
+    assert "the fork server lost the run's status" in (first.output_dir / "console.txt").read_text()
+    monkeypatch.setattr(sweep_run, "run_command", lambda *args: LOST_STATUS)  # the run never ran
+    assert sweep_run.run_one(second, str(shared_toy_root()))[0] == LOST_STATUS
+
+
 def wait_for(condition, what: str, timeout: float = 240.0) -> None:
     import time
 

@@ -24,6 +24,9 @@ from typing import Callable, Dict, List, Optional
 
 # seconds an interrupted caller gives its child to end on the Ctrl-C it got too, before passing it on
 INTERRUPT_GRACE_S = 0.5
+# multiprocessing's exit code of a fork-server child whose status the fork server did not report
+# (popen_forkserver: "perhaps the forkserver process itself got killed"); what the child did is unknown
+LOST_STATUS = 255
 
 
 class _PipeOutput(io.TextIOWrapper):

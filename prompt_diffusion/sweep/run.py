@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from prompt_diffusion.results.runs import COMPLETE, MISSING, read_run
 from prompt_diffusion.run_record import PLACEMENT_KEYS, RUN_CONFIG, flat_keys
-from prompt_diffusion.sweep.child import run_command
+from prompt_diffusion.sweep.child import LOST_STATUS, run_command
 from prompt_diffusion.sweep.plan import Chain, Run, unread_key_prefixes
 
 
@@ -59,6 +59,10 @@ def run_one(run: Run, root: str, env: Optional[Dict[str, str]] = None,
                 echo(line.rstrip("\n"))
 
         code = run_command(run.argv(root), env, on_line)
+        if code == LOST_STATUS and run.status() == COMPLETE:  # its folder holds its whole result: it ended
+            console.write(f"(exit status {LOST_STATUS}: the fork server lost the run's status; its folder holds "
+                          "a complete result, so it counts as finished, as the next sweep would count it)\n")
+            code = 0
     if code == 0 and run.status() != COMPLETE:
         reason = read_run(run.output_dir, run.training).reason
         return 1, f"exited 0 but {run.output_dir}/log.txt holds no result ({reason})"

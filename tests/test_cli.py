@@ -220,3 +220,27 @@ def test_a_ctrl_c_swallowed_by_a_finaliser_is_raised_at_the_next_batch():
         with pytest.raises(KeyboardInterrupt):
             raise_if_interrupted()
     raise_if_interrupted()  # outside the block nothing is remembered
+
+
+def test_a_ctrl_c_during_a_checkpoint_write_stops_the_run_after_the_write(tmp_path):
+    """SIGINT arriving inside ``torch.save`` would be raised in its zip writer, whose cleanup replaces
+    the KeyboardInterrupt by its own RuntimeError (the run crashes instead of stopping); a checkpoint's
+    write holds it and raises it once the file is written and in place."""
+    import torch
+
+    from prompt_diffusion.engine.checkpoint import atomic_torch_save
+    from prompt_diffusion.engine.interrupt import sigint_remembered
+
+    class CtrlCWhilePickled:
+        def __reduce__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside torch.save
+            return (dict, ())
+
+    path = tmp_path / "model.pth.tar-1"
+    with sigint_remembered():
+        with pytest.raises(KeyboardInterrupt):
+            atomic_torch_save({"weights": torch.ones(3), "state": CtrlCWhilePickled()}, str(path))
+    saved = torch.load(path, weights_only=False)  # the file this test wrote (its stand-in pickles `dict`)
+    assert torch.equal(saved["weights"], torch.ones(3)) and saved["state"] == {}
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left

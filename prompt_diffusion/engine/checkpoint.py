@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from prompt_diffusion.engine.interrupt import sigint_held
 from prompt_diffusion.engine.utils import mkdir_if_missing
 
 UNSAFE_ENV = "PD_ALLOW_UNSAFE_CHECKPOINTS"
@@ -53,6 +54,13 @@ def atomic_torch_save(obj: Any, fpath: str) -> None:
 
 
 def _atomic_write(fpath: str, write: Callable) -> None:
+    """``write(file)`` into a temporary file next to ``fpath``, then rename it over ``fpath``; a Ctrl-C
+    during it stops the run once the file is written (``sigint_held``)."""
+    with sigint_held():
+        _write_then_rename(fpath, write)
+
+
+def _write_then_rename(fpath: str, write: Callable) -> None:
     directory = osp.dirname(osp.abspath(fpath))
     mkdir_if_missing(directory)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{osp.basename(fpath)}.", suffix=".tmp")

@@ -61,8 +61,8 @@ def _context() -> "multiprocessing.context.ForkServerContext":
 def take_ctrl_c() -> None:
     """Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` in this process even when it started with SIGINT
     ignored, as a shell's background job (``&``, ``nohup``) and everything it starts do: the SIGINT a
-    caller passes on, a cancelled task gets or the kernel sends at the caller's death must stop the
-    run, not be dropped."""
+    caller passes on, a cancelled task gets or the lifeline's watcher sends at the caller's death must
+    stop the run, not be dropped."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

@@ -53,14 +53,10 @@ def atomic_torch_save(obj: Any, fpath: str) -> None:
     _atomic_write(fpath, lambda f: torch.save(obj, f))
 
 
+@sigint_held()
 def _atomic_write(fpath: str, write: Callable) -> None:
     """``write(file)`` into a temporary file next to ``fpath``, then rename it over ``fpath``; a Ctrl-C
     during it stops the run once the file is written (``sigint_held``)."""
-    with sigint_held():
-        _write_then_rename(fpath, write)
-
-
-def _write_then_rename(fpath: str, write: Callable) -> None:
     directory = osp.dirname(osp.abspath(fpath))
     mkdir_if_missing(directory)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{osp.basename(fpath)}.", suffix=".tmp")
